@@ -1,0 +1,477 @@
+"""The YAML spec: loaded once into a typed, frozen, validated object tree.
+
+Every numeric or boolean hyperparameter can be a fixed value or an Optuna-style search leaf
+(`{type: float|int|categorical, low, high, log, step, choices}`). The dotted path of a field
+(`optimizer.lr`) is its name everywhere: Optuna parameter, Ray result column, MLflow param.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from train_fn.models import MODELS
+from train_fn.optim import BANDS, OPTIMIZERS
+
+
+class SpecError(ValueError):
+    """Bad user input in a spec or an override; the message is one line, ready to print."""
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML: YAML 1.2 booleans and floats (PyYAML reads `1e-4` as a string and `no` as False).
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [r for r in rs if r[0] != "tag:yaml.org,2002:bool"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_value(text: str) -> Any:
+    """Parse one scalar or flow value the way the spec loader would (used by `--set`)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+# ---------------------------------------------------------------------------------------------
+# Search leaves, validated by Optuna's own distribution constructors.
+Scalar = Union[StrictBool, int, float, str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Leaf(_Strict):
+    when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    default: Scalar | None = None
+
+    def active(self, chosen: dict[str, Any]) -> bool:
+        """Whether a conditional leaf is sampled, given the values chosen so far."""
+        for key, allowed in (self.when or {}).items():
+            allowed = allowed if isinstance(allowed, list) else [allowed]
+            if key not in chosen or chosen[key] not in allowed:
+                return False
+        return True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.when and self.default is None:
+            raise ValueError("a conditional leaf (with `when`) needs a `default` for when it is off")
+        self.distribution()  # Optuna checks low <= high, log > 0, step
+        return self
+
+
+class FloatLeaf(_Leaf):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: StrictBool = False
+    step: float | None = None
+
+    def distribution(self):
+        from optuna.distributions import FloatDistribution
+
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+
+class IntLeaf(_Leaf):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: StrictBool = False
+    step: int = 1
+
+    def distribution(self):
+        from optuna.distributions import IntDistribution
+
+        return IntDistribution(self.low, self.high, log=self.log, step=self.step)
+
+
+class CategoricalLeaf(_Leaf):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1)
+
+    def distribution(self):
+        from optuna.distributions import CategoricalDistribution
+
+        return CategoricalDistribution(self.choices)
+
+
+Leaf = Annotated[Union[FloatLeaf, IntLeaf, CategoricalLeaf], Field(discriminator="type")]
+_TAGS = {"fixed", "search", "float", "int", "categorical"}
+
+
+def _which(value: Any) -> str:
+    return "search" if isinstance(value, dict) else "fixed"
+
+
+def Searchable(kind: Any) -> Any:  # noqa: N802 - reads as a type
+    """A field that is either a fixed `kind` value or a search leaf."""
+    return Annotated[
+        Union[Annotated[kind, Tag("fixed")], Annotated[Leaf, Tag("search")]],
+        Discriminator(_which),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections.
+class DataSpec(_Strict):
+    source: Literal["phantom", "segthor"] = "phantom"
+    root: str | None = None  # segthor: the folder holding train/; phantom: its cache folder
+    cases: int = Field(12, ge=4)  # phantom only
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    window: tuple[float, float] = (-1000.0, 1000.0)  # HU, mapped to [0, 1]
+    spacing: tuple[float, float, float] | None = None  # resample real data to this (mm)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "segthor" and not self.root:
+            raise ValueError("data.source segthor needs data.root, the folder holding train/")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("data.val_fraction + data.test_fraction must be below 1")
+        if self.window[0] >= self.window[1]:
+            raise ValueError(f"data.window must be (low, high) with low < high, got {self.window}")
+        return self
+
+
+class ModelSpec(_Strict):
+    name: str = "unet"
+    channels: tuple[int, ...] = (8, 16, 32, 64)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = Field(1, ge=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    init_seed: int = 0  # one init per search: all trials start from the same weights
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _known_name(v, MODELS, "model")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"model.strides needs one entry fewer than model.channels "
+                f"({len(self.channels) - 1}), got {len(self.strides)}"
+            )
+        return self
+
+
+class OptimizerSpec(_Strict):
+    name: str = "novograd"
+    lr: Searchable(float) = 1e-3
+    beta1: Searchable(float) = 0.9
+    beta2: Searchable(float) = 0.98
+    weight_decay: Searchable(float) = 0.0
+    grad_averaging: Searchable(StrictBool) = False
+    eps: float = 1e-8
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _known_name(v, OPTIMIZERS, "optimizer")
+
+
+class LayersSpec(_Strict):
+    """Learning-rate multipliers of the five bands (see train_fn.optim)."""
+
+    early_encoder: Searchable(float) = 1.0
+    deep_encoder: Searchable(float) = 1.0
+    middle: Searchable(float) = 1.0
+    decoder: Searchable(float) = 1.0
+    head: Searchable(float) = 1.0
+
+
+class ScheduleSpec(_Strict):
+    warmup_fraction: Searchable(float) = 0.1
+    warmup_multiplier: Searchable(float) = 0.0
+    cycles: Searchable(float) = 0.5
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int = Field(20, ge=1)
+    batch_size: int = Field(2, ge=2)  # patches per step; batch 1 falls onto a slow conv3d path
+    patch_size: tuple[int, int, int] = (48, 48, 32)
+    grad_clip: Searchable(float) | None = 1.0
+    seed: int = 0  # patch sampling; the same for every trial
+    sw_batch_size: int = Field(4, ge=1)
+    sw_overlap: float = Field(0.25, ge=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # torch threads per trial; default: CPUs per trial
+
+
+class SearchSpec(_Strict):
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    num_trials: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    metric: Literal["val_dice"] = "val_dice"
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SoupSpec(_Strict):
+    enabled: StrictBool = True
+    top_k: int = Field(4, ge=1)
+
+
+class TrackingSpec(_Strict):
+    uri: str | None = None  # default: sqlite:///<storage>/mlflow.db
+    experiment: str | None = None  # default: the run name
+
+
+class Spec(_Strict):
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    layers: LayersSpec = LayersSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    train: TrainSpec = TrainSpec()
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    soup: SoupSpec = SoupSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="after")
+    def _check_conditions(self):
+        leaves = self.searched()
+        for path, leaf in leaves.items():
+            for key, allowed in (leaf.when or {}).items():
+                ref = leaves.get(key)
+                if not isinstance(ref, CategoricalLeaf):
+                    raise ValueError(
+                        f"{path}.when refers to {key!r}, which is not a searched categorical; "
+                        f"searched categoricals: {_names(leaves, CategoricalLeaf)}"
+                    )
+                for value in allowed if isinstance(allowed, list) else [allowed]:
+                    if value not in ref.choices:
+                        raise ValueError(
+                            f"{path}.when: {value!r} is not a choice of {key}; "
+                            f"choices: {ref.choices}"
+                        )
+        return self
+
+    def searched(self) -> dict[str, FloatLeaf | IntLeaf | CategoricalLeaf]:
+        """Search leaves by dotted path, in spec order."""
+        return {k: v for k, v in _walk(self) if isinstance(v, _Leaf)}
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by dotted path (leaves as their dict form)."""
+        return {k: (v.model_dump(exclude_none=True) if isinstance(v, _Leaf) else v)
+                for k, v in _walk(self)}
+
+    def resolve(self, params: dict[str, Any]) -> Spec:
+        """The concrete spec of one trial: each leaf replaced by its chosen value, or by its
+        `default` where a condition switched it off."""
+        tree = self.model_dump()
+        for path, leaf in self.searched().items():
+            if path in params:
+                value = params[path]
+            elif leaf.when:
+                value = leaf.default
+            else:
+                raise SpecError(f"{path}: no value chosen for this searched parameter")
+            _set(tree, path, value)
+        return Spec.model_validate(tree)
+
+
+def _walk(model: BaseModel, prefix: str = ""):
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        if isinstance(value, BaseModel) and not isinstance(value, _Leaf):
+            yield from _walk(value, path + ".")
+        else:
+            yield path, value
+
+
+def _names(leaves: dict, kind: type) -> str:
+    return ", ".join(k for k, v in leaves.items() if isinstance(v, kind)) or "none"
+
+
+def _known_name(value: str, registry: dict, what: str) -> str:
+    if value not in registry:
+        hint = difflib.get_close_matches(value, list(registry), n=1)
+        guess = f"did you mean {hint[0]!r}? " if hint else ""
+        raise ValueError(f"unknown {what} {value!r}; {guess}valid: {', '.join(registry)}")
+    return value
+
+
+def _set(tree: dict, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[last] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overrides and error messages.
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    """Load and validate a spec file, then apply `key=value` overrides through the same checks."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    text = path.read_text()
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            raw = loader.construct_document(node) if node is not None else {}
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{where}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec is a mapping of sections (data, model, ...), "
+                        f"got {type(raw).__name__}")
+    lines = _line_map(node)
+    _no_duplicates(node, path)
+    set_keys = set()
+    for item in overrides:
+        key, value = _parse_override(item)
+        _check_override_key(key)
+        _set(raw, key, value)
+        set_keys.add(key)
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_explain(err, path, lines, set_keys)) from None
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {item!r}: expected dotted.key=value, e.g. optimizer.lr=0.002")
+    try:
+        return key.strip(), parse_value(text)
+    except yaml.YAMLError:
+        raise SpecError(f"--set {item!r}: cannot parse the value {text!r}") from None
+
+
+def _check_override_key(key: str) -> None:
+    model: type[BaseModel] = Spec
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:i]) or "the spec"
+            raise SpecError(f"--set {key}: unknown key {part!r} in {where}; "
+                            f"{_did_you_mean(part, list(fields))}")
+        sub = fields[part].annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and i < len(parts) - 1:
+            model = sub
+        elif i < len(parts) - 1:
+            return  # into a search leaf: the leaf's own validation names what is wrong
+
+
+def _did_you_mean(word: str, valid: list[str]) -> str:
+    hint = difflib.get_close_matches(word, valid, n=1, cutoff=0.5)
+    return (f"did you mean {hint[0]!r}? " if hint else "") + f"valid: {', '.join(valid)}"
+
+
+def _explain(err: ValidationError, path: Path, lines: dict[str, int], set_keys: set[str]) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if p not in _TAGS and not isinstance(p, int)]
+    index = [p for p in first["loc"] if isinstance(p, int)]
+    key = ".".join(loc)
+    origin = next((f"--set {k}" for k in set_keys if key == k or key.startswith(k + ".")), None)
+    if origin is None:
+        probe = key
+        while probe and probe not in lines:
+            probe = probe.rpartition(".")[0]
+        origin = f"{path}:{lines[probe]}" if probe else str(path)
+    if first["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        return f"{origin}: {key}: unknown key; {_did_you_mean(loc[-1], valid)}"
+    msg = first["msg"].removeprefix("Value error, ")
+    where = key + (f"[{index[-1]}]" if index and first["type"] != "value_error" else "")
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict) or first["type"] == "value_error" else f", got {got!r}"
+    if first["type"] == "bool_type":
+        msg += " (write true or false)"
+    return f"{origin}: {where or 'spec'}: {msg}{got_text}"
+
+
+def _model_at(parts: list[str]) -> type[BaseModel] | None:
+    model: Any = Spec
+    for part in parts:
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return None
+        model = field.annotation if isinstance(field.annotation, type) else None
+        if model is not None and not issubclass(model, BaseModel):
+            return None
+    if model is None and parts:  # a search leaf: every leaf key is valid somewhere
+        return type("LeafKeys", (), {"model_fields": {**FloatLeaf.model_fields,
+                                                       **CategoricalLeaf.model_fields}})
+    return model
+
+
+def _line_map(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    out = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            out[key] = key_node.start_mark.line + 1
+            out.update(_line_map(value_node, key + "."))
+    return out
+
+
+def _no_duplicates(node: yaml.Node, path: Path, prefix: str = "") -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            if key in seen:
+                raise SpecError(f"{path}:{key_node.start_mark.line + 1}: {key}: duplicate key")
+            seen.add(key)
+            _no_duplicates(value_node, path, key + ".")
+
+
+def dump_spec(spec: Spec) -> str:
+    """The spec as YAML (what a run saves next to its results)."""
+    return yaml.safe_dump(copy.deepcopy(spec.model_dump(exclude_none=True, mode="json")),
+                          sort_keys=False)
+
+
+__all__ = ["BANDS", "Spec", "SpecError", "dump_spec", "load_spec", "parse_value"]

@@ -1,0 +1,33 @@
+"""Checkpoints are plain dicts of tensors and primitives, saved atomically and loaded with
+`weights_only=True`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` to `folder/checkpoint.pt` (a kill leaves the old file or none)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CHECKPOINT_FILE
+    tmp = folder / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file, or the checkpoint in a folder, onto the CPU."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,154 @@
+"""The training loop of one trial. It runs without Ray: Ray's trainable only passes a
+`report` callback and the checkpoint to resume from."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from train_fn.checkpoint import load_checkpoint, save_checkpoint
+from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
+from train_fn.metrics import evaluate
+from train_fn.models import architecture, build_model, weights_fingerprint
+from train_fn.optim import BANDS, build_optimizer, param_groups
+
+if TYPE_CHECKING:
+    from search.spec import Spec
+
+logger = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def warmup_steps(spec: Spec) -> tuple[int, int]:
+    """(warmup steps, total steps): warmup is a fraction of the whole training budget."""
+    total = spec.train.epochs * spec.train.steps_per_epoch
+    return round(spec.schedule.warmup_fraction * total), total
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, spec: Spec):
+    """MONAI's warmup-cosine schedule: one factor for every group, so band ratios stay exact."""
+    from monai.optimizers import WarmupCosineSchedule
+
+    warm, total = warmup_steps(spec)
+    return WarmupCosineSchedule(
+        optimizer, warmup_steps=warm, t_total=total, cycles=spec.schedule.cycles,
+        warmup_multiplier=spec.schedule.warmup_multiplier,
+    )
+
+
+def train(
+    spec: Spec,
+    split: dict[str, list[str]],
+    data_root: str | Path,
+    report: Report | None = None,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `spec` (fully resolved: no search leaves) and validate after every epoch.
+
+    `report(metrics, state)` receives each epoch's metrics and the checkpoint state; `resume`
+    is a state to continue from. Returns the last epoch's metrics.
+    """
+    t_start = time.perf_counter()
+    torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
+    device = pick_device(spec.train.device)
+    cases = {c.case_id: c for c in find_cases(data_root)}
+    train_vols = load_volumes([cases[i] for i in split["train"]], spec.data)
+    val_vols = load_volumes([cases[i] for i in split["val"]], spec.data)
+
+    model = build_model(spec.model, 1, NUM_CLASSES)
+    init_fingerprint = weights_fingerprint(model)
+    model.to(device)
+    multipliers = {band: getattr(spec.layers, band) for band in BANDS}
+    depth = len(spec.model.strides)
+    optimizer = build_optimizer(
+        param_groups(model, depth, spec.optimizer.lr, multipliers), spec.optimizer
+    )
+    schedule = build_schedule(optimizer, spec)
+    start_epoch = 0
+    if resume is not None:
+        if resume["init_fingerprint"] != init_fingerprint:
+            raise ValueError("the checkpoint to resume from has different initial weights")
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["scheduler"])
+        start_epoch = resume["epoch"]
+
+    from monai.losses import DiceCELoss
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed)
+    clip = spec.train.grad_clip if spec.train.grad_clip is not None else math.inf
+    logger.info("setup took %.1fs", time.perf_counter() - t_start)
+
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, spec.train.epochs):
+        model.train()
+        # Accumulate on the device: no host sync per step.
+        loss_sum = torch.zeros((), device=device)
+        norm_sum = torch.zeros((), device=device)
+        for image, label in sampler.epoch(epoch, spec.train.steps_per_epoch,
+                                          spec.train.batch_size):
+            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(image), label)
+            loss.backward()
+            # Measured before step(): Novograd divides p.grad in place.
+            norm_sum += torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach()
+        val_dice, per_class = evaluate(model, val_vols, spec.train, device)
+        steps = spec.train.steps_per_epoch
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": float(loss_sum) / steps,
+            "grad_norm": float(norm_sum) / steps,
+            "val_dice": val_dice,
+            **{f"val_dice/{name}": value for name, value in per_class.items()},
+            **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups},
+        }
+        state = {
+            "format": 1,
+            "epoch": epoch + 1,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "metrics": metrics,
+            "config": spec.flat(),
+            "architecture": architecture(spec.model, 1, NUM_CLASSES),
+            "init_seed": spec.model.init_seed,
+            "init_fingerprint": init_fingerprint,
+        }
+        if report is not None:
+            report(metrics, state)
+    return metrics
+
+
+def run_plain(spec: Spec, split: dict[str, list[str]], data_root: str | Path,
+              out_dir: str | Path) -> dict[str, Any]:
+    """Train without Ray, writing each epoch's checkpoint under `out_dir/epoch_NNN/`."""
+    out_dir = Path(out_dir)
+
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        save_checkpoint(out_dir / f"epoch_{metrics['epoch']:03d}", state)
+        logger.info("epoch %d: %s", metrics["epoch"], metrics)
+
+    return train(spec, split, data_root, report=report)
+
+
+def resume_state(folder: str | Path) -> dict[str, Any]:
+    """The checkpoint state in `folder` (for `train(..., resume=...)`)."""
+    return load_checkpoint(folder)
