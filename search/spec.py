@@ -299,7 +299,7 @@ class Spec(_Strict):
     def resolve(self, params: dict[str, Any]) -> Spec:
         """The concrete spec of one trial: each leaf replaced by its chosen value, or by its
         `default` where a condition switched it off."""
-        tree = self.model_dump()
+        tree = self.model_dump(warnings=False)
         for path, leaf in self.searched().items():
             if path in params:
                 value = params[path]
@@ -470,7 +470,8 @@ def _no_duplicates(node: yaml.Node, path: Path, prefix: str = "") -> None:
 
 def dump_spec(spec: Spec) -> str:
     """The spec as YAML (what a run saves next to its results)."""
-    return yaml.safe_dump(copy.deepcopy(spec.model_dump(exclude_none=True, mode="json")),
+    return yaml.safe_dump(copy.deepcopy(spec.model_dump(exclude_none=True, mode="json",
+                                                         warnings=False)),
                           sort_keys=False)
 
 

@@ -88,7 +88,7 @@ def train(
 
     from monai.losses import DiceCELoss
 
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed)
     clip = spec.train.grad_clip if spec.train.grad_clip is not None else math.inf
     logger.info("setup took %.1fs", time.perf_counter() - t_start)

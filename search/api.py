@@ -1,0 +1,133 @@
+"""Importable entry points behind the CLI: run a search, soup a finished run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from search.spec import Spec, SpecError, dump_spec
+from search.tracking import Tracker, default_uri
+
+logger = logging.getLogger(__name__)
+
+
+def run_paths(spec_path: str | Path, name: str | None, storage: str | Path | None
+              ) -> tuple[str, Path, Path]:
+    """(run name, storage folder, run folder `<storage>/<name>`)."""
+    name = name or Path(spec_path).stem
+    if not name or "/" in name or name.startswith("."):
+        raise SpecError(f"--name {name!r}: a run name is one folder name (no '/', no leading '.')")
+    storage = Path(storage or "runs")
+    return name, storage, storage / name
+
+
+def tracking_target(spec: Spec, storage: Path, name: str, uri: str | None) -> tuple[str, str]:
+    """(tracking URI, experiment name): `--tracking-uri`, else the spec's, else sqlite at
+    `<storage>/mlflow.db`; the experiment is the spec's or the run name."""
+    return (uri or spec.tracking.uri or default_uri(storage),
+            spec.tracking.experiment or name)
+
+
+def prepare_data(spec: Spec) -> tuple[Path, dict[str, list[str]]]:
+    """The dataset folder (the phantom is generated on first use) and the patient split."""
+    from train_fn.data import dataset_root, find_cases, split_cases
+
+    root = dataset_root(spec.data)
+    try:
+        ids = [c.case_id for c in find_cases(root)]
+    except FileNotFoundError as err:
+        raise SpecError(f"data.root: {err}") from None
+    try:
+        split = split_cases(ids, spec.data.val_fraction, spec.data.test_fraction,
+                            spec.data.split_seed)
+    except ValueError as err:
+        raise SpecError(f"data: {root}: {err}") from None
+    return root, split
+
+
+def _version() -> str:
+    try:
+        return version("segtune")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
+               storage: str | Path | None = None, tracking_uri: str | None = None,
+               ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`)."""
+    # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
+    # Ray warns about it every time unless told not to.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    from search.soup import finish, write_json
+    from search.tuner import MlflowCallback, make_tuner, trial_records
+
+    name, storage, run_dir = run_paths(spec_path, name, storage)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SpecError(f"{run_dir}: a run named {name!r} already exists; pick another --name "
+                        "or --storage, or delete the folder")
+    uri, experiment = tracking_target(spec, storage, name, tracking_uri)
+    data_root, split = prepare_data(spec)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(dump_spec(spec))
+    write_json(run_dir / "split.json", split)
+    run_info = {"name": name, "spec_file": str(Path(spec_path).resolve()),
+                "data_root": str(Path(data_root).resolve()), "split": split,
+                "tracking_uri": uri, "experiment": experiment, "segtune": _version(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    tracker = Tracker(uri, experiment, name, run_dir)
+    run_info["parent_run_id"] = tracker.start_parent(
+        spec.flat(), list(spec.searched()), tags={"segtune.spec_file": run_info["spec_file"]}
+    )
+    write_json(run_dir / "run.json", run_info)
+    logger.info("run folder %s; MLflow %s (experiment %r)", run_dir, uri, experiment)
+
+    status = "FAILED"
+    try:
+        if not ray.is_initialized():
+            context = ray.init(**(ray_init or {}))
+            if getattr(context, "dashboard_url", None):
+                logger.info("Ray dashboard: http://%s", context.dashboard_url)
+        tuner = make_tuner(spec, split, str(data_root), name, storage,
+                           [MlflowCallback(tracker, spec, spec.train.epochs)])
+        results = tuner.fit()
+        summary = {"name": name, "metric": spec.search.metric, "run_dir": str(run_dir),
+                   "trials": trial_records(results, run_dir, spec.train.epochs),
+                   "best": None, "soups": None}
+        write_json(run_dir / "summary.json", summary)
+        summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled, tracker=tracker)
+        status = "FINISHED"
+        return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close_all(status)
+
+
+def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
+    """Soup a finished run again (e.g. with another `top_k`); results go to its parent run."""
+    from search.soup import SoupError, finish
+
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        raise SoupError(f"{run_dir}: not a segtune run folder (no run.json)")
+    info = json.loads(info_path.read_text())
+    tracker = None
+    try:
+        tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
+        tracker.attach_parent(info["parent_run_id"])
+    except Exception as err:  # the store may be gone or offline: the soup still runs
+        logger.warning("MLflow store %s unavailable (%s); soup results go to files only",
+                       info.get("tracking_uri"), err)
+        tracker = None
+    return finish(run_dir, top_k, soup=True, tracker=tracker)

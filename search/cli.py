@@ -1,0 +1,129 @@
+"""`python -m search run SPEC` and `python -m search soup RUN_DIR`: thin wrappers over
+`search.api`. A user error is one line on stderr and exit code 2 (`--debug` shows the
+traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from search.spec import SpecError, load_spec
+
+logger = logging.getLogger("search")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the search of a spec")
+    run.add_argument("spec", help="the YAML spec, e.g. spaces/novograd.yaml")
+    run.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=4")
+    run.add_argument("--name", help="run name (default: the spec file's stem)")
+    run.add_argument("--storage", help="folder holding runs (default: runs/)")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite at "
+                     "<storage>/mlflow.db, or the spec's tracking.uri)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate, print the settings and the search space; start nothing")
+
+    soup = sub.add_parser("soup", help="soup the best checkpoints of a finished run")
+    soup.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
+    soup.add_argument("--top-k", type=int, help="how many of the best trials to soup "
+                      "(default: the spec's soup.top_k)")
+    return parser
+
+
+def _dry_run(spec, args) -> None:
+    from search.api import run_paths, tracking_target
+    from search.space import describe, preview
+
+    name, storage, run_dir = run_paths(args.spec, args.name, args.storage)
+    uri, experiment = tracking_target(spec, storage, name, args.tracking_uri)
+    searched = spec.searched()
+    print(f"spec {args.spec}: valid")
+    print(f"run folder: {run_dir}" + ("  (exists: the run would be refused)"
+                                      if run_dir.exists() else ""))
+    print(f"MLflow: {uri}  experiment {experiment!r}")
+    print("\nfixed settings:")
+    for key, value in spec.flat().items():
+        if key not in searched:
+            print(f"  {key}: {value}")
+    print(f"\nsearch space ({len(searched)} parameters, {spec.search.sampler} sampler, "
+          f"seed {spec.search.seed}):")
+    for line in describe(spec):
+        print(f"  {line}")
+    if searched:
+        print("\nfirst configurations the sampler proposes:")
+        for config in preview(spec, min(3, spec.search.num_trials)):
+            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in config.items()))
+
+
+def _run(args) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    if args.dry_run:
+        _dry_run(spec, args)
+        return 0
+    from search.api import run_search
+    from search.report import format_summary
+
+    summary = run_search(spec, args.spec, name=args.name, storage=args.storage,
+                         tracking_uri=args.tracking_uri)
+    _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri,
+               args.storage or "runs")
+    return 0
+
+
+def _soup(args) -> int:
+    from search.api import soup_run
+    from search.report import format_summary
+
+    summary = soup_run(args.run_dir, args.top_k)
+    searched = sorted({k for t in summary["trials"] for k in t.get("config", {})})
+    print(format_summary(summary, searched))
+    return 0
+
+
+def _print_end(summary, searched, uri, storage) -> None:
+    from search.report import format_summary
+
+    print(format_summary(summary, searched))
+    print(f"\nrun folder: {summary['run_dir']}  (summary.json, soup/)")
+    if uri:
+        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}   (or open {uri})")
+    else:
+        db = (Path(storage) / "mlflow.db").resolve()
+        print(f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{db}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from search.soup import SoupError
+
+    try:
+        return _run(args) if args.command == "run" else _soup(args)
+    except (SpecError, SoupError) as err:
+        if args.debug:
+            raise
+        print(f"segtune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segtune: interrupted; finished trials and checkpoints are kept", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for users, --debug for developers
+        if args.debug or os.environ.get("SEGTUNE_DEBUG"):
+            raise
+        print(f"segtune: error: {type(err).__name__}: {err} (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return 1

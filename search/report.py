@@ -1,0 +1,54 @@
+"""Results of a run: `summary.json` and the table printed at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from train_fn.data import CLASS_NAMES
+
+SHORT = {"esophagus": "eso", "heart": "heart", "trachea": "trach", "aorta": "aorta"}
+
+
+def _f(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _classes(per_class: dict[str, float] | None) -> list[str]:
+    per_class = per_class or {}
+    return [_f(per_class.get(name)) for name in CLASS_NAMES]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return [line(header), line(["-" * w for w in widths]), *map(line, rows)]
+
+
+def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
+    """Trials (best first), then the best trial and the soups on the test split."""
+    classes = [SHORT[c] for c in CLASS_NAMES]
+    rows = []
+    for t in summary["trials"]:
+        config = t.get("config", {})
+        rows.append([t["trial_id"], t["status"], str(t.get("epochs", "")), _f(t["val_dice"]),
+                     *_classes(t.get("val_dice_per_class")),
+                     *[_fmt_param(config.get(k)) for k in searched]])
+    short = [k.rsplit(".", 1)[-1] for k in searched]
+    out = ["Trials (validation Dice of each trial's best epoch):"]
+    out += _table(["trial", "status", "epochs", "val_dice", *classes, *short], rows)
+    best = summary.get("best")
+    if best:
+        out += ["", "Held-out test split (not used for any selection):"]
+        rows = [["best trial " + best["trial_id"], "1", _f(best["val_dice"]),
+                 _f(best["test_dice"]), *_classes(best["test_dice_per_class"])]]
+        for kind, soup in (summary.get("soups") or {}).items():
+            rows.append([f"{kind} soup", str(len(soup["ingredients"])), _f(soup["val_dice"]),
+                         _f(soup["test_dice"]), *_classes(soup["test_dice_per_class"])])
+        out += _table(["model", "size", "val_dice", "test_dice", *classes], rows)
+    return "\n".join(out)
+
+
+def _fmt_param(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value is None else str(value)

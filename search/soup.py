@@ -1,0 +1,179 @@
+"""Model soups of a finished search: uniform and greedy weight averaging of the best trials'
+checkpoints, judged on the held-out test split against the best single trial.
+
+Greedy soup (Wortsman et al. 2022): candidates sorted by validation Dice, best first; each is
+kept only if the soup's validation Dice does not drop. Selection uses the validation split
+only; the test split is looked at once, at the end, for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+LINEAGE_KEYS = ("architecture", "init_fingerprint")
+
+
+class SoupError(ValueError):
+    """Ingredients that cannot be averaged, or a run folder with nothing to soup."""
+
+
+def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
+    """Refuse checkpoints that do not share architecture and initial weights, naming the
+    trials and the difference (averaging nets from different inits destroys them)."""
+    items = list(states.items())
+    ref_id, ref = items[0]
+    for trial_id, state in items[1:]:
+        for key in LINEAGE_KEYS:
+            if state.get(key) != ref.get(key):
+                if key == "architecture":
+                    diff = {k: (ref[key].get(k), v) for k, v in state[key].items()
+                            if ref[key].get(k) != v}
+                    what = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
+                else:
+                    what = (f"initial weights {ref.get(key)} vs {state.get(key)} (init_seed "
+                            f"{ref.get('init_seed')} vs {state.get('init_seed')})")
+                raise SoupError(
+                    f"cannot soup trial {trial_id} with trial {ref_id}: different {key}: {what}"
+                )
+
+
+def average(models: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Uniform average of state dicts. Floating tensors are averaged (in float64, one running
+    sum); integer buffers (counters, indices) are copied from the first."""
+    if not models:
+        raise SoupError("nothing to average")
+    total: dict[str, torch.Tensor] = {}
+    for state in models:
+        for key, tensor in state.items():
+            if tensor.is_floating_point():
+                total[key] = total[key] + tensor.double() if key in total else tensor.double()
+    first = models[0]
+    return {k: (total[k] / len(models)).to(v.dtype) if v.is_floating_point() else v.clone()
+            for k, v in first.items()}
+
+
+def greedy(candidates: list[tuple[str, dict[str, torch.Tensor]]],
+           score: Callable[[dict[str, torch.Tensor]], float]
+           ) -> tuple[list[str], dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """Greedy soup of candidates already sorted best first. Returns the kept ids, the soup's
+    weights and one step record per candidate (its score if added, and whether it was)."""
+    kept_ids = [candidates[0][0]]
+    kept = [candidates[0][1]]
+    soup = kept[0]
+    best = score(soup)
+    steps = [{"trial_id": kept_ids[0], "val_dice": best, "accepted": True}]
+    for trial_id, weights in candidates[1:]:
+        trial_soup = average(kept + [weights])
+        value = score(trial_soup)
+        accepted = value >= best
+        steps.append({"trial_id": trial_id, "val_dice": value, "accepted": accepted})
+        logger.info("greedy soup: %s %s (val_dice %.4f vs %.4f)", trial_id,
+                    "accepted" if accepted else "rejected", value, best)
+        if accepted:
+            kept_ids.append(trial_id)
+            kept.append(weights)
+            soup, best = trial_soup, value
+    return kept_ids, soup, steps
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write: a kill leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
+           tracker=None) -> dict[str, Any]:
+    """Evaluate the best trial on the test split and, with `soup`, build, judge and save the
+    uniform and greedy soups of the top-k trials. Updates `<run_dir>/summary.json`."""
+    from search.spec import load_spec
+    from train_fn.checkpoint import load_checkpoint, save_checkpoint
+    from train_fn.data import NUM_CLASSES, find_cases, load_volumes
+    from train_fn.loop import pick_device
+    from train_fn.metrics import evaluate
+    from train_fn.models import build_model
+
+    run_dir = Path(run_dir)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
+        raise SoupError(f"{run_dir}: no summary.json (not a finished segtune run folder)")
+    summary = json.loads(summary_path.read_text())
+    run = json.loads((run_dir / "run.json").read_text())
+    spec = load_spec(run_dir / "spec.yaml")
+    top_k = top_k or spec.soup.top_k
+    ranked = [t for t in summary["trials"] if t.get("checkpoint") and t.get("val_dice") is not None]
+    if not ranked:
+        raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint")
+    ranked.sort(key=lambda t: t["val_dice"], reverse=True)
+
+    cases = {c.case_id: c for c in find_cases(run["data_root"])}
+    val = load_volumes([cases[i] for i in run["split"]["val"]], spec.data)
+    test = load_volumes([cases[i] for i in run["split"]["test"]], spec.data)
+    device = pick_device(spec.train.device)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = build_model(spec.model, 1, NUM_CLASSES).to(device)
+
+    def judge(weights: dict[str, torch.Tensor], volumes) -> tuple[float, dict[str, float]]:
+        model.load_state_dict(weights)
+        return evaluate(model, volumes, spec.train, device)
+
+    best = ranked[0]
+    best_state = load_checkpoint(run_dir / best["checkpoint"])
+    test_dice, test_per_class = judge(best_state["model"], test)
+    summary["best"] = {
+        "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
+        "val_dice_per_class": best["val_dice_per_class"], "test_dice": test_dice,
+        "test_dice_per_class": test_per_class, "checkpoint": best["checkpoint"],
+    }
+    metrics = {"best/test_dice": test_dice,
+               **{f"best/test_dice/{k}": v for k, v in test_per_class.items()}}
+    artifacts = [summary_path]
+
+    if soup:
+        chosen = ranked[:top_k]
+        states = {t["trial_id"]: load_checkpoint(run_dir / t["checkpoint"]) for t in chosen}
+        check_ingredients(states)
+        weights = [(tid, state["model"]) for tid, state in states.items()]
+        lineage = {k: states[best["trial_id"]][k] for k in LINEAGE_KEYS}
+        out = run_dir / "soup"
+        out.mkdir(exist_ok=True)
+        soups: dict[str, Any] = {}
+
+        uniform = average([w for _, w in weights])
+        val_u, val_u_pc = judge(uniform, val)
+        soups["uniform"] = {"ingredients": [tid for tid, _ in weights], "val_dice": val_u,
+                            "val_dice_per_class": val_u_pc}
+        kept, greedy_w, steps = greedy(weights, lambda w: judge(w, val)[0])
+        val_g, val_g_pc = judge(greedy_w, val)
+        soups["greedy"] = {"ingredients": kept, "val_dice": val_g,
+                           "val_dice_per_class": val_g_pc, "steps": steps}
+        for kind, soup_w in (("uniform", uniform), ("greedy", greedy_w)):
+            t_dice, t_pc = judge(soup_w, test)
+            soups[kind].update(test_dice=t_dice, test_dice_per_class=t_pc,
+                               weights=f"soup/{kind}/checkpoint.pt")
+            save_checkpoint(out / kind, {"model": soup_w, "ingredients": soups[kind]["ingredients"],
+                                         "config": spec.flat(), **lineage})
+            metrics[f"soup/{kind}/val_dice"] = soups[kind]["val_dice"]
+            metrics[f"soup/{kind}/test_dice"] = t_dice
+            metrics[f"soup/{kind}/size"] = len(soups[kind]["ingredients"])
+            metrics.update({f"soup/{kind}/test_dice/{k}": v for k, v in t_pc.items()})
+        write_json(out / "soup.json", {"top_k": top_k, "candidates": [
+            {"trial_id": t["trial_id"], "val_dice": t["val_dice"]} for t in chosen],
+            **soups})
+        summary["soups"] = soups
+        artifacts.append(out / "soup.json")
+
+    write_json(summary_path, summary)
+    if tracker is not None:
+        tracker.log_parent(metrics, artifacts)
+    return summary

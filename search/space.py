@@ -1,0 +1,107 @@
+"""The search space: the spec's search leaves as an Optuna define-by-run function.
+
+Pure functions of the spec, testable without Ray: Ray's `OptunaSearch` takes `define_by_run`
+as its space and `make_sampler` as its sampler. Parameter names are the dotted spec keys, the
+same strings as the Ray result columns and the MLflow params.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+    from search.spec import Spec
+
+
+def ordered_leaves(spec: Spec) -> list[tuple[str, Any]]:
+    """Search leaves in an order where every `when` condition refers to a leaf sampled before
+    it (spec order otherwise). A cycle of conditions is an error naming the leaves."""
+    pending = dict(spec.searched())
+    order: list[tuple[str, Any]] = []
+    while pending:
+        ready = [k for k, leaf in pending.items()
+                 if not any(dep in pending for dep in (leaf.when or {}))]
+        if not ready:
+            from search.spec import SpecError
+
+            raise SpecError(f"the `when` conditions of {', '.join(pending)} form a cycle")
+        order += [(k, pending.pop(k)) for k in ready]
+    return order
+
+
+class DefineByRun:
+    """`f(trial) -> {dotted key: value}` sampling every active leaf; leaves whose condition is
+    off are not sampled (their `default` applies when the trial's spec is resolved). A class,
+    not a closure, because Ray pickles the searcher with its experiment state."""
+
+    def __init__(self, spec: Spec):
+        self.leaves = ordered_leaves(spec)
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        chosen: dict[str, Any] = {}
+        for key, leaf in self.leaves:
+            if not leaf.active(chosen):
+                continue
+            if leaf.type == "float":
+                chosen[key] = trial.suggest_float(key, leaf.low, leaf.high, log=leaf.log,
+                                                  step=leaf.step)
+            elif leaf.type == "int":
+                chosen[key] = trial.suggest_int(key, leaf.low, leaf.high, log=leaf.log,
+                                                step=leaf.step)
+            else:
+                chosen[key] = trial.suggest_categorical(key, list(leaf.choices))
+        return chosen
+
+
+def define_by_run(spec: Spec) -> DefineByRun:
+    """The spec's search space as an Optuna define-by-run function."""
+    return DefineByRun(spec)
+
+
+def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+    """The seeded Optuna sampler of the spec (Ray's OptunaSearch ignores its own `seed` when a
+    sampler is given, so the seed goes here)."""
+    import optuna
+
+    search = spec.search
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
+    # TPE's startup trials are random; keep them a fraction of a small budget.
+    startup = max(2, min(10, search.num_trials // 3))
+    return optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=startup)
+
+
+def preview(spec: Spec, n: int, score=None) -> list[dict[str, Any]]:
+    """The first `n` configurations the sampler proposes, without Ray. Each is told to the
+    study with `score(config)` (default 0.0), as Ray would tell a trial's result."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec))
+    space = define_by_run(spec)
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        config = space(trial)
+        study.tell(trial, 0.0 if score is None else score(config))
+        configs.append(config)
+    return configs
+
+
+def describe(spec: Spec) -> list[str]:
+    """One line per search leaf, for `--dry-run`."""
+    lines = []
+    for key, leaf in ordered_leaves(spec):
+        if leaf.type == "categorical":
+            text = f"categorical {leaf.choices}"
+        else:
+            text = f"{leaf.type} [{leaf.low}, {leaf.high}]"
+            text += " log" if leaf.log else ""
+            if leaf.step is not None and not (leaf.type == "int" and leaf.step == 1):
+                text += f" step {leaf.step}"
+        if leaf.when:
+            text += f"  when {leaf.when} (else {leaf.default!r})"
+        lines.append(f"{key}: {text}")
+    return lines

@@ -1,0 +1,155 @@
+"""MLflow logging from the driver: one parent run per search, one nested run per trial.
+
+Ray's stock `MLflowLoggerCallback` logs Tune internals as metrics, makes one call per metric,
+has no parent run, leaves runs RUNNING when the driver stops and duplicates runs on restore.
+This logger runs in the driver only (trials never talk to MLflow, so a multi-node cluster needs
+no MLflow access on the workers), batches every result into one `log_batch` call, finds a
+trial's run again by its Ray trial id, and closes every run it opened with the trial's status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "ray.trial_id"
+RUN_DIR_TAG = "segtune.run_dir"
+# What a trial reports that is a curve worth plotting (Ray adds its own bookkeeping keys).
+METRIC_PREFIXES = ("loss", "val_dice", "grad_norm", "lr/")
+
+
+def default_uri(storage: str | Path) -> str:
+    """sqlite store next to the runs: `<storage>/mlflow.db`."""
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_str(v) for v in value) + "]"
+    return str(value)
+
+
+def params_of(flat: dict[str, Any]) -> list[tuple[str, str]]:
+    """Spec settings as MLflow params under their dotted names (MLflow caps values at 6000
+    characters)."""
+    return [(k, _str(v)[:6000]) for k, v in flat.items()]
+
+
+def metrics_of(result: dict[str, Any]) -> dict[str, float]:
+    """The curves of one trial result."""
+    return {k: float(v) for k, v in result.items()
+            if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float))}
+
+
+class Tracker:
+    """Parent and nested MLflow runs for one search. Plain class: `search.tuner` wraps it in a
+    Ray callback, and the soup logs to the parent run through it."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, run_dir: str | Path):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (found.experiment_id if found is not None
+                              else self.client.create_experiment(experiment))
+        self.run_name = run_name
+        self.run_dir = str(Path(run_dir).resolve())
+        self.parent_id: str | None = None
+        self.trial_runs: dict[str, str] = {}  # ray trial id -> mlflow run id
+        self.open: set[str] = set()
+
+    # -- parent ---------------------------------------------------------------------------
+    def start_parent(self, flat_spec: dict[str, Any], searched: list[str],
+                     tags: dict[str, str] | None = None) -> str:
+        run = self.client.create_run(
+            self.experiment_id, run_name=self.run_name,
+            tags={RUN_DIR_TAG: self.run_dir, "segtune.searched": ", ".join(searched),
+                  **(tags or {})},
+        )
+        self.parent_id = run.info.run_id
+        self._log(self.parent_id, params=params_of(flat_spec))
+        self.open.add(self.parent_id)
+        return self.parent_id
+
+    def attach_parent(self, run_id: str) -> None:
+        self.parent_id = run_id
+
+    def finish_parent(self, status: str) -> None:
+        if self.parent_id in self.open:
+            self.client.set_terminated(self.parent_id, status)
+            self.open.discard(self.parent_id)
+
+    # -- trials ---------------------------------------------------------------------------
+    def start_trial(self, trial_id: str, flat_config: dict[str, Any],
+                    searched: dict[str, Any]) -> str:
+        """The nested run of a trial: created once, found again by its Ray trial id."""
+        if trial_id in self.trial_runs:
+            run_id = self.trial_runs[trial_id]
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"{self.run_name}/{trial_id}",
+                tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial_id,
+                      RUN_DIR_TAG: self.run_dir},
+            )
+            run_id = run.info.run_id
+            self.trial_runs[trial_id] = run_id
+            self._log(run_id, params=params_of(flat_config),
+                      tags=[("segtune.searched_params", ", ".join(sorted(searched)))])
+        self.open.add(run_id)
+        return run_id
+
+    def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        run_id = self.trial_runs.get(trial_id)
+        if run_id is None:
+            return
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        self._log(run_id, metrics=metrics_of(result), step=step)
+
+    def end_trial(self, trial_id: str, status: str, note: str | None = None) -> None:
+        run_id = self.trial_runs.get(trial_id)
+        if run_id is None or run_id not in self.open:
+            return
+        if note:
+            self.client.set_tag(run_id, "segtune.status", note)
+        self.client.set_terminated(run_id, status)
+        self.open.discard(run_id)
+
+    def close_trials(self, status: str) -> None:
+        """Terminate every trial run still open (the search ended or the driver stopped)."""
+        for run_id in list(self.open):
+            if run_id != self.parent_id:
+                self.client.set_terminated(run_id, status)
+                self.open.discard(run_id)
+
+    def close_all(self, status: str) -> None:
+        """Terminate every run still open, the parent last: none stays RUNNING."""
+        self.close_trials(status)
+        self.finish_parent(status)
+
+    # -- parent metrics and files -------------------------------------------------------
+    def log_parent(self, metrics: dict[str, float], artifacts: list[Path] = ()) -> None:
+        if self.parent_id is None:
+            return
+        self._log(self.parent_id, metrics=metrics, step=0)
+        for path in artifacts:
+            self.client.log_artifact(self.parent_id, str(path))
+
+    def _log(self, run_id: str, params=(), metrics: dict[str, float] | None = None,
+             step: int = 0, tags=()) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        ms = [Metric(k, v, now, step) for k, v in (metrics or {}).items()]
+        ps = [Param(k, v) for k, v in params]
+        ts = [RunTag(k, v) for k, v in tags]
+        # MLflow's per-call limits: 1000 metrics, 100 params, 100 tags.
+        while ms or ps or ts:
+            self.client.log_batch(run_id, metrics=ms[:1000], params=ps[:100], tags=ts[:100])
+            ms, ps, ts = ms[1000:], ps[100:], ts[100:]

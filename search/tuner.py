@@ -1,0 +1,159 @@
+"""The Ray Tune run: Optuna proposes, ASHA stops early, each trial is `train_fn.loop.train`.
+
+The only driver module that imports Ray (with `search.cli` for `ray.init`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import Callback
+
+from search.space import define_by_run, make_sampler
+from search.spec import Spec
+from search.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
+              data_root: str) -> None:
+    """One trial: resolve the spec with the sampled `config`, train, report every epoch with a
+    checkpoint, and resume from the trial's last checkpoint after a retry or restore."""
+    from train_fn.checkpoint import load_checkpoint, save_checkpoint
+    from train_fn.loop import train
+
+    # One "Checkpoint successfully created" line per epoch and trial is noise on the driver.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    spec = base.resolve(config)
+    trial_id = tune.get_context().get_trial_id()
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(folder)
+
+    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        state["trial_id"] = trial_id
+        with tempfile.TemporaryDirectory(prefix="segtune-ckpt-") as folder:
+            save_checkpoint(folder, state)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    train(spec, split, data_root, report=report, resume=resume)
+
+
+class MlflowCallback(Callback):
+    """Feeds trial events from Ray to the `Tracker` (driver side, batched)."""
+
+    def __init__(self, tracker: Tracker, base: Spec, epochs: int):
+        self.tracker = tracker
+        self.base = base
+        self.epochs = epochs
+        self.last_epoch: dict[str, int] = {}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = dict(trial.config)
+        flat = self.base.resolve(config).flat()
+        self.tracker.start_trial(trial.trial_id, flat, config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last_epoch[trial.trial_id] = int(result.get("epoch", 0))
+        self.tracker.log_result(trial.trial_id, result)
+        logger.info(
+            "trial %s epoch %d/%d: loss %.3f, val_dice %.3f", trial.trial_id,
+            result.get("epoch", 0), self.epochs, result.get("loss", float("nan")),
+            result.get("val_dice", float("nan")),
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        done = self.last_epoch.get(trial.trial_id, 0) >= self.epochs
+        self.tracker.end_trial(trial.trial_id, "FINISHED",
+                               note="completed" if done else "stopped early")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(trial.trial_id, "FAILED", note="error")
+
+    def on_experiment_end(self, trials, **info):
+        self.tracker.close_trials("KILLED")  # only runs that no trial event closed
+
+
+def _trial_name(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: str,
+               storage: Path, callbacks: list[Callback]) -> tune.Tuner:
+    """The `Tuner` for a spec: OptunaSearch over `define_by_run(spec)` with the spec's seeded
+    sampler, ASHA (or FIFO) on epochs, a concurrency limit and per-trial resources."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = spec.search
+    fn = tune.with_parameters(trainable, base=spec, split=split, data_root=data_root)
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if s.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode="max",
+                                  max_t=spec.train.epochs,
+                                  grace_period=min(s.grace_period, spec.train.epochs),
+                                  reduction_factor=s.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        tune.with_resources(fn, resources),
+        tune_config=tune.TuneConfig(
+            num_samples=s.num_trials,
+            max_concurrent_trials=s.max_concurrent,
+            # metric and mode go to the searcher and the scheduler, not to TuneConfig: a
+            # define-by-run OptunaSearch must have them when it is built.
+            search_alg=OptunaSearch(define_by_run(spec), metric=s.metric, mode="max",
+                                    sampler=make_sampler(spec)),
+            scheduler=scheduler,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage.resolve()), callbacks=callbacks, verbose=0,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=s.metric,
+                checkpoint_score_order="max",
+            ),
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def trial_records(results: tune.ResultGrid, run_dir: Path, epochs: int) -> list[dict[str, Any]]:
+    """One record per trial: id, status, config, the best epoch's metrics and checkpoint."""
+    records = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = metrics.get("trial_id") or Path(result.path).name
+        best_path, best = None, None
+        for checkpoint, ck_metrics in result.best_checkpoints or []:
+            if best is None or ck_metrics.get("val_dice", -1) > best.get("val_dice", -1):
+                best_path, best = checkpoint.path, ck_metrics
+        if result.error is not None:
+            status = "error"
+        elif metrics.get("epoch", 0) >= epochs:
+            status = "completed"
+        else:
+            status = "stopped"
+        best = best or {}
+        records.append({
+            "trial_id": trial_id,
+            "status": status,
+            "config": dict(result.config or {}),
+            "epochs": int(metrics.get("epoch", 0)),
+            "val_dice": best.get("val_dice"),
+            "val_dice_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
+                                   if k.startswith("val_dice/")},
+            "best_epoch": best.get("epoch"),
+            "checkpoint": (str(Path(best_path).resolve().relative_to(run_dir.resolve()))
+                           if best_path else None),
+            "error": str(result.error).splitlines()[0] if result.error is not None else None,
+        })
+    records.sort(key=lambda r: -1 if r["val_dice"] is None else r["val_dice"], reverse=True)
+    return records

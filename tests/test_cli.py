@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import pytest
+
+from search.cli import main
+
+
+def test_dry_run_prints_settings_and_space_and_writes_nothing(tmp_path, capsys):
+    from conftest import ROOT
+
+    storage = tmp_path / "runs"
+    code = main(["run", str(ROOT / "spaces" / "novograd.yaml"), "--dry-run",
+                 "--storage", str(storage), "--set", "train.epochs=3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "train.epochs: 3" in out
+    assert "optimizer.lr: float [0.01, 0.2] log" in out
+    assert "layers.middle: 1.0" in out
+    assert "first configurations the sampler proposes" in out
+    assert not storage.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "missing.yaml"], "missing.yaml: no such spec file"),
+    (["run", "{spec}", "--set", "optimizer.lrr=1"], "did you mean 'lr'?"),
+    (["run", "{spec}", "--set", "model.name=vnet"], "unknown model 'vnet'"),
+    (["run", "{spec}", "--name", "a/b"], "--name 'a/b': a run name is one folder name"),
+    (["soup", "{tmp}"], "not a segtune run folder (no run.json)"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, write_spec, capsys, args, message):
+    spec = write_spec("train:\n  epochs: 1\n")
+    args = [a.format(spec=spec, tmp=tmp_path) for a in args]
+    assert main([*args, "--storage", str(tmp_path / "runs")] if args[0] == "run"
+                else args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segtune: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

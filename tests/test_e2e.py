@@ -1,0 +1,103 @@
+"""The real CLI, Ray and MLflow on spaces/smoke.yaml, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+CLASSES = {"esophagus", "heart", "trachea", "aorta"}
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    proc = cli("run", "spaces/smoke.yaml", "--storage", str(storage))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return storage, storage / "smoke", proc
+
+
+def test_run_writes_summary_split_and_soups(smoke_run):
+    storage, run_dir, proc = smoke_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["trials"]) == 2
+    for trial in summary["trials"]:
+        assert trial["status"] in {"completed", "stopped"}
+        assert set(trial["config"]) == {"optimizer.lr", "layers.early_encoder"}
+        assert 0.0 <= trial["val_dice"] <= 1.0
+        assert set(trial["val_dice_per_class"]) == CLASSES
+        assert (run_dir / trial["checkpoint"] / "checkpoint.pt").is_file()
+    best = summary["best"]
+    assert best["trial_id"] == summary["trials"][0]["trial_id"]
+    assert best["val_dice"] == max(t["val_dice"] for t in summary["trials"])
+    assert set(best["test_dice_per_class"]) == CLASSES
+    assert best["test_dice"] == pytest.approx(sum(best["test_dice_per_class"].values()) / 4)
+    for kind in ("uniform", "greedy"):
+        soup = summary["soups"][kind]
+        assert set(soup["test_dice_per_class"]) == CLASSES and 0 <= soup["test_dice"] <= 1
+        assert soup["ingredients"][0] in {t["trial_id"] for t in summary["trials"]}
+        weights = torch.load(run_dir / soup["weights"], weights_only=True)
+        assert weights["ingredients"] == soup["ingredients"]
+    assert len(summary["soups"]["uniform"]["ingredients"]) == 2
+    assert summary["soups"]["greedy"]["steps"][0]["accepted"] is True
+    split = json.loads((run_dir / "split.json").read_text())
+    assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
+    assert "val_dice" in proc.stdout and "greedy soup" in proc.stdout
+    assert f"mlflow ui --backend-store-uri sqlite:///{storage / 'mlflow.db'}" in proc.stdout
+
+
+def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    storage, run_dir, _ = smoke_run
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    parent = parents[0]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    by_trial = {r.data.tags["ray.trial_id"]: r for r in children}
+    assert set(by_trial) == {t["trial_id"] for t in summary["trials"]}
+    for trial in summary["trials"]:
+        run = by_trial[trial["trial_id"]]
+        # Every setting under its dotted name; searched ones with the sampled value.
+        assert float(run.data.params["optimizer.lr"]) == pytest.approx(
+            trial["config"]["optimizer.lr"])
+        assert run.data.params["optimizer.beta1"] == "0.95"
+        assert run.data.params["train.epochs"] == "2"
+        history = client.get_metric_history(run.info.run_id, "val_dice/heart")
+        assert [m.step for m in history] == list(range(1, trial["epochs"] + 1))
+        for key in ("loss", "grad_norm", "lr/head", "val_dice/esophagus"):
+            assert key in run.data.metrics
+    assert parent.data.metrics["soup/greedy/test_dice"] == pytest.approx(
+        summary["soups"]["greedy"]["test_dice"])
+    assert "best/test_dice/aorta" in parent.data.metrics
+
+
+def test_soup_command_and_refusal_to_overwrite(smoke_run):
+    storage, run_dir, _ = smoke_run
+    proc = cli("soup", str(run_dir), "--top-k", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["soups"]["uniform"]["ingredients"] == [summary["best"]["trial_id"]]
+    assert summary["soups"]["uniform"]["test_dice"] == pytest.approx(summary["best"]["test_dice"])
+    again = cli("run", "spaces/smoke.yaml", "--storage", str(storage))
+    assert again.returncode == 2
+    assert "a run named 'smoke' already exists" in again.stderr

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from search.soup import SoupError, average, check_ingredients, greedy
+
+
+def state(value: float, count: int = 3):
+    return {"w": torch.full((2, 2), value), "b": torch.tensor([value]),
+            "num_batches_tracked": torch.tensor(count)}
+
+
+def test_average_is_elementwise_mean_and_copies_integer_buffers():
+    soup = average([state(1.0, 3), state(2.0, 5), state(6.0, 9)])
+    assert torch.equal(soup["w"], torch.full((2, 2), 3.0))
+    assert soup["w"].dtype == torch.float32
+    assert soup["num_batches_tracked"].item() == 3  # copied from the first, not averaged
+    assert soup["num_batches_tracked"].dtype == torch.int64
+    with pytest.raises(SoupError, match="nothing to average"):
+        average([])
+
+
+def test_greedy_keeps_only_candidates_that_do_not_hurt():
+    # Score peaks when the mean weight is 2. A (1.8) goes first; B (2.2) brings the mean to 2;
+    # C (10) would drag it away and is rejected; D (2.0) keeps it at 2 (equal: accepted).
+    score = lambda w: -abs(float(w["w"].mean()) - 2.0)  # noqa: E731
+    cands = [("A", state(1.8)), ("B", state(2.2)), ("C", state(10.0)), ("D", state(2.0))]
+    kept, soup, steps = greedy(cands, score)
+    assert kept == ["A", "B", "D"]
+    assert [s["accepted"] for s in steps] == [True, True, False, True]
+    assert steps[0] == {"trial_id": "A", "val_dice": pytest.approx(-0.2), "accepted": True}
+    assert steps[2]["val_dice"] == pytest.approx(-(14 / 3 - 2))
+    assert float(soup["w"].mean()) == pytest.approx(2.0)
+    # Equal score is accepted (the rule is "does not drop").
+    kept, _, _ = greedy([("A", state(1.0)), ("B", state(1.0))], lambda w: 0.5)
+    assert kept == ["A", "B"]
+
+
+def lineage(**over):
+    base = {"architecture": {"name": "unet", "channels": [8, 16], "strides": [2]},
+            "init_fingerprint": "abc", "init_seed": 0}
+    return {**base, **over}
+
+
+def test_refuses_different_architecture_naming_the_difference():
+    other = lineage(architecture={"name": "unet", "channels": [8, 32], "strides": [2]})
+    with pytest.raises(SoupError, match=r"trial t2 with trial t1: different architecture: "
+                                        r"channels \[8, 16\] vs \[8, 32\]"):
+        check_ingredients({"t1": lineage(), "t2": other})
+
+
+def test_refuses_different_initial_weights():
+    other = lineage(init_fingerprint="def", init_seed=1)
+    with pytest.raises(SoupError, match=r"different init_fingerprint: initial weights abc vs "
+                                        r"def \(init_seed 0 vs 1\)"):
+        check_ingredients({"t1": lineage(), "t2": other})
+    check_ingredients({"t1": lineage(), "t2": lineage()})  # same lineage: fine
