@@ -70,7 +70,6 @@ def _run(args) -> int:
         _dry_run(spec, args)
         return 0
     from search.api import run_search
-    from search.report import format_summary
 
     summary = run_search(spec, args.spec, name=args.name, storage=args.storage,
                          tracking_uri=args.tracking_uri)

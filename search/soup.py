@@ -111,7 +111,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     top_k = top_k or spec.soup.top_k
-    ranked = [t for t in summary["trials"] if t.get("checkpoint") and t.get("val_dice") is not None]
+    ranked = [t for t in summary["trials"]
+              if t.get("checkpoint") and t.get("val_dice") is not None]
     if not ranked:
         raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint")
     ranked.sort(key=lambda t: t["val_dice"], reverse=True)
@@ -161,8 +162,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
             t_dice, t_pc = judge(soup_w, test)
             soups[kind].update(test_dice=t_dice, test_dice_per_class=t_pc,
                                weights=f"soup/{kind}/checkpoint.pt")
-            save_checkpoint(out / kind, {"model": soup_w, "ingredients": soups[kind]["ingredients"],
-                                         "config": spec.flat(), **lineage})
+            save_checkpoint(out / kind, {"model": soup_w, "config": spec.flat(),
+                                         "ingredients": soups[kind]["ingredients"], **lineage})
             metrics[f"soup/{kind}/val_dice"] = soups[kind]["val_dice"]
             metrics[f"soup/{kind}/test_dice"] = t_dice
             metrics[f"soup/{kind}/size"] = len(soups[kind]["ingredients"])

@@ -11,7 +11,7 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -61,7 +61,7 @@ def parse_value(text: str) -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # Search leaves, validated by Optuna's own distribution constructors.
-Scalar = Union[StrictBool, int, float, str]
+Scalar = StrictBool | int | float | str
 
 
 class _Strict(BaseModel):
@@ -69,7 +69,7 @@ class _Strict(BaseModel):
 
 
 class _Leaf(_Strict):
-    when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    when: dict[str, Scalar | list[Scalar]] | None = None
     default: Scalar | None = None
 
     def active(self, chosen: dict[str, Any]) -> bool:
@@ -83,7 +83,9 @@ class _Leaf(_Strict):
     @model_validator(mode="after")
     def _check(self):
         if self.when and self.default is None:
-            raise ValueError("a conditional leaf (with `when`) needs a `default` for when it is off")
+            raise ValueError(
+                "a conditional leaf (with `when`) needs a `default` for when it is off"
+            )
         self.distribution()  # Optuna checks low <= high, log > 0, step
         return self
 
@@ -124,7 +126,7 @@ class CategoricalLeaf(_Leaf):
         return CategoricalDistribution(self.choices)
 
 
-Leaf = Annotated[Union[FloatLeaf, IntLeaf, CategoricalLeaf], Field(discriminator="type")]
+Leaf = Annotated[FloatLeaf | IntLeaf | CategoricalLeaf, Field(discriminator="type")]
 _TAGS = {"fixed", "search", "float", "int", "categorical"}
 
 
@@ -135,7 +137,7 @@ def _which(value: Any) -> str:
 def Searchable(kind: Any) -> Any:  # noqa: N802 - reads as a type
     """A field that is either a fixed `kind` value or a search leaf."""
     return Annotated[
-        Union[Annotated[kind, Tag("fixed")], Annotated[Leaf, Tag("search")]],
+        Annotated[kind, Tag("fixed")] | Annotated[Leaf, Tag("search")],
         Discriminator(_which),
     ]
 

@@ -65,6 +65,6 @@ def test_patches_are_batched_and_deterministic(phantom_root):
     first = list(sampler.epoch(0, 3, 2))
     assert [tuple(x.shape) for x, _ in first] == [(2, 1, 32, 32, 16)] * 3
     again = list(sampler.epoch(0, 3, 2))
-    assert all((a[1] == b[1]).all() for a, b in zip(first, again))
+    assert all((a[1] == b[1]).all() for a, b in zip(first, again, strict=False))
     other = list(sampler.epoch(1, 3, 2))
-    assert any((a[1] != b[1]).any() for a, b in zip(first, other))
+    assert any((a[1] != b[1]).any() for a, b in zip(first, other, strict=False))

@@ -50,5 +50,5 @@ def evaluate(model: torch.nn.Module, volumes: list[dict[str, Any]], train: Any,
         for v in volumes
     ]).mean(0)
     model.train(was_training)
-    per_class = {name: float(s) for name, s in zip(CLASS_NAMES, scores)}
+    per_class = {name: float(s) for name, s in zip(CLASS_NAMES, scores, strict=False)}
     return float(scores.mean()), per_class

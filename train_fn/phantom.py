@@ -57,7 +57,7 @@ def _tube(grid: np.ndarray, points: np.ndarray, spacing: tuple[float, float, flo
 
 def _densify(points: np.ndarray, step: float) -> np.ndarray:
     out = [points[:1]]
-    for a, b in zip(points[:-1], points[1:]):
+    for a, b in zip(points[:-1], points[1:], strict=False):
         n = max(2, int(np.ceil(np.linalg.norm(b - a) / step)) + 1)
         out.append(np.linspace(a, b, n)[1:])
     return np.concatenate(out)
@@ -222,4 +222,4 @@ def write_phantom_dataset(root: str | Path, n_cases: int, seed: int = 0,
 def describe(label: np.ndarray) -> dict[str, Any]:
     """Voxel count per label (for checks and docs)."""
     values, counts = np.unique(label, return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts)}
+    return {int(v): int(c) for v, c in zip(values, counts, strict=False)}
