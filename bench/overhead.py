@@ -40,8 +40,8 @@ def main() -> None:
     # One fixed configuration; lr as a one-choice categorical so (b) goes through OptunaSearch.
     spec = load_spec(args.spec, [
         f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}",
-        "train.threads=1", "train.device=cpu", f"search.num_trials={args.trials}", "search.max_concurrent=1",
-        "search.scheduler=fifo",
+        "train.threads=1", "train.device=cpu", f"search.num_trials={args.trials}",
+        "search.max_concurrent=1", "search.scheduler=fifo",
         "optimizer.lr={type: categorical, choices: [0.1]}", "optimizer.beta1=0.93",
         "optimizer.beta2=0.99", "optimizer.weight_decay=3.0e-5", "layers.early_encoder=0.4",
         "layers.deep_encoder=0.9", "schedule.warmup_fraction=0.15",
