@@ -189,18 +189,34 @@ class ModelSpec(_Strict):
 
 
 class OptimizerSpec(_Strict):
+    """`lr` for every optimizer; the other keys only for the optimizers that take them (unset:
+    the optimizer's own default, see train_fn.optim.OPTIMIZERS)."""
+
     name: str = "novograd"
     lr: Searchable(float) = 1e-3
-    beta1: Searchable(float) = 0.9
-    beta2: Searchable(float) = 0.98
-    weight_decay: Searchable(float) = 0.0
-    grad_averaging: Searchable(StrictBool) = False
-    eps: float = 1e-8
+    beta1: Searchable(float) | None = None
+    beta2: Searchable(float) | None = None
+    weight_decay: Searchable(float) | None = None
+    grad_averaging: Searchable(StrictBool) | None = None
+    momentum: Searchable(float) | None = None
+    nesterov: Searchable(StrictBool) | None = None
+    eps: float | None = None
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
         return _known_name(v, OPTIMIZERS, "optimizer")
+
+    @model_validator(mode="after")
+    def _takes(self):
+        takes = OPTIMIZERS[self.name].defaults
+        for key in type(self).model_fields:
+            if key not in ("name", "lr") and getattr(self, key) is not None and key not in takes:
+                raise ValueError(
+                    f"optimizer.{key} is not a parameter of optimizer.name {self.name!r}; "
+                    f"{self.name} takes: lr, {', '.join(takes)}"
+                )
+        return self
 
 
 class LayersSpec(_Strict):
@@ -214,9 +230,12 @@ class LayersSpec(_Strict):
 
 
 class ScheduleSpec(_Strict):
+    """Warmup then a cosine (MONAI WarmupCosineSchedule). Schedule-free optimizers take only
+    the warmup (as their own `warmup_steps`); the cosine keys do not apply to them."""
+
     warmup_fraction: Searchable(float) = 0.1
-    warmup_multiplier: Searchable(float) = 0.0
-    cycles: Searchable(float) = 0.5
+    warmup_multiplier: Searchable(float) | None = None  # default 0
+    cycles: Searchable(float) | None = None  # default 0.5: a half cosine down to 0
 
 
 class TrainSpec(_Strict):
@@ -269,6 +288,25 @@ class Spec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
     soup: SoupSpec = SoupSpec()
     tracking: TrackingSpec = TrackingSpec()
+
+    @model_validator(mode="after")
+    def _check_schedule(self):
+        opt = OPTIMIZERS[self.optimizer.name]
+        if opt.schedule_free:
+            for key in ("cycles", "warmup_multiplier"):
+                if getattr(self.schedule, key) is not None:
+                    raise ValueError(
+                        f"schedule.{key} does not fit optimizer.name {self.optimizer.name!r}: "
+                        "a schedule-free optimizer keeps its LR constant after its own warmup "
+                        f"(remove schedule.{key})"
+                    )
+            if not opt.warmup and self.schedule.warmup_fraction != 0:
+                raise ValueError(
+                    f"schedule.warmup_fraction does not fit optimizer.name "
+                    f"{self.optimizer.name!r}, which has no warmup (RAdam's rectification "
+                    "replaces it): set schedule.warmup_fraction to 0"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_conditions(self):

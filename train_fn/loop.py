@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -16,7 +17,7 @@ from train_fn.checkpoint import load_checkpoint, save_checkpoint
 from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
 from train_fn.metrics import evaluate
 from train_fn.models import architecture, build_model, weights_fingerprint
-from train_fn.optim import BANDS, build_optimizer, param_groups
+from train_fn.optim import BANDS, OPTIMIZERS, build_optimizer, param_groups
 
 if TYPE_CHECKING:
     from search.spec import Spec
@@ -44,8 +45,9 @@ def build_schedule(optimizer: torch.optim.Optimizer, spec: Spec):
 
     warm, total = warmup_steps(spec)
     return WarmupCosineSchedule(
-        optimizer, warmup_steps=warm, t_total=total, cycles=spec.schedule.cycles,
-        warmup_multiplier=spec.schedule.warmup_multiplier,
+        optimizer, warmup_steps=warm, t_total=total,
+        cycles=0.5 if spec.schedule.cycles is None else spec.schedule.cycles,
+        warmup_multiplier=spec.schedule.warmup_multiplier or 0.0,
     )
 
 
@@ -73,17 +75,21 @@ def train(
     model.to(device)
     multipliers = {band: getattr(spec.layers, band) for band in BANDS}
     depth = len(spec.model.strides)
+    kind = OPTIMIZERS[spec.optimizer.name]
     optimizer = build_optimizer(
-        param_groups(model, depth, spec.optimizer.lr, multipliers), spec.optimizer
+        param_groups(model, depth, spec.optimizer.lr, multipliers), spec.optimizer,
+        warmup_steps=warmup_steps(spec)[0] if kind.warmup else 0,
     )
-    schedule = build_schedule(optimizer, spec)
+    # Schedule-free optimizers keep their own warmup and averaging: no external schedule.
+    schedule = None if kind.schedule_free else build_schedule(optimizer, spec)
     start_epoch = 0
     if resume is not None:
         if resume["init_fingerprint"] != init_fingerprint:
             raise ValueError("the checkpoint to resume from has different initial weights")
         model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["scheduler"])
+        optimizer.load_state_dict(resume["optimizer"])  # schedule-free: saved in eval mode
+        if schedule is not None:
+            schedule.load_state_dict(resume["scheduler"])
         start_epoch = resume["epoch"]
 
     from monai.losses import DiceCELoss
@@ -96,6 +102,8 @@ def train(
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, spec.train.epochs):
         model.train()
+        if kind.schedule_free:
+            optimizer.train()  # weights to y, the point gradients are taken at
         # Accumulate on the device: no host sync per step.
         loss_sum = torch.zeros((), device=device)
         norm_sum = torch.zeros((), device=device)
@@ -108,8 +116,13 @@ def train(
             # Measured before step(): Novograd divides p.grad in place.
             norm_sum += torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
-            schedule.step()
+            if schedule is not None:
+                schedule.step()
             loss_sum += loss.detach()
+        if kind.schedule_free:
+            # Weights to x, the averaged point: what is validated, saved and souped. Model and
+            # optimizer state are saved together in this mode.
+            optimizer.eval()
         val_dice, per_class = evaluate(model, val_vols, spec.train, device)
         steps = spec.train.steps_per_epoch
         metrics = {
@@ -118,14 +131,16 @@ def train(
             "grad_norm": float(norm_sum) / steps,
             "val_dice": val_dice,
             **{f"val_dice/{name}": value for name, value in per_class.items()},
-            **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups},
+            **{f"lr/{group['name']}": group.get("scheduled_lr", group["lr"])
+               for group in optimizer.param_groups},
         }
         state = {
             "format": 1,
             "epoch": epoch + 1,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
+            # Copies, not views of the live tensors: training goes on after the report.
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "scheduler": schedule.state_dict() if schedule is not None else {},
             "metrics": metrics,
             "config": spec.flat(),
             "architecture": architecture(spec.model, 1, NUM_CLASSES),

@@ -6,6 +6,8 @@ decoder, head. Every parameter lands in exactly one band, assigned from its modu
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -58,31 +60,87 @@ def param_groups(
     ]
 
 
-def build_novograd(groups: list[dict], cfg: Any) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class OptimizerDef:
+    """An optimizer: its factory, the spec keys it takes with their defaults, and whether it
+    is schedule-free (its own warmup and averaging; no external LR schedule)."""
+
+    build: Callable[..., Any]
+    defaults: dict[str, Any]
+    schedule_free: bool = False
+    warmup: bool = True  # takes `warmup_steps` (schedule-free RAdam does not)
+
+
+def _novograd(groups, o, warmup_steps):
     from monai.optimizers import Novograd
 
-    return Novograd(
-        groups,
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        grad_averaging=cfg.grad_averaging,
-    )
+    return Novograd(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+                    weight_decay=o["weight_decay"], grad_averaging=o["grad_averaging"])
 
 
-def build_adamw(groups: list[dict], cfg: Any) -> torch.optim.Optimizer:
+def _adamw(groups, o, warmup_steps):
     import torch
 
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-    )
+    return torch.optim.AdamW(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+                             weight_decay=o["weight_decay"])
 
 
-OPTIMIZERS = {"novograd": build_novograd, "adamw": build_adamw}
+def _sgd(groups, o, warmup_steps):
+    import torch
+
+    return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
+                           weight_decay=o["weight_decay"])
 
 
-def build_optimizer(groups: list[dict], cfg: Any) -> torch.optim.Optimizer:
-    """The optimizer named by `cfg.name` (the spec's resolved optimizer section)."""
-    return OPTIMIZERS[cfg.name](groups, cfg)
+# Schedule-free: keywords only (the classes order their positional arguments differently).
+def _sf_adamw(groups, o, warmup_steps):
+    from schedulefree import AdamWScheduleFree
+
+    return AdamWScheduleFree(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+                             weight_decay=o["weight_decay"], warmup_steps=warmup_steps)
+
+
+def _sf_sgd(groups, o, warmup_steps):
+    from schedulefree import SGDScheduleFree
+
+    return SGDScheduleFree(groups, lr=o["lr"], momentum=o["momentum"],
+                           weight_decay=o["weight_decay"], warmup_steps=warmup_steps)
+
+
+def _sf_radam(groups, o, warmup_steps):
+    from schedulefree import RAdamScheduleFree
+
+    return RAdamScheduleFree(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+                             weight_decay=o["weight_decay"])
+
+
+_ADAM = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+OPTIMIZERS: dict[str, OptimizerDef] = {
+    "novograd": OptimizerDef(_novograd, {"beta1": 0.9, "beta2": 0.98, "eps": 1e-8,
+                                         "weight_decay": 0.0, "grad_averaging": False}),
+    "adamw": OptimizerDef(_adamw, {**_ADAM, "weight_decay": 0.01}),
+    "sgd": OptimizerDef(_sgd, {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0}),
+    "schedulefree_adamw": OptimizerDef(_sf_adamw, {**_ADAM, "weight_decay": 0.0},
+                                       schedule_free=True),
+    "schedulefree_sgd": OptimizerDef(_sf_sgd, {"momentum": 0.9, "weight_decay": 0.0},
+                                     schedule_free=True),
+    "schedulefree_radam": OptimizerDef(_sf_radam, {**_ADAM, "weight_decay": 0.0},
+                                       schedule_free=True, warmup=False),
+}
+
+
+def optimizer_settings(cfg: Any) -> dict[str, Any]:
+    """`lr` and every parameter the optimizer takes: the spec's value, else its default."""
+    spec_def = OPTIMIZERS[cfg.name]
+    values = {"lr": cfg.lr}
+    for key, default in spec_def.defaults.items():
+        value = getattr(cfg, key)
+        values[key] = default if value is None else value
+    return values
+
+
+def build_optimizer(groups: list[dict], cfg: Any, warmup_steps: int = 0
+                    ) -> torch.optim.Optimizer:
+    """The optimizer named by `cfg.name` (the spec's resolved optimizer section); schedule-free
+    ones get `warmup_steps` as their own warmup."""
+    return OPTIMIZERS[cfg.name].build(groups, optimizer_settings(cfg), warmup_steps)
