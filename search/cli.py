@@ -57,11 +57,38 @@ def _dry_run(spec, args) -> None:
           f"seed {spec.search.seed}):")
     for line in describe(spec):
         print(f"  {line}")
+    print("\nlearning-rate groups (lr x multiplier):")
+    for line in _groups(spec):
+        print(f"  {line}")
     if searched:
         print("\nfirst configurations the sampler proposes:")
         for config in preview(spec, min(3, spec.search.num_trials)):
             print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in config.items()))
+
+
+def _groups(spec) -> list[str]:
+    """One line per band: its multiplier (or search range) and what it holds."""
+    from train_fn.data import NUM_CLASSES
+    from train_fn.models import build_model
+    from train_fn.optim import param_bands
+
+    model = build_model(spec.model, 1, NUM_CLASSES)
+    sizes = dict(model.named_parameters())
+    total = sum(p.numel() for p in sizes.values())
+    lines = []
+    for band, names in param_bands(model, len(spec.model.strides)).items():
+        value = getattr(spec.layers, band)
+        if not hasattr(value, "type"):
+            mult = f"{value}x"
+        elif value.type == "categorical":
+            mult = f"one of {value.choices}"
+        else:
+            mult = f"{value.type} [{value.low}, {value.high}]"
+        count = sum(sizes[n].numel() for n in names)
+        lines.append(f"{band:<14} {mult:<18} {len(names):3d} tensors {count:9,d} parameters "
+                     f"({100 * count / total:.1f}%)")
+    return lines
 
 
 def _run(args) -> int:
