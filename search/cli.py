@@ -68,26 +68,31 @@ def _dry_run(spec, args) -> None:
 
 
 def _groups(spec) -> list[str]:
-    """One line per band: its multiplier (or search range) and what it holds."""
+    """One line per LR group: its multiplier (or search range) and what it holds."""
+    from search.spec import _Leaf
     from train_fn.data import NUM_CLASSES
     from train_fn.models import build_model
-    from train_fn.optim import param_bands
+    from train_fn.optim import param_groups
 
     model = build_model(spec.model, 1, NUM_CLASSES)
-    sizes = dict(model.named_parameters())
-    total = sum(p.numel() for p in sizes.values())
+    total = sum(p.numel() for p in model.parameters())
+    # Searched multipliers are shown by their range; the groups come from a copy with 1.0.
+    layers = spec.layers.model_copy(update={
+        k: 1.0 for k, v in spec.layers if isinstance(v, _Leaf)})
     lines = []
-    for band, names in param_bands(model, len(spec.model.strides)).items():
-        value = getattr(spec.layers, band)
-        if not hasattr(value, "type"):
-            mult = f"{value}x"
-        elif value.type == "categorical":
-            mult = f"one of {value.choices}"
+    for group in param_groups(model, spec.model, layers, 1.0):
+        band = group["name"].split("/")[0]
+        value = getattr(spec.layers, band, None) if spec.layers.mode == "bands" else None
+        if isinstance(value, _Leaf):
+            mult = (f"one of {value.choices}" if value.type == "categorical"
+                    else f"{value.type} [{value.low}, {value.high}]")
+        elif any(isinstance(v, _Leaf) for _, v in spec.layers):
+            mult = "searched" if spec.layers.mode != "bands" else f"{group['multiplier']:.3g}x"
         else:
-            mult = f"{value.type} [{value.low}, {value.high}]"
-        count = sum(sizes[n].numel() for n in names)
-        lines.append(f"{band:<14} {mult:<18} {len(names):3d} tensors {count:9,d} parameters "
-                     f"({100 * count / total:.1f}%)")
+            mult = f"{group['multiplier']:.3g}x"
+        count = sum(p.numel() for p in group["params"])
+        lines.append(f"{group['name']:<22} {mult:<18} {len(group['params']):3d} tensors "
+                     f"{count:9,d} parameters ({100 * count / total:.1f}%)")
     return lines
 
 

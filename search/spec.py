@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from train_fn.models import MODELS
-from train_fn.optim import BANDS, OPTIMIZERS
+from train_fn.optim import BANDS, MODES, OPTIMIZERS
 
 
 class SpecError(ValueError):
@@ -166,11 +166,22 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
+    """The network. Only the keys the named model takes (unset: its default, see
+    train_fn.models.MODELS); all trials share `init_seed`, so their weights can be souped."""
+
     name: str = "unet"
-    channels: tuple[int, ...] = (8, 16, 32, 64)
-    strides: tuple[int, ...] = (2, 2, 2)
-    num_res_units: int = Field(1, ge=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    channels: tuple[int, ...] | None = None  # unet, dynunet (filters per level)
+    strides: tuple[int, ...] | None = None  # unet, dynunet (dynunet: first is usually 1)
+    num_res_units: int | None = Field(None, ge=0)  # unet
+    kernel_size: int | None = Field(None, ge=1)  # dynunet, mednext
+    res_block: StrictBool | None = None  # dynunet
+    deep_supervision: StrictBool | None = None  # dynunet, mednext
+    deep_supr_num: int | None = Field(None, ge=1)  # dynunet
+    init_filters: int | None = Field(None, ge=1)  # segresnet, mednext
+    blocks_down: tuple[int, ...] | None = None  # segresnet, mednext
+    blocks_up: tuple[int, ...] | None = None  # segresnet, mednext
+    blocks_bottleneck: int | None = Field(None, ge=1)  # mednext
+    dropout: float | None = Field(None, ge=0, lt=1)  # unet, dynunet, segresnet
     init_seed: int = 0  # one init per search: all trials start from the same weights
 
     @field_validator("name")
@@ -180,11 +191,25 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if len(self.strides) != len(self.channels) - 1:
-            raise ValueError(
-                f"model.strides needs one entry fewer than model.channels "
-                f"({len(self.channels) - 1}), got {len(self.strides)}"
-            )
+        takes = MODELS[self.name].defaults
+        for key in type(self).model_fields:
+            if key not in ("name", "init_seed") and getattr(self, key) is not None \
+                    and key not in takes:
+                raise ValueError(f"model.{key} is not an option of model.name {self.name!r}; "
+                                 f"{self.name} takes: {', '.join(takes)}")
+        o = {k: (d if getattr(self, k) is None else getattr(self, k)) for k, d in takes.items()}
+        if "strides" in o and len(o["strides"]) != len(o["channels"]) - (self.name == "unet"):
+            want = "one entry fewer than" if self.name == "unet" else "as many entries as"
+            raise ValueError(f"model.strides needs {want} model.channels "
+                             f"({len(o['channels'])}), got {len(o['strides'])}")
+        if self.name == "segresnet" and o["init_filters"] % 8:
+            raise ValueError("model.init_filters must be a multiple of 8 for segresnet (its "
+                             f"GroupNorm has 8 groups), got {o['init_filters']}")
+        if "blocks_up" in o and len(o["blocks_up"]) != len(o["blocks_down"]) - (
+                self.name == "segresnet"):
+            want = "one entry fewer than" if self.name == "segresnet" else "as many entries as"
+            raise ValueError(f"model.blocks_up needs {want} model.blocks_down "
+                             f"({len(o['blocks_down'])}), got {len(o['blocks_up'])}")
         return self
 
 
@@ -220,13 +245,32 @@ class OptimizerSpec(_Strict):
 
 
 class LayersSpec(_Strict):
-    """Learning-rate multipliers of the five bands (see train_fn.optim)."""
+    """Layer-wise LR multipliers (see train_fn.optim). `mode: bands` takes the five band keys,
+    `ramp` takes `start` and `end`, `geometric` takes `decay`; unset multipliers are 1."""
 
-    early_encoder: Searchable(float) = 1.0
-    deep_encoder: Searchable(float) = 1.0
-    middle: Searchable(float) = 1.0
-    decoder: Searchable(float) = 1.0
-    head: Searchable(float) = 1.0
+    mode: Literal["bands", "ramp", "geometric"] = "bands"
+    early_encoder: Searchable(float) | None = None
+    deep_encoder: Searchable(float) | None = None
+    middle: Searchable(float) | None = None
+    decoder: Searchable(float) | None = None
+    head: Searchable(float) | None = None
+    start: Searchable(float) | None = None  # ramp: multiplier at encoder level 0
+    end: Searchable(float) | None = None  # ramp: multiplier at the head
+    decay: Searchable(float) | None = None  # geometric: factor per step down from the head
+    no_decay_norm_bias: StrictBool = False  # no weight decay on biases and norm scales
+
+    @model_validator(mode="after")
+    def _takes(self):
+        for mode, keys in MODES.items():
+            if mode == self.mode:
+                continue
+            for key in keys:
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"layers.{key} belongs to layers.mode {mode!r}, not {self.mode!r}; "
+                        f"{self.mode} takes: {', '.join(MODES[self.mode])}"
+                    )
+        return self
 
 
 class ScheduleSpec(_Strict):

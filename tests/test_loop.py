@@ -55,3 +55,35 @@ def test_resume_refuses_other_initial_weights(phantom_root, split, tmp_path):
     other = Spec.model_validate({**TINY, "model": {**TINY["model"], "init_seed": 1}})
     with pytest.raises(ValueError, match="different initial weights"):
         train(other, split, phantom_root, resume=resume_state(tmp_path / "epoch_001"))
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "dynunet", "channels": [4, 8, 16], "strides": [1, 2, 2], "deep_supervision": True,
+     "deep_supr_num": 1},
+    {"name": "segresnet", "init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1]},
+    {"name": "mednext", "init_filters": 4, "blocks_down": [1, 1], "blocks_up": [1, 1],
+     "blocks_bottleneck": 1, "deep_supervision": True},
+], ids=lambda m: m["name"])
+def test_each_architecture_trains_with_its_outputs(phantom_root, split, model):
+    spec = Spec.model_validate({**TINY, "model": model,
+                                "train": {**TINY["train"], "epochs": 1}})
+    metrics = train(spec, split, phantom_root)
+    assert metrics["epoch"] == 1 and metrics["loss"] > 0 and 0 <= metrics["val_dice"] <= 1
+
+
+def test_deep_supervision_loss_weights_heads():
+    import torch
+    from monai.losses import DiceCELoss
+
+    from train_fn.loop import deep_supervision_loss
+
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    label = torch.randint(0, 5, (2, 1, 8, 8, 8))
+    main, aux = torch.randn(2, 5, 8, 8, 8), torch.randn(2, 5, 4, 4, 4)
+    up = torch.nn.functional.interpolate(aux, size=(8, 8, 8), mode="trilinear")
+    expected = (loss_fn(main, label) + 0.5 * loss_fn(up, label)) / 1.5
+    assert deep_supervision_loss(loss_fn, (main, aux), label) == pytest.approx(float(expected))
+    stacked = torch.stack([main, up], dim=1)  # DynUNet's layout
+    assert deep_supervision_loss(loss_fn, stacked, label) == pytest.approx(float(expected))
+    assert deep_supervision_loss(loss_fn, main, label) == pytest.approx(
+        float(loss_fn(main, label)))

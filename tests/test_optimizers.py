@@ -18,8 +18,7 @@ def test_every_optimizer_builds_and_steps(name):
                                 "model": {"channels": [4, 8], "strides": [2]}})
     model = build_model(spec.model, 1, 5)
     before = [p.detach().clone() for p in model.parameters()]
-    opt = build_optimizer(param_groups(model, 1, 0.01, dict.fromkeys(
-        ("early_encoder", "deep_encoder", "middle", "decoder", "head"), 1.0)), spec.optimizer)
+    opt = build_optimizer(param_groups(model, spec.model, spec.layers, 0.01), spec.optimizer)
     if OPTIMIZERS[name].schedule_free:
         opt.train()
     for _ in range(6):  # schedule-free RAdam is silent for its first steps (rectification)

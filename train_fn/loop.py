@@ -17,7 +17,7 @@ from train_fn.checkpoint import load_checkpoint, save_checkpoint
 from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
 from train_fn.metrics import evaluate
 from train_fn.models import architecture, build_model, weights_fingerprint
-from train_fn.optim import BANDS, OPTIMIZERS, build_optimizer, param_groups
+from train_fn.optim import OPTIMIZERS, build_optimizer, param_groups
 
 if TYPE_CHECKING:
     from search.spec import Spec
@@ -51,6 +51,22 @@ def build_schedule(optimizer: torch.optim.Optimizer, spec: Spec):
     )
 
 
+def deep_supervision_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
+    """The loss of a network output, with deep supervision: DynUNet stacks its heads in dim 1
+    (all at full size), MedNeXt returns a tuple at falling resolutions (upsampled here). Head i
+    weighs 1/2^i, normalised to sum 1 (as nnU-Net)."""
+    if isinstance(output, torch.Tensor) and output.ndim == label.ndim:
+        return loss_fn(output, label)
+    heads = list(output.unbind(1) if isinstance(output, torch.Tensor) else output)
+    weights = [0.5**i for i in range(len(heads))]
+    total = 0.0
+    for weight, head in zip(weights, heads, strict=True):
+        if head.shape[2:] != label.shape[2:]:
+            head = torch.nn.functional.interpolate(head, size=label.shape[2:], mode="trilinear")
+        total = total + weight * loss_fn(head, label)
+    return total / sum(weights)
+
+
 def train(
     spec: Spec,
     split: dict[str, list[str]],
@@ -73,11 +89,9 @@ def train(
     model = build_model(spec.model, 1, NUM_CLASSES)
     init_fingerprint = weights_fingerprint(model)
     model.to(device)
-    multipliers = {band: getattr(spec.layers, band) for band in BANDS}
-    depth = len(spec.model.strides)
     kind = OPTIMIZERS[spec.optimizer.name]
     optimizer = build_optimizer(
-        param_groups(model, depth, spec.optimizer.lr, multipliers), spec.optimizer,
+        param_groups(model, spec.model, spec.layers, spec.optimizer.lr), spec.optimizer,
         warmup_steps=warmup_steps(spec)[0] if kind.warmup else 0,
     )
     # Schedule-free optimizers keep their own warmup and averaging: no external schedule.
@@ -111,7 +125,7 @@ def train(
                                           spec.train.batch_size):
             image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(image), label)
+            loss = deep_supervision_loss(loss_fn, model(image), label)
             loss.backward()
             # Measured before step(): Novograd divides p.grad in place.
             norm_sum += torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

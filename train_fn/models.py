@@ -1,29 +1,162 @@
-"""Model registry: a name maps to a factory taking the model section of the spec."""
+"""Model registry: a name maps to a factory, the spec keys it takes with their defaults, and a
+function placing each parameter on the U-shaped path from input to output.
+
+Every parameter gets a *position* on that path, from which the layer-wise LR multipliers are
+computed (see train_fn.optim): encoder level 0 .. D-1, the middle (bottom), decoder level
+D-1 .. 0, then the head that emits the classes (deep-supervision heads included).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+ENCODER, MIDDLE, DECODER, HEAD = "encoder", "middle", "decoder", "head"
 
-def build_unet(cfg: Any, in_channels: int, out_channels: int) -> torch.nn.Module:
-    """MONAI 3D UNet (residual units, instance norm)."""
+
+@dataclass(frozen=True)
+class ModelDef:
+    build: Callable[[dict[str, Any], int, int], Any]
+    defaults: dict[str, Any]
+    depth: Callable[[dict[str, Any]], int]  # D: the number of encoder levels above the middle
+    place: Callable[[str, int], tuple[str, int]]  # parameter name, D -> (part, level)
+
+
+# --- MONAI UNet ------------------------------------------------------------------------------
+def _unet(o, cin, cout):
     from monai.networks.nets import UNet
 
-    return UNet(
-        spatial_dims=3,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        channels=tuple(cfg.channels),
-        strides=tuple(cfg.strides),
-        num_res_units=cfg.num_res_units,
-        dropout=cfg.dropout,
-    )
+    return UNet(spatial_dims=3, in_channels=cin, out_channels=cout, channels=o["channels"],
+                strides=o["strides"], num_res_units=o["num_res_units"], dropout=o["dropout"])
 
 
-MODELS = {"unet": build_unet}
+def _unet_place(name: str, depth: int) -> tuple[str, int]:
+    """UNet nests itself: `model.0` is the level-0 down block, `model.1.submodule` the next
+    level, ..., the innermost `submodule` the bottom; `.2` is the up block of a level. The top
+    up block (`model.2`) emits the classes: its last residual unit (`model.2.1`), or all of it
+    without residual units, is the head."""
+    rest = name.removeprefix("model.")
+    level = 0
+    while rest.startswith("1.submodule."):
+        level += 1
+        rest = rest.removeprefix("1.submodule.")
+    first, _, tail = rest.partition(".")
+    if level == depth or first not in ("0", "2"):
+        return MIDDLE, depth
+    if first == "0":
+        return ENCODER, level
+    if level == 0 and (tail.startswith("1.") or not tail.split(".")[0].isdigit()):
+        return HEAD, 0
+    return DECODER, level
+
+
+# --- MONAI DynUNet (nnU-Net's network) -----------------------------------------------------------
+def _dynunet(o, cin, cout):
+    from monai.networks.nets import DynUNet
+
+    n = len(o["strides"])
+    return DynUNet(spatial_dims=3, in_channels=cin, out_channels=cout,
+                   kernel_size=[o["kernel_size"]] * n, strides=o["strides"],
+                   upsample_kernel_size=o["strides"][1:], filters=o["channels"],
+                   dropout=o["dropout"] or None, res_block=o["res_block"],
+                   deep_supervision=o["deep_supervision"], deep_supr_num=o["deep_supr_num"])
+
+
+def _dynunet_place(name: str, depth: int) -> tuple[str, int]:
+    head, _, rest = name.partition(".")
+    index = int(rest.split(".")[0]) if rest[:1].isdigit() else 0
+    if head == "input_block":
+        return ENCODER, 0
+    if head == "downsamples":
+        return ENCODER, index + 1
+    if head == "bottleneck":
+        return MIDDLE, depth
+    if head == "upsamples":
+        return DECODER, depth - 1 - index
+    return HEAD, 0  # output_block, deep_supervision_heads.i
+
+
+# --- MONAI SegResNet -------------------------------------------------------------------------
+def _segresnet(o, cin, cout):
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(spatial_dims=3, in_channels=cin, out_channels=cout,
+                     init_filters=o["init_filters"], blocks_down=o["blocks_down"],
+                     blocks_up=o["blocks_up"], dropout_prob=o["dropout"] or None)
+
+
+def _segresnet_place(name: str, depth: int) -> tuple[str, int]:
+    head, _, rest = name.partition(".")
+    index = int(rest.split(".")[0]) if rest[:1].isdigit() else 0
+    if head == "convInit":
+        return ENCODER, 0
+    if head == "down_layers":
+        return (MIDDLE, depth) if index == depth else (ENCODER, index)
+    if head in ("up_samples", "up_layers"):
+        return DECODER, depth - 1 - index
+    return HEAD, 0  # conv_final
+
+
+# --- MONAI MedNeXt ---------------------------------------------------------------------------
+def _mednext(o, cin, cout):
+    from monai.networks.nets import MedNeXt
+
+    return MedNeXt(spatial_dims=3, in_channels=cin, out_channels=cout,
+                   init_filters=o["init_filters"], kernel_size=o["kernel_size"],
+                   blocks_down=o["blocks_down"], blocks_bottleneck=o["blocks_bottleneck"],
+                   blocks_up=o["blocks_up"], deep_supervision=o["deep_supervision"])
+
+
+def _mednext_place(name: str, depth: int) -> tuple[str, int]:
+    head, _, rest = name.partition(".")
+    index = int(rest.split(".")[0]) if rest[:1].isdigit() else 0
+    if head in ("stem",):
+        return ENCODER, 0
+    if head in ("enc_stages", "down_blocks"):
+        return ENCODER, index
+    if head == "bottleneck":
+        return MIDDLE, depth
+    if head in ("up_blocks", "dec_stages"):
+        return DECODER, depth - 1 - index
+    return HEAD, 0  # out_0, out_blocks.i
+
+
+MODELS: dict[str, ModelDef] = {
+    "unet": ModelDef(_unet, {"channels": (8, 16, 32, 64), "strides": (2, 2, 2),
+                             "num_res_units": 1, "dropout": 0.0},
+                     depth=lambda o: len(o["strides"]), place=_unet_place),
+    "dynunet": ModelDef(_dynunet, {"channels": (8, 16, 32, 64), "strides": (1, 2, 2, 2),
+                                   "kernel_size": 3, "res_block": True, "dropout": 0.0,
+                                   "deep_supervision": False, "deep_supr_num": 1},
+                        depth=lambda o: len(o["strides"]) - 1, place=_dynunet_place),
+    "segresnet": ModelDef(_segresnet, {"init_filters": 8, "blocks_down": (1, 2, 2, 4),
+                                       "blocks_up": (1, 1, 1), "dropout": 0.0},
+                          depth=lambda o: len(o["blocks_down"]) - 1, place=_segresnet_place),
+    "mednext": ModelDef(_mednext, {"init_filters": 8, "kernel_size": 3,
+                                   "blocks_down": (2, 2, 2), "blocks_bottleneck": 2,
+                                   "blocks_up": (2, 2, 2), "deep_supervision": False},
+                        depth=lambda o: len(o["blocks_down"]), place=_mednext_place),
+}
+
+
+def model_settings(cfg: Any) -> dict[str, Any]:
+    """Every option the model takes: the spec's value, else the model's default."""
+    defaults = MODELS[cfg.name].defaults
+    return {k: (d if getattr(cfg, k) is None else getattr(cfg, k)) for k, d in defaults.items()}
+
+
+def model_depth(cfg: Any) -> int:
+    return MODELS[cfg.name].depth(model_settings(cfg))
+
+
+def place_params(model: torch.nn.Module, cfg: Any) -> dict[str, tuple[str, int]]:
+    """(part, level) of every parameter, by name."""
+    place, depth = MODELS[cfg.name].place, model_depth(cfg)
+    return {name: place(name, depth) for name, _ in model.named_parameters()}
 
 
 def build_model(cfg: Any, in_channels: int, out_channels: int) -> torch.nn.Module:
@@ -33,19 +166,14 @@ def build_model(cfg: Any, in_channels: int, out_channels: int) -> torch.nn.Modul
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        return MODELS[cfg.name](cfg, in_channels, out_channels)
+        return MODELS[cfg.name].build(model_settings(cfg), in_channels, out_channels)
 
 
 def architecture(cfg: Any, in_channels: int, out_channels: int) -> dict[str, Any]:
     """What must match for two checkpoints to be averaged."""
-    return {
-        "name": cfg.name,
-        "channels": list(cfg.channels),
-        "strides": list(cfg.strides),
-        "num_res_units": cfg.num_res_units,
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-    }
+    return {"name": cfg.name, "in_channels": in_channels, "out_channels": out_channels,
+            **{k: list(v) if isinstance(v, tuple) else v
+               for k, v in model_settings(cfg).items() if k != "dropout"}}
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

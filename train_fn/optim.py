@@ -1,7 +1,8 @@
-"""Optimizers and layer-wise learning-rate bands.
+"""Optimizers and layer-wise learning-rate groups.
 
-The five bands of the hand-tuned recipe: early encoder, deep encoder, middle (bottleneck),
-decoder, head. Every parameter lands in exactly one band, assigned from its module name.
+Each parameter has a place on the U path (train_fn.models); the spec's layer schedule turns it
+into an LR multiplier: the five bands of the hand-tuned recipe (early encoder, deep encoder,
+middle, decoder, head), a linear ramp, or a geometric decay from the head down.
 """
 
 from __future__ import annotations
@@ -14,50 +15,82 @@ if TYPE_CHECKING:
     import torch
 
 BANDS = ("early_encoder", "deep_encoder", "middle", "decoder", "head")
+MODES = {"bands": BANDS, "ramp": ("start", "end"), "geometric": ("decay",)}
 
 
-def unet_band(name: str, depth_count: int) -> str:
-    """Band of a MONAI `UNet` parameter from its name.
-
-    UNet nests itself: `model.0` is the level-0 down block, `model.1.submodule` the next level,
-    ..., the innermost `submodule` the bottom; `.2` is the up block of a level. The last up block
-    (`model.2`) emits the classes: its final residual unit (`model.2.1`), or all of it without
-    residual units, is the head. The first half of the down levels (rounded up) is the early
-    encoder, the rest the deep encoder.
-    """
-    rest = name.removeprefix("model.")
-    depth = 0
-    while rest.startswith("1.submodule."):
-        depth += 1
-        rest = rest.removeprefix("1.submodule.")
-    first, _, tail = rest.partition(".")
-    if depth == depth_count or first not in ("0", "2"):
-        return "middle"
-    if first == "0":
-        return "early_encoder" if depth < (depth_count + 1) // 2 else "deep_encoder"
-    if depth == 0 and (tail.startswith("1.") or not tail.split(".")[0].isdigit()):
-        return "head"
-    return "decoder"
+def band_of(part: str, level: int, depth: int) -> str:
+    """The band of a (part, level): the first half of the encoder levels (rounded up) is the
+    early encoder, the rest the deep encoder."""
+    if part == "encoder":
+        return "early_encoder" if level < (depth + 1) // 2 else "deep_encoder"
+    return part
 
 
-def param_bands(model: torch.nn.Module, depth_count: int) -> dict[str, list[str]]:
-    """Parameter names by band, for a MONAI UNet with `depth_count` down levels."""
+def position(part: str, level: int, depth: int) -> int:
+    """Place on the U path: encoder levels 0..D-1, middle D, decoder D+1 (deepest) .. 2D
+    (level 0), head 2D+1."""
+    return {"encoder": level, "middle": depth, "decoder": 2 * depth - level,
+            "head": 2 * depth + 1}[part]
+
+
+def _position_name(part: str, level: int) -> str:
+    return {"encoder": f"enc{level}", "decoder": f"dec{level}"}.get(part, part)
+
+
+def layer_multiplier(layers: Any, part: str, level: int, depth: int) -> tuple[str, float]:
+    """(group name, LR multiplier) of a parameter under the spec's layer schedule:
+    `bands` (a multiplier per band), `ramp` (linear from `start` at encoder level 0 to `end` at
+    the head) or `geometric` (`decay` ** steps below the head, as in layer-wise LR decay)."""
+    if layers.mode == "bands":
+        band = band_of(part, level, depth)
+        value = getattr(layers, band)
+        return band, 1.0 if value is None else value
+    pos, top = position(part, level, depth), 2 * depth + 1
+    if layers.mode == "ramp":
+        start = 1.0 if layers.start is None else layers.start
+        end = 1.0 if layers.end is None else layers.end
+        return _position_name(part, level), start + (end - start) * pos / top
+    decay = 1.0 if layers.decay is None else layers.decay
+    return _position_name(part, level), decay ** (top - pos)
+
+
+def param_bands(model: torch.nn.Module, cfg: Any) -> dict[str, list[str]]:
+    """Parameter names by band (for the spec's model section `cfg`)."""
+    from train_fn.models import model_depth, place_params
+
+    depth = model_depth(cfg)
     bands: dict[str, list[str]] = {b: [] for b in BANDS}
-    for name, _ in model.named_parameters():
-        bands[unet_band(name, depth_count)].append(name)
+    for name, (part, level) in place_params(model, cfg).items():
+        bands[band_of(part, level, depth)].append(name)
     return bands
 
 
-def param_groups(
-    model: torch.nn.Module, depth_count: int, lr: float, multipliers: dict[str, float]
-) -> list[dict[str, Any]]:
-    """One optimizer group per non-empty band, with lr = base lr x the band's multiplier."""
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Biases, norm scales and PReLU slopes: the 0-d and 1-d tensors."""
+    return param.ndim <= 1
+
+
+def param_groups(model: torch.nn.Module, model_cfg: Any, layers: Any, lr: float
+                 ) -> list[dict[str, Any]]:
+    """One optimizer group per layer-schedule group (and per decay / no-decay half with
+    `layers.no_decay_norm_bias`), with lr = base lr x the group's multiplier. Every parameter
+    lands in exactly one group."""
+    from train_fn.models import model_depth, place_params
+
+    depth = model_depth(model_cfg)
     params = dict(model.named_parameters())
-    return [
-        {"name": band, "params": [params[n] for n in names], "lr": lr * multipliers[band]}
-        for band, names in param_bands(model, depth_count).items()
-        if names
-    ]
+    groups: dict[str, dict[str, Any]] = {}
+    for name, (part, level) in place_params(model, model_cfg).items():
+        key, mult = layer_multiplier(layers, part, level, depth)
+        no_decay = layers.no_decay_norm_bias and _no_decay(name, params[name])
+        if no_decay:
+            key += "/no_decay"
+        group = groups.setdefault(key, {"name": key, "params": [], "multiplier": mult,
+                                        "lr": lr * mult})
+        if no_decay:
+            group["weight_decay"] = 0.0
+        group["params"].append(params[name])
+    return list(groups.values())
 
 
 @dataclass(frozen=True)
