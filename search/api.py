@@ -77,6 +77,9 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     data_root, split = prepare_data(spec)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    finder = None
+    if spec.lr_finder.enabled:
+        spec, finder = lr_find(spec, data_root, split, run_dir)
     (run_dir / "spec.yaml").write_text(dump_spec(spec))
     write_json(run_dir / "split.json", split)
     run_info = {"name": name, "spec_file": str(Path(spec_path).resolve()),
@@ -87,6 +90,9 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     run_info["parent_run_id"] = tracker.start_parent(
         spec.flat(), list(spec.searched()), tags={"segtune.spec_file": run_info["spec_file"]}
     )
+    if finder is not None:
+        tracker.log_parent({"lr_finder/suggestion": finder["suggestion"]},
+                           [Path(finder["plot"]), run_dir / "lr_finder.json"])
     write_json(run_dir / "run.json", run_info)
     logger.info("run folder %s; MLflow %s (experiment %r)", run_dir, uri, experiment)
 
@@ -111,6 +117,29 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
         raise
     finally:
         tracker.close_all(status)
+
+
+def lr_find(spec: Spec, data_root: Path, split: dict[str, list[str]], out_dir: str | Path
+            ) -> tuple[Spec, dict[str, Any]]:
+    """Run the LR range test into `out_dir`; return the spec with its lr set or centred on
+    the suggestion, and the test's record."""
+    from search.space import centre
+    from search.spec import with_lr
+    from train_fn.lr_finder import range_test
+
+    # The test needs one concrete configuration: the centre of the space (lr is ramped).
+    params = centre(spec)
+    result = range_test(spec.resolve(params), split, data_root, out_dir)
+    result["config"] = params
+    new = with_lr(spec, result["suggestion"])
+    lr = new.optimizer.lr
+    result["lr_used"] = lr if isinstance(lr, float) else {"low": lr.low, "high": lr.high}
+    from search.soup import write_json
+
+    write_json(Path(out_dir) / "lr_finder.json", result)
+    logger.info("LR finder: suggested lr %.3g; optimizer.lr is now %s", result["suggestion"],
+                result["lr_used"])
+    return new, result
 
 
 def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:

@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="validate, print the settings and the search space; start nothing")
 
+    find = sub.add_parser("lr-find", help="run an LR range test for a spec")
+    find.add_argument("spec", help="the YAML spec")
+    find.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE", help="override a spec key, e.g. lr_finder.end_lr=3")
+    find.add_argument("--out", help="folder for lr_finder_plot.png and lr_finder.json "
+                      "(default: runs/<spec stem>-lr-find)")
+
     soup = sub.add_parser("soup", help="soup the best checkpoints of a finished run")
     soup.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
     soup.add_argument("--top-k", type=int, help="how many of the best trials to soup "
@@ -110,6 +117,25 @@ def _run(args) -> int:
     return 0
 
 
+def _lr_find(args) -> int:
+    from search.api import lr_find, prepare_data
+
+    spec = load_spec(args.spec, args.overrides)
+    out = Path(args.out or Path("runs") / f"{Path(args.spec).stem}-lr-find")
+    data_root, split = prepare_data(spec)
+    _, result = lr_find(spec, data_root, split, out)
+    print(f"suggested lr: {result['suggestion']:.4g}  ({spec.optimizer.name}, steepest descent "
+          f"of the smoothed loss over {len(result['lr'])} steps from {result['start_lr']:g})")
+    if result["warning"]:
+        print(f"warning: {result['warning']}")
+    used = result["lr_used"]
+    print("with lr_finder.use=" + spec.lr_finder.use + ": optimizer.lr = " + (
+        f"{used:.4g}" if isinstance(used, float) else
+        f"{{type: float, low: {used['low']:.3g}, high: {used['high']:.3g}, log: true}}"))
+    print(f"plot: {result['plot']}")
+    return 0
+
+
 def _soup(args) -> int:
     from search.api import soup_run
     from search.report import format_summary
@@ -143,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     from search.soup import SoupError
 
     try:
-        return _run(args) if args.command == "run" else _soup(args)
+        commands = {"run": _run, "soup": _soup, "lr-find": _lr_find}
+        return commands[args.command](args)
     except (SpecError, SoupError) as err:
         if args.debug:
             raise

@@ -60,6 +60,26 @@ def define_by_run(spec: Spec) -> DefineByRun:
     return DefineByRun(spec)
 
 
+def centre(spec: Spec) -> dict[str, Any]:
+    """The middle of the space: each active float/int leaf at the centre of its range (the
+    geometric centre for log ranges, snapped to its step), each categorical at its first
+    choice. Used where one representative configuration is needed (the LR range test)."""
+    import math
+
+    chosen: dict[str, Any] = {}
+    for key, leaf in ordered_leaves(spec):
+        if not leaf.active(chosen):
+            continue
+        if leaf.type == "categorical":
+            chosen[key] = leaf.choices[0]
+            continue
+        mid = math.sqrt(leaf.low * leaf.high) if leaf.log else (leaf.low + leaf.high) / 2
+        if leaf.step:
+            mid = leaf.low + round((mid - leaf.low) / leaf.step) * leaf.step
+        chosen[key] = int(round(mid)) if leaf.type == "int" else float(mid)
+    return chosen
+
+
 def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     """The seeded Optuna sampler of the spec (Ray's OptunaSearch ignores its own `seed` when a
     sampler is given, so the seed goes here)."""

@@ -321,6 +321,31 @@ class TrackingSpec(_Strict):
     experiment: str | None = None  # default: the run name
 
 
+class LRFinderSpec(_Strict):
+    """An exponential LR range test (MONAI LearningRateFinder) run once before the search when
+    `enabled`, or by itself with `python -m search lr-find SPEC`."""
+
+    enabled: StrictBool = False
+    start_lr: float = Field(1e-5, gt=0)
+    end_lr: float = Field(1.0, gt=0)
+    num_iter: int = Field(100, ge=10)
+    smooth: float = Field(0.05, ge=0, lt=1)  # exponential smoothing of the loss
+    diverge: float = Field(5.0, gt=1)  # stop when the loss passes diverge x the best loss
+    skip_start: int = Field(5, ge=0)  # first points left out of the pick (warm-up noise)
+    use: Literal["centre", "set"] = "centre"  # centre the searched lr range on it, or fix lr
+    span: float = Field(10.0, gt=1)  # centre: high / low of the lr range
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.start_lr >= self.end_lr:
+            raise ValueError(f"lr_finder.start_lr ({self.start_lr}) must be below "
+                             f"lr_finder.end_lr ({self.end_lr})")
+        if self.skip_start > self.num_iter - 5:
+            raise ValueError(f"lr_finder.skip_start ({self.skip_start}) leaves fewer than 5 "
+                             f"of lr_finder.num_iter ({self.num_iter}) points")
+        return self
+
+
 class Spec(_Strict):
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
@@ -332,6 +357,7 @@ class Spec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
     soup: SoupSpec = SoupSpec()
     tracking: TrackingSpec = TrackingSpec()
+    lr_finder: LRFinderSpec = LRFinderSpec()
 
     @model_validator(mode="after")
     def _check_schedule(self):
@@ -393,6 +419,20 @@ class Spec(_Strict):
                 raise SpecError(f"{path}: no value chosen for this searched parameter")
             _set(tree, path, value)
         return Spec.model_validate(tree)
+
+
+def with_lr(spec: Spec, suggestion: float) -> Spec:
+    """The spec with its learning rate taken from an LR range test: fixed at the suggestion
+    (`lr_finder.use: set`) or searched log-uniformly on a range of `lr_finder.span` centred on
+    it (`centre`)."""
+    tree = spec.model_dump(warnings=False)
+    if spec.lr_finder.use == "set":
+        tree["optimizer"]["lr"] = suggestion
+    else:
+        half = spec.lr_finder.span ** 0.5
+        tree["optimizer"]["lr"] = {"type": "float", "low": suggestion / half,
+                                   "high": suggestion * half, "log": True}
+    return Spec.model_validate(tree)
 
 
 def _walk(model: BaseModel, prefix: str = ""):

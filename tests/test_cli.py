@@ -41,3 +41,15 @@ def test_user_errors_exit_2_with_one_line(tmp_path, write_spec, capsys, args, me
     assert err.startswith("segtune: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_lr_find_command(tmp_path, capsys):
+    from conftest import ROOT
+
+    code = main(["lr-find", str(ROOT / "spaces" / "smoke.yaml"), "--out", str(tmp_path),
+                 "--set", "lr_finder.num_iter=12"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert re.search(r"suggested lr: [0-9.e-]+ +\(novograd, steepest descent", out)
+    assert "optimizer.lr = {type: float, low: " in out
+    assert (tmp_path / "lr_finder_plot.png").is_file()

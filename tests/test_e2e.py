@@ -55,6 +55,14 @@ def test_run_writes_summary_split_and_soups(smoke_run):
     split = json.loads((run_dir / "split.json").read_text())
     assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
     assert "val_dice" in proc.stdout and "greedy soup" in proc.stdout
+    # The LR range test ran first and centred the searched lr range on its pick.
+    finder = json.loads((run_dir / "lr_finder.json").read_text())
+    assert (run_dir / "lr_finder_plot.png").is_file()
+    saved = (run_dir / "spec.yaml").read_text()
+    low, high = finder["lr_used"]["low"], finder["lr_used"]["high"]
+    assert high / low == pytest.approx(10)
+    assert f"low: {low}" in saved and f"high: {high}" in saved
+    assert all(low <= t["config"]["optimizer.lr"] <= high for t in summary["trials"])
     assert f"mlflow ui --backend-store-uri sqlite:///{storage / 'mlflow.db'}" in proc.stdout
 
 
@@ -88,6 +96,9 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
     assert parent.data.metrics["soup/greedy/test_dice"] == pytest.approx(
         summary["soups"]["greedy"]["test_dice"])
     assert "best/test_dice/aorta" in parent.data.metrics
+    assert "lr_finder/suggestion" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"lr_finder_plot.png", "summary.json", "soup.json"} <= artifacts
 
 
 def test_soup_command_and_refusal_to_overwrite(smoke_run):

@@ -1,0 +1,126 @@
+"""Learning-rate range test (MONAI's `LearningRateFinder`) on the spec's model, data and
+optimizer.
+
+MONAI's finder ramps every param group to one LR and records group 0 only, so it runs on a
+single-group copy of the optimizer (no layer multipliers, no schedule attached). It never calls
+`optimizer.train()`, which schedule-free optimizers need before a step: done here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from search.spec import Spec
+
+logger = logging.getLogger(__name__)
+EDGE = 0.1  # a pick in the outer 10% of the log range is suspect
+
+
+class _Patches(torch.utils.data.IterableDataset):
+    """Training patches as a dataset MONAI's finder can iterate (and restart)."""
+
+    def __init__(self, sampler, steps: int, batch_size: int):
+        self.sampler, self.steps, self.batch_size, self.round = sampler, steps, batch_size, 0
+
+    def __iter__(self):
+        self.round += 1
+        return iter(self.sampler.epoch(1000 + self.round, self.steps, self.batch_size))
+
+
+def steepest(lrs: list[float], losses: list[float], skip_start: int = 0,
+             skip_end: int = 1) -> float:
+    """The LR at the steepest descent of the loss (MONAI's rule: argmin of the gradient over
+    the iteration index, the last `skip_end` points dropped)."""
+    import numpy as np
+
+    end = len(lrs) - skip_end
+    lrs, losses = lrs[skip_start:end], losses[skip_start:end]
+    if len(losses) < 3:
+        raise ValueError(f"the range test has {len(losses)} usable points; raise num_iter")
+    return float(lrs[int(np.gradient(np.asarray(losses)).argmin())])
+
+
+def edge_warning(suggestion: float, start_lr: float, end_lr: float,
+                 tested_end: float | None = None) -> str | None:
+    """A warning when the pick sits at the edge of the tested (log) range, where the true
+    optimum may lie outside it."""
+    top = tested_end or end_lr
+    span = math.log(top) - math.log(start_lr)
+    where = (math.log(suggestion) - math.log(start_lr)) / span if span > 0 else 0.5
+    if where <= EDGE:
+        return (f"the suggested lr {suggestion:.3g} sits at the low edge of the range "
+                f"[{start_lr:.3g}, {top:.3g}]: lower lr_finder.start_lr and test again")
+    if where >= 1 - EDGE:
+        return (f"the suggested lr {suggestion:.3g} sits at the high edge of the range "
+                f"[{start_lr:.3g}, {top:.3g}]: raise lr_finder.end_lr (or num_iter) and test "
+                "again")
+    return None
+
+
+def range_test(spec: Spec, split: dict[str, list[str]], data_root: str | Path,
+               out_dir: str | Path) -> dict[str, Any]:
+    """Run the range test; save `lr_finder_plot.png` and `lr_finder.json` in `out_dir`.
+    Returns the suggestion, the warning (or None), the curve and the plot's path."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from monai.losses import DiceCELoss
+    from monai.optimizers import LearningRateFinder
+
+    from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
+    from train_fn.loop import deep_supervision_loss, pick_device
+    from train_fn.models import build_model
+    from train_fn.optim import OPTIMIZERS, build_optimizer
+
+    cfg = spec.lr_finder
+    torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
+    device = pick_device(spec.train.device)
+    cases = {c.case_id: c for c in find_cases(data_root)}
+    volumes = load_volumes([cases[i] for i in split["train"]], spec.data)
+    sampler = PatchSampler(volumes, spec.train.patch_size, spec.train.seed)
+    loader = torch.utils.data.DataLoader(
+        _Patches(sampler, cfg.num_iter, spec.train.batch_size), batch_size=None)
+
+    model = build_model(spec.model, 1, NUM_CLASSES).to(device)
+    optimizer = build_optimizer([{"params": list(model.parameters()), "lr": cfg.start_lr}],
+                                spec.optimizer)  # one group; no warmup, no schedule
+    if OPTIMIZERS[spec.optimizer.name].schedule_free:
+        optimizer.train()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+
+    finder = LearningRateFinder(model, optimizer,
+                                lambda out, label: deep_supervision_loss(loss_fn, out, label),
+                                device=device, verbose=False)
+    finder.range_test(loader, start_lr=cfg.start_lr, end_lr=cfg.end_lr,
+                      num_iter=cfg.num_iter, smooth_f=cfg.smooth, diverge_th=cfg.diverge)
+    lrs, losses = finder.history["lr"], finder.history["loss"]
+    suggestion = steepest(lrs, losses, skip_start=cfg.skip_start)
+    warning = edge_warning(suggestion, cfg.start_lr, cfg.end_lr, tested_end=lrs[-1])
+    if warning:
+        logger.warning("LR finder: %s", warning)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    finder.plot(ax=ax, skip_start=cfg.skip_start, skip_end=1, steepest_lr=False)
+    ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested lr {suggestion:.3g}")
+    ax.set_title(f"LR range test: {spec.optimizer.name}, {spec.model.name}")
+    ax.legend()
+    plot = out_dir / "lr_finder_plot.png"
+    fig.savefig(plot, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    result = {"suggestion": suggestion, "warning": warning, "optimizer": spec.optimizer.name,
+              "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "num_iter": cfg.num_iter,
+              "lr": [float(x) for x in lrs], "loss": [float(x) for x in losses],
+              "plot": str(plot)}
+    (out_dir / "lr_finder.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
