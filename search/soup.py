@@ -98,10 +98,10 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     uniform and greedy soups of the top-k trials. Updates `<run_dir>/summary.json`."""
     from search.spec import load_spec
     from train_fn.checkpoint import load_checkpoint, save_checkpoint
-    from train_fn.data import NUM_CLASSES, find_cases, load_volumes
-    from train_fn.loop import pick_device
+    from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
+    from train_fn.loop import BN_EPOCH, pick_device
     from train_fn.metrics import evaluate
-    from train_fn.models import build_model
+    from train_fn.models import build_model, has_batchnorm, refresh_batchnorm
 
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
@@ -123,6 +123,21 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     device = pick_device(spec.train.device)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = build_model(spec.model, 1, NUM_CLASSES).to(device)
+
+    bn_patches: list[torch.Tensor] = []
+
+    def with_bn_stats(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Averaged weights have no BatchNorm statistics of their own: recompute them on
+        fixed training patches (no-op for the instance/group-norm networks)."""
+        if not has_batchnorm(model):
+            return weights
+        if not bn_patches:
+            train_vols = load_volumes([cases[i] for i in run["split"]["train"]], spec.data)
+            sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed)
+            bn_patches.extend(x for x, _ in sampler.epoch(BN_EPOCH, 8, spec.train.batch_size))
+        model.load_state_dict(weights)
+        refresh_batchnorm(model, bn_patches, device)
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     def judge(weights: dict[str, torch.Tensor], volumes) -> tuple[float, dict[str, float]]:
         model.load_state_dict(weights)
@@ -150,11 +165,12 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         out.mkdir(exist_ok=True)
         soups: dict[str, Any] = {}
 
-        uniform = average([w for _, w in weights])
+        uniform = with_bn_stats(average([w for _, w in weights]))
         val_u, val_u_pc = judge(uniform, val)
         soups["uniform"] = {"ingredients": [tid for tid, _ in weights], "val_dice": val_u,
                             "val_dice_per_class": val_u_pc}
-        kept, greedy_w, steps = greedy(weights, lambda w: judge(w, val)[0])
+        kept, greedy_w, steps = greedy(weights, lambda w: judge(with_bn_stats(w), val)[0])
+        greedy_w = with_bn_stats(greedy_w)
         val_g, val_g_pc = judge(greedy_w, val)
         soups["greedy"] = {"ingredients": kept, "val_dice": val_g,
                            "val_dice_per_class": val_g_pc, "steps": steps}

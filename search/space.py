@@ -15,19 +15,23 @@ if TYPE_CHECKING:
     from search.spec import Spec
 
 
-def ordered_leaves(spec: Spec) -> list[tuple[str, Any]]:
-    """Search leaves in an order where every `when` condition refers to a leaf sampled before
-    it (spec order otherwise). A cycle of conditions is an error naming the leaves."""
-    pending = dict(spec.searched())
-    order: list[tuple[str, Any]] = []
+def ordered_leaves(spec: Spec) -> list[tuple[str, str, Any]]:
+    """(path, Optuna name, leaf) of every search leaf, in an order where every `when`
+    condition refers to a setting sampled before it (spec order otherwise). A cycle of
+    conditions is an error naming the settings."""
+    pending = list(spec.search_leaves())
+    order: list[tuple[str, str, Any]] = []
     while pending:
-        ready = [k for k, leaf in pending.items()
-                 if not any(dep in pending for dep in (leaf.when or {}))]
+        waiting = {path for path, _, _ in pending}
+        ready = [item for item in pending
+                 if not any(dep in waiting for dep in (item[2].when or {}))]
         if not ready:
             from search.spec import SpecError
 
-            raise SpecError(f"the `when` conditions of {', '.join(pending)} form a cycle")
-        order += [(k, pending.pop(k)) for k in ready]
+            names = ", ".join(dict.fromkeys(p for p, _, _ in pending))
+            raise SpecError(f"the `when` conditions of {names} form a cycle")
+        order += ready
+        pending = [item for item in pending if item not in ready]
     return order
 
 
@@ -41,17 +45,17 @@ class DefineByRun:
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         chosen: dict[str, Any] = {}
-        for key, leaf in self.leaves:
-            if not leaf.active(chosen):
-                continue
+        for key, name, leaf in self.leaves:
+            if key in chosen or not leaf.active(chosen):
+                continue  # off, or another alternative of the same setting is on
             if leaf.type == "float":
-                chosen[key] = trial.suggest_float(key, leaf.low, leaf.high, log=leaf.log,
+                chosen[key] = trial.suggest_float(name, leaf.low, leaf.high, log=leaf.log,
                                                   step=leaf.step)
             elif leaf.type == "int":
-                chosen[key] = trial.suggest_int(key, leaf.low, leaf.high, log=leaf.log,
+                chosen[key] = trial.suggest_int(name, leaf.low, leaf.high, log=leaf.log,
                                                 step=leaf.step)
             else:
-                chosen[key] = trial.suggest_categorical(key, list(leaf.choices))
+                chosen[key] = trial.suggest_categorical(name, list(leaf.choices))
         return chosen
 
 
@@ -67,8 +71,8 @@ def centre(spec: Spec) -> dict[str, Any]:
     import math
 
     chosen: dict[str, Any] = {}
-    for key, leaf in ordered_leaves(spec):
-        if not leaf.active(chosen):
+    for key, _, leaf in ordered_leaves(spec):
+        if key in chosen or not leaf.active(chosen):
             continue
         if leaf.type == "categorical":
             chosen[key] = leaf.choices[0]
@@ -113,7 +117,7 @@ def preview(spec: Spec, n: int, score=None) -> list[dict[str, Any]]:
 def describe(spec: Spec) -> list[str]:
     """One line per search leaf, for `--dry-run`."""
     lines = []
-    for key, leaf in ordered_leaves(spec):
+    for _, key, leaf in ordered_leaves(spec):
         if leaf.type == "categorical":
             text = f"categorical {leaf.choices}"
         else:
@@ -122,6 +126,7 @@ def describe(spec: Spec) -> list[str]:
             if leaf.step is not None and not (leaf.type == "int" and leaf.step == 1):
                 text += f" step {leaf.step}"
         if leaf.when:
-            text += f"  when {leaf.when} (else {leaf.default!r})"
+            text += f"  when {leaf.when}" + (
+                f" (else {leaf.default!r})" if leaf.default is not None else "")
         lines.append(f"{key}: {text}")
     return lines

@@ -82,10 +82,6 @@ class _Leaf(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.when and self.default is None:
-            raise ValueError(
-                "a conditional leaf (with `when`) needs a `default` for when it is off"
-            )
         self.distribution()  # Optuna checks low <= high, log > 0, step
         return self
 
@@ -127,19 +123,34 @@ class CategoricalLeaf(_Leaf):
 
 
 Leaf = Annotated[FloatLeaf | IntLeaf | CategoricalLeaf, Field(discriminator="type")]
-_TAGS = {"fixed", "search", "float", "int", "categorical"}
+_TAGS = {"fixed", "search", "alternatives", "float", "int", "categorical"}
 
 
 def _which(value: Any) -> str:
-    return "search" if isinstance(value, dict) else "fixed"
+    if isinstance(value, (dict, _Leaf)):
+        return "search"
+    if isinstance(value, list) and value and all(isinstance(v, (dict, _Leaf)) for v in value):
+        return "alternatives"
+    return "fixed"
 
 
 def Searchable(kind: Any) -> Any:  # noqa: N802 - reads as a type
-    """A field that is either a fixed `kind` value or a search leaf."""
+    """A field that is a fixed `kind` value, a search leaf, or a list of conditional leaves
+    (alternatives: each with its own `when`, e.g. one lr range per optimizer family)."""
     return Annotated[
-        Annotated[kind, Tag("fixed")] | Annotated[Leaf, Tag("search")],
+        Annotated[kind, Tag("fixed")] | Annotated[Leaf, Tag("search")]
+        | Annotated[list[Leaf], Tag("alternatives")],
         Discriminator(_which),
     ]
+
+
+def _alternatives(value: Any) -> list:
+    """The leaves of a searched value (one, or several alternatives)."""
+    if isinstance(value, _Leaf):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, _Leaf) for v in value):
+        return value
+    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,6 +186,7 @@ class ModelSpec(_Strict):
     num_res_units: int | None = Field(None, ge=0)  # unet
     kernel_size: int | None = Field(None, ge=1)  # dynunet, mednext
     res_block: StrictBool | None = None  # dynunet
+    norm: Literal["instance", "batch"] | None = None  # dynunet
     deep_supervision: StrictBool | None = None  # dynunet, mednext
     deep_supr_num: int | None = Field(None, ge=1)  # dynunet
     init_filters: int | None = Field(None, ge=1)  # segresnet, mednext
@@ -217,7 +229,7 @@ class OptimizerSpec(_Strict):
     """`lr` for every optimizer; the other keys only for the optimizers that take them (unset:
     the optimizer's own default, see train_fn.optim.OPTIMIZERS)."""
 
-    name: str = "novograd"
+    name: Searchable(str) = "novograd"
     lr: Searchable(float) = 1e-3
     beta1: Searchable(float) | None = None
     beta2: Searchable(float) | None = None
@@ -229,19 +241,50 @@ class OptimizerSpec(_Strict):
 
     @field_validator("name")
     @classmethod
-    def _known(cls, v: str) -> str:
+    def _known(cls, v: Any) -> Any:
+        if isinstance(v, CategoricalLeaf):
+            for choice in v.choices:
+                _known_name(choice, OPTIMIZERS, "optimizer")
+            return v
+        if not isinstance(v, str):
+            raise ValueError("optimizer.name is a fixed name or a categorical of names")
         return _known_name(v, OPTIMIZERS, "optimizer")
+
+    def names(self) -> list[str]:
+        """The optimizers this section can resolve to."""
+        return list(self.name.choices) if isinstance(self.name, CategoricalLeaf) else [self.name]
 
     @model_validator(mode="after")
     def _takes(self):
-        takes = OPTIMIZERS[self.name].defaults
         for key in type(self).model_fields:
-            if key not in ("name", "lr") and getattr(self, key) is not None and key not in takes:
-                raise ValueError(
-                    f"optimizer.{key} is not a parameter of optimizer.name {self.name!r}; "
-                    f"{self.name} takes: lr, {', '.join(takes)}"
-                )
+            value = getattr(self, key)
+            if key in ("name", "lr") or value is None:
+                continue
+            for name in _names_for(value, self.names()):
+                takes = OPTIMIZERS[name].defaults
+                if key not in takes:
+                    hint = (" (make it conditional: when: {optimizer.name: [...]})"
+                            if len(self.names()) > 1 else "")
+                    raise ValueError(
+                        f"optimizer.{key} is not a parameter of optimizer.name {name!r}; "
+                        f"{name} takes: lr, {', '.join(takes)}{hint}"
+                    )
         return self
+
+
+def _names_for(value: Any, names: list[str]) -> list[str]:
+    """The optimizer names a setting applies to: those its `when` on optimizer.name allows
+    (for each alternative), else all."""
+    leaves = _alternatives(value)
+    if not leaves:
+        return names
+    out: list[str] = []
+    for leaf in leaves:
+        allowed = (leaf.when or {}).get("optimizer.name")
+        if allowed is None:
+            return names
+        out += [n for n in (allowed if isinstance(allowed, list) else [allowed]) if n in names]
+    return out
 
 
 class LayersSpec(_Strict):
@@ -361,27 +404,40 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _check_schedule(self):
-        opt = OPTIMIZERS[self.optimizer.name]
-        if opt.schedule_free:
-            for key in ("cycles", "warmup_multiplier"):
-                if getattr(self.schedule, key) is not None:
+        names = self.optimizer.names()
+        for key in ("cycles", "warmup_multiplier"):
+            value = getattr(self.schedule, key)
+            if value is None:
+                continue
+            for name in _names_for(value, names):
+                if OPTIMIZERS[name].schedule_free:
                     raise ValueError(
-                        f"schedule.{key} does not fit optimizer.name {self.optimizer.name!r}: "
-                        "a schedule-free optimizer keeps its LR constant after its own warmup "
-                        f"(remove schedule.{key})"
+                        f"schedule.{key} does not fit optimizer.name {name!r}: a schedule-free "
+                        "optimizer keeps its LR constant after its own warmup (remove "
+                        f"schedule.{key}"
+                        + (", or make it conditional on the other optimizers)"
+                           if len(names) > 1 else ")")
                     )
-            if not opt.warmup and self.schedule.warmup_fraction != 0:
+        for name in _names_for(self.schedule.warmup_fraction, names):
+            if not OPTIMIZERS[name].warmup and self.schedule.warmup_fraction != 0:
                 raise ValueError(
-                    f"schedule.warmup_fraction does not fit optimizer.name "
-                    f"{self.optimizer.name!r}, which has no warmup (RAdam's rectification "
-                    "replaces it): set schedule.warmup_fraction to 0"
+                    f"schedule.warmup_fraction does not fit optimizer.name {name!r}, which has "
+                    "no warmup (RAdam's rectification replaces it): set "
+                    "schedule.warmup_fraction to 0"
                 )
+        if self.lr_finder.enabled and len(names) > 1:
+            raise ValueError("lr_finder needs a fixed optimizer.name (each optimizer family "
+                             "has its own LR range: run lr-find for each)")
         return self
 
     @model_validator(mode="after")
     def _check_conditions(self):
         leaves = self.searched()
-        for path, leaf in leaves.items():
+        for path, value in leaves.items():
+            if not _covered(_alternatives(value), leaves) and not _optional(path):
+                raise ValueError(f"{path}: a conditional leaf (with `when`) needs a `default` "
+                                 "for when it is off")
+        for path, _, leaf in self.search_leaves():
             for key, allowed in (leaf.when or {}).items():
                 ref = leaves.get(key)
                 if not isinstance(ref, CategoricalLeaf):
@@ -397,27 +453,49 @@ class Spec(_Strict):
                         )
         return self
 
-    def searched(self) -> dict[str, FloatLeaf | IntLeaf | CategoricalLeaf]:
-        """Search leaves by dotted path, in spec order."""
-        return {k: v for k, v in _walk(self) if isinstance(v, _Leaf)}
+    def searched(self) -> dict[str, Any]:
+        """Searched settings by dotted path, in spec order: a leaf, or a list of alternative
+        leaves."""
+        return {k: v for k, v in _walk(self) if _alternatives(v)}
+
+    def search_leaves(self) -> list[tuple[str, str, FloatLeaf | IntLeaf | CategoricalLeaf]]:
+        """(dotted path, Optuna parameter name, leaf) of every leaf. The Optuna name is the
+        path, or for one of several alternatives the path with its condition
+        (`optimizer.lr@adamw`), so each alternative keeps its own history in the sampler."""
+        out = []
+        for path, value in self.searched().items():
+            leaves = _alternatives(value)
+            for leaf in leaves:
+                name = path
+                if len(leaves) > 1:
+                    name += "@" + ",".join(
+                        "|".join(map(str, v)) if isinstance(v, list) else str(v)
+                        for v in (leaf.when or {}).values())
+                out.append((path, name, leaf))
+        return out
 
     def flat(self) -> dict[str, Any]:
         """Every setting by dotted path (leaves as their dict form)."""
-        return {k: (v.model_dump(exclude_none=True) if isinstance(v, _Leaf) else v)
-                for k, v in _walk(self)}
+        def plain(v):
+            if isinstance(v, _Leaf):
+                return v.model_dump(exclude_none=True)
+            return [plain(x) for x in v] if _alternatives(v) else v
+
+        return {k: plain(v) for k, v in _walk(self)}
 
     def resolve(self, params: dict[str, Any]) -> Spec:
         """The concrete spec of one trial: each leaf replaced by its chosen value, or by its
         `default` where a condition switched it off."""
         tree = self.model_dump(warnings=False)
-        for path, leaf in self.searched().items():
+        for path, value in self.searched().items():
+            leaves = _alternatives(value)
             if path in params:
-                value = params[path]
-            elif leaf.when:
-                value = leaf.default
+                chosen = params[path]
+            elif all(leaf.when for leaf in leaves):
+                chosen = next((leaf.default for leaf in leaves if leaf.default is not None), None)
             else:
                 raise SpecError(f"{path}: no value chosen for this searched parameter")
-            _set(tree, path, value)
+            _set(tree, path, chosen)
         return Spec.model_validate(tree)
 
 
@@ -433,6 +511,35 @@ def with_lr(spec: Spec, suggestion: float) -> Spec:
         tree["optimizer"]["lr"] = {"type": "float", "low": suggestion / half,
                                    "high": suggestion * half, "log": True}
     return Spec.model_validate(tree)
+
+
+def _covered(alts: list, leaves: dict[str, Any]) -> bool:
+    """Whether a setting always gets a value: a leaf without condition, a default, or
+    alternatives whose conditions on one categorical cover all of its choices."""
+    if any(not leaf.when or leaf.default is not None for leaf in alts):
+        return True
+    keys = {k for leaf in alts for k in leaf.when}
+    if len(keys) != 1 or any(len(leaf.when) != 1 for leaf in alts):
+        return False
+    ref = leaves.get(keys.pop())
+    allowed = set()
+    for leaf in alts:
+        value = next(iter(leaf.when.values()))
+        allowed |= set(value if isinstance(value, list) else [value])
+    return isinstance(ref, CategoricalLeaf) and set(ref.choices) <= allowed
+
+
+def _optional(path: str) -> bool:
+    """Whether the setting at `path` may be unset (None)."""
+    import types
+    import typing
+
+    model: Any = Spec
+    *parents, last = path.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    annotation = model.model_fields[last].annotation
+    return type(None) in typing.get_args(annotation) or annotation is types.NoneType
 
 
 def _walk(model: BaseModel, prefix: str = ""):
@@ -548,6 +655,15 @@ def _explain(err: ValidationError, path: Path, lines: dict[str, int], set_keys: 
         valid = list(parent.model_fields) if parent else []
         return f"{origin}: {key}: unknown key; {_did_you_mean(loc[-1], valid)}"
     msg = first["msg"].removeprefix("Value error, ")
+    if not key and first["type"] == "value_error":
+        # A rule across sections: name the file line of the first setting it mentions.
+        named = msg.split(" ", 1)[0].rstrip(":")
+        probe = named
+        while probe and probe not in lines:
+            probe = probe.rpartition(".")[0]
+        if probe and not set_keys:
+            origin = f"{path}:{lines[probe]}"
+        return f"{origin}: {msg}"
     where = key + (f"[{index[-1]}]" if index and first["type"] != "value_error" else "")
     got = first.get("input")
     got_text = "" if isinstance(got, dict) or first["type"] == "value_error" else f", got {got!r}"

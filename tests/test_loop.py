@@ -87,3 +87,49 @@ def test_deep_supervision_loss_weights_heads():
     assert deep_supervision_loss(loss_fn, stacked, label) == pytest.approx(float(expected))
     assert deep_supervision_loss(loss_fn, main, label) == pytest.approx(
         float(loss_fn(main, label)))
+
+
+def test_batchnorm_statistics_are_recomputed_as_a_plain_average():
+    import torch
+
+    from train_fn.models import refresh_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3), torch.nn.BatchNorm3d(3))
+    batches = [torch.rand(2, 1, 6, 6, 6) * (i + 1) for i in range(3)]
+    assert refresh_batchnorm(model, batches)
+    with torch.no_grad():
+        outs = [model[0](b) for b in batches]
+    expected = torch.stack([o.mean(dim=(0, 2, 3, 4)) for o in outs]).mean(0)
+    torch.testing.assert_close(model[1].running_mean, expected, rtol=1e-5, atol=1e-6)
+    assert not refresh_batchnorm(torch.nn.Sequential(torch.nn.Conv3d(1, 3, 3)), batches)
+
+
+def test_schedule_free_batchnorm_network_checkpoints_refreshed_statistics(phantom_root, split):
+    import torch
+
+    from train_fn.data import NUM_CLASSES, PatchSampler, load_volumes
+    from train_fn.loop import BN_EPOCH
+    from train_fn.models import build_model, refresh_batchnorm
+
+    spec = Spec.model_validate({
+        **TINY, "optimizer": {"name": "schedulefree_adamw", "lr": 0.01},
+        "model": {"name": "dynunet", "channels": [4, 8, 16], "strides": [1, 2, 2],
+                  "norm": "batch"},
+        "train": {**TINY["train"], "epochs": 1}})
+    states = []
+    train(spec, split, phantom_root, report=lambda m, s: states.append(s))
+    saved = states[-1]["model"]
+    stats = [k for k in saved if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    # The saved statistics are those of the averaged (eval-mode) weights on the fixed
+    # patches, not the running ones left over from training steps at the y point.
+    cases = {c.case_id: c for c in find_cases(phantom_root)}
+    vols = load_volumes([cases[i] for i in split["train"]], spec.data)
+    patches = [x for x, _ in PatchSampler(vols, spec.train.patch_size, spec.train.seed)
+               .epoch(BN_EPOCH, 8, spec.train.batch_size)]
+    model = build_model(spec.model, 1, NUM_CLASSES)
+    model.load_state_dict(saved)
+    refresh_batchnorm(model, patches)
+    for key in stats:
+        torch.testing.assert_close(model.state_dict()[key], saved[key], rtol=1e-4, atol=1e-5)

@@ -41,3 +41,16 @@ def test_warmup_cosine_table():
 def test_no_warmup_starts_at_full_lr():
     table = lrs(spec_of(warmup_fraction=0.0, cycles=0.5), 3)
     assert table[0][0] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("multiplier, cycles, expected", [
+    # 2 warmup steps from `multiplier`, then 8 steps of cosine with `cycles` periods.
+    (0.0, 0.5, [0.0, 0.5, 1.0, 0.9619, 0.8536, 0.6913, 0.5, 0.3087, 0.1464, 0.0381]),
+    (0.5, 0.5, [0.5, 0.75, 1.0, 0.9619, 0.8536, 0.6913, 0.5, 0.3087, 0.1464, 0.0381]),
+    # A quarter cosine ends at half way down the curve: the LR stays above 0.7x.
+    (0.0, 0.25, [0.0, 0.5, 1.0, 0.9904, 0.9619, 0.9157, 0.8536, 0.7778, 0.6913, 0.5975]),
+])
+def test_warmup_multiplier_and_cycles_table(multiplier, cycles, expected):
+    table = lrs(spec_of(warmup_fraction=0.2, warmup_multiplier=multiplier, cycles=cycles), 10)
+    assert [row[0] for row in table] == pytest.approx([0.01 * f for f in expected], abs=1e-6)
+    assert all(row[1] == pytest.approx(2 * row[0]) for row in table)  # ratios preserved

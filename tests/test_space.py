@@ -43,7 +43,7 @@ def test_conditional_parameter_follows_its_switch():
 
 
 def test_condition_is_sampled_before_the_leaf_that_uses_it():
-    order = [k for k, _ in ordered_leaves(Spec.model_validate(SPACE))]
+    order = [k for k, _, _ in ordered_leaves(Spec.model_validate(SPACE))]
     assert order.index("schedule.cycles") < order.index("optimizer.weight_decay")
 
 
@@ -73,3 +73,65 @@ def test_condition_cycle_is_an_error():
                                 "when": {"schedule.cycles": 0.5}, "default": 1.0}}})
     with pytest.raises(SpecError, match="form a cycle"):
         ordered_leaves(spec)
+
+
+FAMILIES = {
+    "optimizer": {
+        "name": {"type": "categorical", "choices": ["novograd", "adamw", "schedulefree_adamw"]},
+        "lr": [
+            {"type": "float", "low": 1e-2, "high": 2e-1, "log": True,
+             "when": {"optimizer.name": "novograd"}},
+            {"type": "float", "low": 3e-4, "high": 1e-2, "log": True,
+             "when": {"optimizer.name": ["adamw", "schedulefree_adamw"]}},
+        ],
+        "grad_averaging": {"type": "categorical", "choices": [True, False],
+                           "when": {"optimizer.name": "novograd"}},
+    },
+    "schedule": {"cycles": {"type": "float", "low": 0.25, "high": 0.5,
+                            "when": {"optimizer.name": ["novograd", "adamw"]}}},
+}
+
+
+def test_optimizer_family_as_a_categorical_with_its_own_ranges():
+    spec = Spec.model_validate(FAMILIES)
+    names = [name for _, name, _ in ordered_leaves(spec)]
+    assert "optimizer.lr@novograd" in names and "optimizer.lr@adamw|schedulefree_adamw" in names
+    configs = preview(spec, 30)
+    assert {c["optimizer.name"] for c in configs} == {"novograd", "adamw", "schedulefree_adamw"}
+    for config in configs:
+        name, lr = config["optimizer.name"], config["optimizer.lr"]
+        assert (1e-2 <= lr <= 2e-1) if name == "novograd" else (3e-4 <= lr <= 1e-2)
+        assert ("optimizer.grad_averaging" in config) == (name == "novograd")
+        assert ("schedule.cycles" in config) == (name != "schedulefree_adamw")
+        trial = spec.resolve(config)  # each trial's spec is valid for its optimizer
+        assert trial.optimizer.name == name and trial.searched() == {}
+        if name != "novograd":
+            assert trial.optimizer.grad_averaging is None  # unset: the optimizer's default
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"optimizer": {**FAMILIES["optimizer"], "grad_averaging": True}},
+     r"optimizer.grad_averaging is not a parameter of optimizer.name 'adamw'.*make it "
+     r"conditional"),
+    ({"schedule": {"cycles": 0.5}},
+     r"schedule.cycles does not fit optimizer.name 'schedulefree_adamw'.*conditional"),
+    ({"lr_finder": {"enabled": True}}, r"lr_finder needs a fixed optimizer.name"),
+    ({"optimizer": {**FAMILIES["optimizer"],
+                    "name": {"type": "categorical", "choices": ["novograd", "adam"]}}},
+     r"unknown optimizer 'adam'; did you mean 'adamw'\?"),
+])
+def test_family_rules_are_checked_for_every_choice(change, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        Spec.model_validate({**FAMILIES, **change})
+
+
+def test_condition_needs_a_default_where_the_setting_cannot_be_unset():
+    from pydantic import ValidationError
+
+    bad = {**FAMILIES, "schedule": {"warmup_fraction": {
+        "type": "float", "low": 0.0, "high": 0.2, "when": {"optimizer.name": "adamw"}}}}
+    with pytest.raises(ValidationError, match=r"schedule.warmup_fraction: a conditional leaf "
+                                              r"\(with `when`\) needs a `default`"):
+        Spec.model_validate(bad)

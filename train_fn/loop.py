@@ -16,7 +16,13 @@ import torch
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
 from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
 from train_fn.metrics import evaluate
-from train_fn.models import architecture, build_model, weights_fingerprint
+from train_fn.models import (
+    architecture,
+    build_model,
+    has_batchnorm,
+    refresh_batchnorm,
+    weights_fingerprint,
+)
 from train_fn.optim import OPTIMIZERS, build_optimizer, param_groups
 
 if TYPE_CHECKING:
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+BN_EPOCH = 1_000_000  # the fixed patches BatchNorm statistics are recomputed on
 Report = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
@@ -110,6 +117,8 @@ def train(
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed)
+    # BatchNorm statistics of the averaged weights come from these fixed training patches.
+    bn_batches = 8 if has_batchnorm(model) else 0
     clip = spec.train.grad_clip if spec.train.grad_clip is not None else math.inf
     logger.info("setup took %.1fs", time.perf_counter() - t_start)
 
@@ -137,6 +146,9 @@ def train(
             # Weights to x, the averaged point: what is validated, saved and souped. Model and
             # optimizer state are saved together in this mode.
             optimizer.eval()
+            refresh_batchnorm(model, (x for x, _ in sampler.epoch(BN_EPOCH, bn_batches,
+                                                                  spec.train.batch_size)),
+                              device)
         val_dice, per_class = evaluate(model, val_vols, spec.train, device)
         steps = spec.train.steps_per_epoch
         metrics = {

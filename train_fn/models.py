@@ -63,6 +63,7 @@ def _dynunet(o, cin, cout):
                    kernel_size=[o["kernel_size"]] * n, strides=o["strides"],
                    upsample_kernel_size=o["strides"][1:], filters=o["channels"],
                    dropout=o["dropout"] or None, res_block=o["res_block"],
+                   norm_name=(o["norm"], {"affine": True}),
                    deep_supervision=o["deep_supervision"], deep_supr_num=o["deep_supr_num"])
 
 
@@ -131,6 +132,7 @@ MODELS: dict[str, ModelDef] = {
                      depth=lambda o: len(o["strides"]), place=_unet_place),
     "dynunet": ModelDef(_dynunet, {"channels": (8, 16, 32, 64), "strides": (1, 2, 2, 2),
                                    "kernel_size": 3, "res_block": True, "dropout": 0.0,
+                                   "norm": "instance",
                                    "deep_supervision": False, "deep_supr_num": 1},
                         depth=lambda o: len(o["strides"]) - 1, place=_dynunet_place),
     "segresnet": ModelDef(_segresnet, {"init_filters": 8, "blocks_down": (1, 2, 2, 4),
@@ -141,6 +143,24 @@ MODELS: dict[str, ModelDef] = {
                                    "blocks_up": (2, 2, 2), "deep_supervision": False},
                         depth=lambda o: len(o["blocks_down"]), place=_mednext_place),
 }
+
+
+def has_batchnorm(model: torch.nn.Module) -> bool:
+    import torch
+
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def refresh_batchnorm(model: torch.nn.Module, images, device=None) -> bool:
+    """Recompute BatchNorm running statistics over `images` (an iterable of input batches),
+    as a plain average: weights that were never trained as such (schedule-free's averaged
+    point, a soup) have no statistics of their own. Returns whether there was any."""
+    if not has_batchnorm(model):
+        return False
+    from torch.optim.swa_utils import update_bn
+
+    update_bn(images, model, device=device)
+    return True
 
 
 def model_settings(cfg: Any) -> dict[str, Any]:
