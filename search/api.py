@@ -106,7 +106,7 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                            [MlflowCallback(tracker, spec, spec.train.epochs)])
         results = tuner.fit()
         summary = {"name": name, "metric": spec.search.metric, "run_dir": str(run_dir),
-                   "trials": trial_records(results, run_dir, spec.train.epochs),
+                   "trials": trial_records(results, run_dir, spec),
                    "best": None, "soups": None}
         write_json(run_dir / "summary.json", summary)
         summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled, tracker=tracker)

@@ -141,7 +141,7 @@ def _soup(args) -> int:
     from search.report import format_summary
 
     summary = soup_run(args.run_dir, args.top_k)
-    searched = sorted({k for t in summary["trials"] for k in t.get("config", {})})
+    searched = list(load_spec(Path(args.run_dir) / "spec.yaml").searched())
     print(format_summary(summary, searched))
     return 0
 

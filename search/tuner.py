@@ -56,7 +56,7 @@ class MlflowCallback(Callback):
         self.last_epoch: dict[str, int] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        config = dict(trial.config)
+        config = searched_config(trial.config, self.base)
         flat = self.base.resolve(config).flat()
         self.tracker.start_trial(trial.trial_id, flat, config)
 
@@ -128,8 +128,16 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
     )
 
 
-def trial_records(results: tune.ResultGrid, run_dir: Path, epochs: int) -> list[dict[str, Any]]:
+def searched_config(config: dict[str, Any], spec: Spec) -> dict[str, Any]:
+    """A trial's sampled settings under their dotted names (Ray's OptunaSearch also adds the
+    sampler's own names of alternatives, such as `optimizer.lr@adamw`)."""
+    keys = spec.searched()
+    return {k: v for k, v in config.items() if k in keys}
+
+
+def trial_records(results: tune.ResultGrid, run_dir: Path, spec: Spec) -> list[dict[str, Any]]:
     """One record per trial: id, status, config, the best epoch's metrics and checkpoint."""
+    epochs = spec.train.epochs
     records = []
     for result in results:
         metrics = result.metrics or {}
@@ -148,7 +156,7 @@ def trial_records(results: tune.ResultGrid, run_dir: Path, epochs: int) -> list[
         records.append({
             "trial_id": trial_id,
             "status": status,
-            "config": dict(result.config or {}),
+            "config": searched_config(result.config or {}, spec),
             "epochs": int(metrics.get("epoch", 0)),
             "val_dice": best.get("val_dice"),
             "val_dice_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
