@@ -347,6 +347,8 @@ class SearchSpec(_Strict):
     num_trials: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
     metric: Literal["val_dice"] = "val_dice"
+    max_failures: int = Field(1, ge=0)  # retries of a failing trial, from its last checkpoint
+    trial_time_limit_s: float | None = Field(None, gt=0)  # checked after each epoch
 
 
 class ResourcesSpec(_Strict):

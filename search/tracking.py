@@ -112,6 +112,11 @@ class Tracker:
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         self._log(run_id, metrics=metrics_of(result), step=step)
 
+    def note_retry(self, trial_id: str, retries: int) -> None:
+        run_id = self.trial_runs.get(trial_id)
+        if run_id is not None:
+            self.client.set_tag(run_id, "segtune.retries", str(retries))
+
     def end_trial(self, trial_id: str, status: str, note: str | None = None) -> None:
         run_id = self.trial_runs.get(trial_id)
         if run_id is None or run_id not in self.open:

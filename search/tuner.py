@@ -6,6 +6,7 @@ The only driver module that imports Ray (with `search.cli` for `ray.init`).
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,17 @@ def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     spec = base.resolve(config)
     trial_id = tune.get_context().get_trial_id()
+    os.environ["SEGTUNE_TRIAL_ID"] = trial_id  # names the trial in fault-injection tests
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(folder)
 
-    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if state is None:  # the trial ends without a checkpoint (diverged)
+            tune.report(metrics)
+            return
         state["trial_id"] = trial_id
         with tempfile.TemporaryDirectory(prefix="segtune-ckpt-") as folder:
             save_checkpoint(folder, state)
@@ -54,6 +59,8 @@ class MlflowCallback(Callback):
         self.base = base
         self.epochs = epochs
         self.last_epoch: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+        self.stop_reason: dict[str, str] = {}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         config = searched_config(trial.config, self.base)
@@ -62,6 +69,8 @@ class MlflowCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last_epoch[trial.trial_id] = int(result.get("epoch", 0))
+        if result.get("stop_reason"):
+            self.stop_reason[trial.trial_id] = result["stop_reason"]
         self.tracker.log_result(trial.trial_id, result)
         logger.info(
             "trial %s epoch %d/%d: loss %.3f, val_dice %.3f", trial.trial_id,
@@ -71,11 +80,18 @@ class MlflowCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         done = self.last_epoch.get(trial.trial_id, 0) >= self.epochs
-        self.tracker.end_trial(trial.trial_id, "FINISHED",
-                               note="completed" if done else "stopped early")
+        note = self.stop_reason.get(trial.trial_id) or ("completed" if done else "stopped early")
+        self.tracker.end_trial(trial.trial_id, "FINISHED", note=note)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.end_trial(trial.trial_id, "FAILED", note="error")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial that Ray retries from its last checkpoint: same MLflow run."""
+        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
+        self.tracker.note_retry(trial.trial_id, self.retries[trial.trial_id])
+        logger.warning("trial %s failed; retry %d from its last checkpoint", trial.trial_id,
+                       self.retries[trial.trial_id])
 
     def on_experiment_end(self, trials, **info):
         self.tracker.close_trials("KILLED")  # only runs that no trial event closed
@@ -123,7 +139,8 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
                 num_to_keep=1, checkpoint_score_attribute=s.metric,
                 checkpoint_score_order="max",
             ),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            stop=({"time_total_s": s.trial_time_limit_s} if s.trial_time_limit_s else None),
         ),
     )
 
@@ -148,6 +165,11 @@ def trial_records(results: tune.ResultGrid, run_dir: Path, spec: Spec) -> list[d
                 best_path, best = checkpoint.path, ck_metrics
         if result.error is not None:
             status = "error"
+        elif metrics.get("stop_reason"):
+            status = "stopped: " + metrics["stop_reason"]
+        elif (s := spec.search.trial_time_limit_s) and metrics.get("time_total_s", 0) >= s \
+                and metrics.get("epoch", 0) < epochs:
+            status = "stopped: time limit"
         elif metrics.get("epoch", 0) >= epochs:
             status = "completed"
         else:
@@ -164,7 +186,20 @@ def trial_records(results: tune.ResultGrid, run_dir: Path, spec: Spec) -> list[d
             "best_epoch": best.get("epoch"),
             "checkpoint": (str(Path(best_path).resolve().relative_to(run_dir.resolve()))
                            if best_path else None),
-            "error": str(result.error).splitlines()[0] if result.error is not None else None,
+            "error": _error_line(result.error),
         })
     records.sort(key=lambda r: -1 if r["val_dice"] is None else r["val_dice"], reverse=True)
     return records
+
+
+def _error_line(error: BaseException | None) -> str | None:
+    """The trial's own exception (`Type: message`), not Ray's wrapper around it."""
+    if error is None:
+        return None
+    cause = getattr(error, "cause", None) or error.__cause__
+    if cause is not None:
+        text = str(cause).strip().splitlines()
+        return f"{type(cause).__name__}: {text[0] if text else ''}"[:500]
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    own = [line for line in lines if not line.startswith((" ", "Traceback", "ray::"))]
+    return (own[-1] if own else lines[-1] if lines else type(error).__name__)[:500]

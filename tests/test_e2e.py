@@ -111,3 +111,59 @@ def test_soup_command_and_refusal_to_overwrite(smoke_run):
     again = cli("run", "spaces/smoke.yaml", "--storage", str(storage))
     assert again.returncode == 2
     assert "a run named 'smoke' already exists" in again.stderr
+
+
+def runs_by_trial(storage, experiment):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.data.tags["ray.trial_id"]: r for r in runs
+                if "mlflow.parentRunId" in r.data.tags}
+    return client, parents, children, runs
+
+
+def test_a_failing_trial_is_retried_from_its_checkpoint(tmp_path):
+    storage = tmp_path / "runs"
+    env_fault = f"epoch=2,times=1,dir={tmp_path / 'faults'},trials=1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage", str(storage),
+         "--name", "retry", "--set", "search.max_failures=1", "--set", "search.scheduler=fifo"],
+        cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", "SEGTUNE_FAULT": env_fault},
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((storage / "retry" / "summary.json").read_text())
+    assert [t["status"] for t in summary["trials"]] == ["completed", "completed"]
+    client, parents, children, runs = runs_by_trial(storage, "retry")
+    assert len(children) == 2 and len(runs) == 3  # the retry reused its MLflow run
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    retried = [r for r in children.values() if r.data.tags.get("segtune.retries") == "1"]
+    assert len(retried) == 1
+    # Resumed from the epoch-1 checkpoint: epoch 1 was not trained (or logged) twice.
+    history = client.get_metric_history(retried[0].info.run_id, "val_dice")
+    assert [m.step for m in history] == [1, 2]
+
+
+def test_a_trial_that_keeps_failing_is_failed_and_the_search_goes_on(tmp_path):
+    storage = tmp_path / "runs"
+    env_fault = f"epoch=2,times=9,dir={tmp_path / 'faults'},trials=1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage", str(storage),
+         "--name", "failing", "--set", "search.max_failures=1",
+         "--set", "search.scheduler=fifo"],
+        cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", "SEGTUNE_FAULT": env_fault},
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((storage / "failing" / "summary.json").read_text())
+    by_status = {t["status"]: t for t in summary["trials"]}
+    assert set(by_status) == {"completed", "error"}
+    assert by_status["error"]["error"] == "RuntimeError: injected fault at epoch 2 (SEGTUNE_FAULT)"
+    assert summary["best"]["trial_id"] == by_status["completed"]["trial_id"]
+    _, parents, children, _ = runs_by_trial(storage, "failing")
+    assert children[by_status["error"]["trial_id"]].info.status == "FAILED"
+    assert children[by_status["error"]["trial_id"]].data.tags["segtune.retries"] == "1"
+    assert children[by_status["completed"]["trial_id"]].info.status == "FINISHED"
+    assert parents[0].info.status == "FINISHED"
+    assert "error" in proc.stdout  # the table lists the failed trial

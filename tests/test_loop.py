@@ -133,3 +133,37 @@ def test_schedule_free_batchnorm_network_checkpoints_refreshed_statistics(phanto
     refresh_batchnorm(model, patches)
     for key in stats:
         torch.testing.assert_close(model.state_dict()[key], saved[key], rtol=1e-4, atol=1e-5)
+
+
+def test_a_diverging_trial_stops_with_its_reason(phantom_root, split, tmp_path):
+    spec = Spec.model_validate({**TINY, "optimizer": {"name": "sgd", "lr": 1.0e12},
+                                "train": {**TINY["train"], "epochs": 3, "grad_clip": None}})
+    reports = []
+    metrics = run_plain(spec, split, phantom_root, tmp_path)
+    train(spec, split, phantom_root, report=lambda m, s: reports.append((m, s)))
+    assert metrics["stop_reason"] == "non-finite loss" and metrics["epoch"] < 3
+    assert reports[-1][1] is None  # no checkpoint of diverged weights
+    assert not (tmp_path / f"epoch_{metrics['epoch']:03d}").exists()
+
+
+def test_fault_injection_counts_attempts(tmp_path, monkeypatch):
+    from train_fn.loop import inject_fault
+
+    monkeypatch.setenv("SEGTUNE_FAULT", f"epoch=2,times=2,dir={tmp_path}")
+    monkeypatch.setenv("SEGTUNE_TRIAL_ID", "t1")
+    inject_fault(1)  # another epoch: nothing
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="injected fault at epoch 2"):
+            inject_fault(2)
+    inject_fault(2)  # the third attempt goes through
+
+
+def test_fault_injection_only_for_the_first_trials(tmp_path, monkeypatch):
+    from train_fn.loop import inject_fault
+
+    monkeypatch.setenv("SEGTUNE_FAULT", f"epoch=1,times=1,dir={tmp_path},trials=1")
+    monkeypatch.setenv("SEGTUNE_TRIAL_ID", "first")
+    with pytest.raises(RuntimeError):
+        inject_fault(1)
+    monkeypatch.setenv("SEGTUNE_TRIAL_ID", "second")
+    inject_fault(1)  # not one of the faulty trials

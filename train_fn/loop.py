@@ -58,6 +58,49 @@ def build_schedule(optimizer: torch.optim.Optimizer, spec: Spec):
     )
 
 
+def inject_fault(epoch: int) -> None:
+    """Test hook for the failure path. With SEGTUNE_FAULT="epoch=E,times=N,dir=D[,trials=K]"
+    the first N attempts of a trial raise at the end of epoch E; with `trials`, only the first
+    K trials to get there are faulty. Attempts and claims are files in D. Unset in normal use.
+    """
+    import os
+
+    setting = os.environ.get("SEGTUNE_FAULT")
+    if not setting:
+        return
+    opts = dict(item.split("=", 1) for item in setting.split(","))
+    if int(opts["epoch"]) != epoch:
+        return
+    import uuid
+
+    folder = Path(opts["dir"])
+    folder.mkdir(parents=True, exist_ok=True)
+    key = os.environ.get("SEGTUNE_TRIAL_ID", "plain")
+    if "trials" in opts and not _claim(folder, key, int(opts["trials"])):
+        return
+    if len(list(folder.glob(f"{key}.attempt.*"))) < int(opts["times"]):
+        (folder / f"{key}.attempt.{uuid.uuid4().hex}").touch()
+        raise RuntimeError(f"injected fault at epoch {epoch} (SEGTUNE_FAULT)")
+
+
+def _claim(folder: Path, key: str, slots: int) -> bool:
+    """Whether `key` holds (or now takes) one of `slots` claim files."""
+    import os
+
+    for i in range(slots):
+        path = folder / f"claim.{i}"
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if path.read_text() == key:
+                return True
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(key)
+        return True
+    return False
+
+
 def deep_supervision_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
     """The loss of a network output, with deep supervision: DynUNet stacks its heads in dim 1
     (all at full size), MedNeXt returns a tuple at falling resolutions (upsampled here). Head i
@@ -142,6 +185,16 @@ def train(
             if schedule is not None:
                 schedule.step()
             loss_sum += loss.detach()
+        inject_fault(epoch + 1)
+        if not bool(torch.isfinite(loss_sum)):
+            # Diverged: the weights are no longer worth validating or saving. Report why and
+            # end the trial (one host sync per epoch, not per step).
+            metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / spec.train.steps_per_epoch,
+                       "val_dice": 0.0, "stop_reason": "non-finite loss"}
+            logger.warning("epoch %d: non-finite training loss; stopping", epoch + 1)
+            if report is not None:
+                report(metrics, None)
+            return metrics
         if kind.schedule_free:
             # Weights to x, the averaged point: what is validated, saved and souped. Model and
             # optimizer state are saved together in this mode.
@@ -183,8 +236,9 @@ def run_plain(spec: Spec, split: dict[str, list[str]], data_root: str | Path,
     """Train without Ray, writing each epoch's checkpoint under `out_dir/epoch_NNN/`."""
     out_dir = Path(out_dir)
 
-    def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        save_checkpoint(out_dir / f"epoch_{metrics['epoch']:03d}", state)
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if state is not None:
+            save_checkpoint(out_dir / f"epoch_{metrics['epoch']:03d}", state)
         logger.info("epoch %d: %s", metrics["epoch"], metrics)
 
     return train(spec, split, data_root, report=report)
