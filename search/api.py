@@ -57,44 +57,45 @@ def _version() -> str:
         return "unknown"
 
 
+class Interrupted(Exception):
+    """The search stopped before its trials finished (Ctrl-C); it can be resumed."""
+
+
+def _plain(flat: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(flat, default=str))
+
+
+def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    for key in list(dict.fromkeys([*old, *new])):
+        if old.get(key) != new.get(key):
+            return f"{key}: {old.get(key)!r} in the run, {new.get(key)!r} now"
+    return None
+
+
 def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                storage: str | Path | None = None, tracking_uri: str | None = None,
-               ray_init: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`)."""
+               ray_init: dict[str, Any] | None = None, resume: bool = False
+               ) -> dict[str, Any]:
+    """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`).
+    With `resume`, continue the interrupted run of the same name: finished trials are kept,
+    unfinished and errored ones continue from their last checkpoint."""
     # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
     # Ray warns about it every time unless told not to.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
     from search.soup import finish, write_json
-    from search.tuner import MlflowCallback, make_tuner, trial_records
+    from search.tuner import MlflowCallback, make_tuner, restore_tuner, trial_records
 
     name, storage, run_dir = run_paths(spec_path, name, storage)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise SpecError(f"{run_dir}: a run named {name!r} already exists; pick another --name "
-                        "or --storage, or delete the folder")
-    uri, experiment = tracking_target(spec, storage, name, tracking_uri)
-    data_root, split = prepare_data(spec)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    finder = None
-    if spec.lr_finder.enabled:
-        spec, finder = lr_find(spec, data_root, split, run_dir)
-    (run_dir / "spec.yaml").write_text(dump_spec(spec))
-    write_json(run_dir / "split.json", split)
-    run_info = {"name": name, "spec_file": str(Path(spec_path).resolve()),
-                "data_root": str(Path(data_root).resolve()), "split": split,
-                "tracking_uri": uri, "experiment": experiment, "segtune": _version(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    tracker = Tracker(uri, experiment, name, run_dir)
-    run_info["parent_run_id"] = tracker.start_parent(
-        spec.flat(), list(spec.searched()), tags={"segtune.spec_file": run_info["spec_file"]}
-    )
-    if finder is not None:
-        tracker.log_parent({"lr_finder/suggestion": finder["suggestion"]},
-                           [Path(finder["plot"]), run_dir / "lr_finder.json"])
-    write_json(run_dir / "run.json", run_info)
-    logger.info("run folder %s; MLflow %s (experiment %r)", run_dir, uri, experiment)
+    if resume:
+        spec, split, data_root, tracker = _reopen(spec, run_dir)
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise SpecError(f"{run_dir}: a run named {name!r} already exists; continue it with "
+                            "--resume, or pick another --name or --storage")
+        spec, split, data_root, tracker = _start(spec, spec_path, name, storage, run_dir,
+                                                 tracking_uri)
 
     status = "FAILED"
     try:
@@ -102,9 +103,18 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
             context = ray.init(**(ray_init or {}))
             if getattr(context, "dashboard_url", None):
                 logger.info("Ray dashboard: http://%s", context.dashboard_url)
-        tuner = make_tuner(spec, split, str(data_root), name, storage,
-                           [MlflowCallback(tracker, spec, spec.train.epochs)])
+        if resume:
+            tuner = restore_tuner(spec, split, str(data_root), run_dir)
+        else:
+            tuner = make_tuner(spec, split, str(data_root), name, storage,
+                               [MlflowCallback(tracker, spec, spec.train.epochs)])
         results = tuner.fit()
+        unfinished = _unfinished(run_dir)
+        if unfinished:
+            status = "KILLED"
+            raise Interrupted(f"search interrupted with {unfinished} trial(s) unfinished; "
+                              f"continue it with: python -m search run {spec_path} "
+                              f"--name {name} --storage {storage} --resume")
         summary = {"name": name, "metric": spec.search.metric, "run_dir": str(run_dir),
                    "trials": trial_records(results, run_dir, spec),
                    "best": None, "soups": None}
@@ -117,6 +127,72 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
         raise
     finally:
         tracker.close_all(status)
+
+
+def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
+           tracking_uri: str | None):
+    """Prepare a new run folder: data, split, LR test, saved spec, MLflow parent run."""
+    from search.soup import write_json
+
+    uri, experiment = tracking_target(spec, storage, name, tracking_uri)
+    data_root, split = prepare_data(spec)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    input_spec = _plain(spec.flat())
+    finder = None
+    if spec.lr_finder.enabled:
+        spec, finder = lr_find(spec, data_root, split, run_dir)
+    (run_dir / "spec.yaml").write_text(dump_spec(spec))
+    write_json(run_dir / "split.json", split)
+    run_info = {"name": name, "spec_file": str(Path(spec_path).resolve()),
+                "data_root": str(Path(data_root).resolve()), "split": split,
+                "tracking_uri": uri, "experiment": experiment, "segtune": _version(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "input_spec": input_spec}
+    tracker = Tracker(uri, experiment, name, run_dir)
+    run_info["parent_run_id"] = tracker.start_parent(
+        spec.flat(), list(spec.searched()), tags={"segtune.spec_file": run_info["spec_file"]}
+    )
+    if finder is not None:
+        tracker.log_parent({"lr_finder/suggestion": finder["suggestion"]},
+                           [Path(finder["plot"]), run_dir / "lr_finder.json"])
+    write_json(run_dir / "run.json", run_info)
+    logger.info("run folder %s; MLflow %s (experiment %r)", run_dir, uri, experiment)
+    return spec, split, data_root, tracker
+
+
+def _reopen(spec: Spec, run_dir: Path):
+    """Check that an interrupted run can continue with this spec; re-attach its MLflow run."""
+    from search.spec import load_spec
+
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        raise SpecError(f"{run_dir}: nothing to resume (no run.json: the search never started); "
+                        "run without --resume")
+    info = json.loads(info_path.read_text())
+    diff = _first_difference(info.get("input_spec", {}), _plain(spec.flat()))
+    if diff:
+        raise SpecError(f"--resume {run_dir}: the spec differs from the run's ({diff}); a "
+                        "search cannot change on resume: use another --name")
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(run_dir.resolve())):
+        raise SpecError(f"{run_dir}: no Ray Tune state to resume from (stopped before the "
+                        "first trial); delete the folder and run again")
+    tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
+    tracker.reopen_parent(info["parent_run_id"])
+    logger.info("resuming %s; MLflow %s", run_dir, info["tracking_uri"])
+    return (load_spec(run_dir / "spec.yaml"), info["split"], Path(info["data_root"]), tracker)
+
+
+def _unfinished(run_dir: Path) -> int:
+    """Trials neither terminated nor errored in Ray Tune's last saved experiment state. After
+    a Ctrl-C, `Tuner.fit()` returns normally (having saved that state): this tells the two
+    apart. (ResultGrid has no public trial status.)"""
+    states = sorted(run_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return 0
+    trials = json.loads(states[-1].read_text()).get("trial_data", [])
+    statuses = [json.loads(t[0]).get("status") for t in trials]
+    return sum(1 for status in statuses if status not in ("TERMINATED", "ERROR"))
 
 
 def lr_find(spec: Spec, data_root: Path, split: dict[str, list[str]], out_dir: str | Path

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="folder holding runs (default: runs/)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite at "
                      "<storage>/mlflow.db, or the spec's tracking.uri)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run of this name (same spec)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate, print the settings and the search space; start nothing")
 
@@ -111,7 +113,7 @@ def _run(args) -> int:
     from search.api import run_search
 
     summary = run_search(spec, args.spec, name=args.name, storage=args.storage,
-                         tracking_uri=args.tracking_uri)
+                         tracking_uri=args.tracking_uri, resume=args.resume)
     _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri,
                args.storage or "runs")
     return 0
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from search.api import Interrupted
     from search.soup import SoupError
 
     try:
@@ -176,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"segtune: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(f"segtune: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("segtune: interrupted; finished trials and checkpoints are kept", file=sys.stderr)
+        print("segtune: interrupted; finished trials and checkpoints are kept (continue with "
+              "--resume)", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - one line for users, --debug for developers
         if args.debug or os.environ.get("SEGTUNE_DEBUG"):

@@ -80,6 +80,26 @@ class Tracker:
     def attach_parent(self, run_id: str) -> None:
         self.parent_id = run_id
 
+    def reopen_parent(self, run_id: str) -> None:
+        """Continue a search's parent run (on resume): RUNNING again until it ends."""
+        self.parent_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        self.open.add(run_id)
+
+    # Ray pickles its callbacks with the experiment (and restores them on resume): keep the
+    # store's address, not the client or the open-run bookkeeping of this process.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("client", None)
+        state["trial_runs"], state["open"] = {}, set()
+        return state
+
+    def __setstate__(self, state):
+        from mlflow.tracking import MlflowClient
+
+        self.__dict__.update(state)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
     def finish_parent(self, status: str) -> None:
         if self.parent_id in self.open:
             self.client.set_terminated(self.parent_id, status)
@@ -89,6 +109,13 @@ class Tracker:
     def start_trial(self, trial_id: str, flat_config: dict[str, Any],
                     searched: dict[str, Any]) -> str:
         """The nested run of a trial: created once, found again by its Ray trial id."""
+        if trial_id not in self.trial_runs:
+            found = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
+                              f"tags.`{PARENT_TAG}` = '{self.parent_id}'")
+            if found:  # a resumed search: the trial's run exists already
+                self.trial_runs[trial_id] = found[0].info.run_id
         if trial_id in self.trial_runs:
             run_id = self.trial_runs[trial_id]
             self.client.update_run(run_id, status="RUNNING")

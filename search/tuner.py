@@ -97,6 +97,17 @@ class MlflowCallback(Callback):
         self.tracker.close_trials("KILLED")  # only runs that no trial event closed
 
 
+def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, run_dir: Path
+                  ) -> tune.Tuner:
+    """The interrupted search in `run_dir`, to continue: finished trials stay, unfinished and
+    errored ones resume from their last checkpoint (errored ones count against
+    `search.max_failures` again). Its MLflow callback comes back from Ray's saved state."""
+    fn = tune.with_parameters(trainable, base=spec, split=split, data_root=data_root)
+    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    return tune.Tuner.restore(str(run_dir.resolve()), tune.with_resources(fn, resources),
+                              resume_unfinished=True, resume_errored=True)
+
+
 def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 

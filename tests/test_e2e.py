@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -167,3 +168,59 @@ def test_a_trial_that_keeps_failing_is_failed_and_the_search_goes_on(tmp_path):
     assert children[by_status["completed"]["trial_id"]].info.status == "FINISHED"
     assert parents[0].info.status == "FINISHED"
     assert "error" in proc.stdout  # the table lists the failed trial
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, sig):
+    storage = tmp_path / "runs"
+    args = ["spaces/smoke.yaml", "--storage", str(storage), "--name", "resumed",
+            "--set", "train.epochs=6", "--set", "search.scheduler=fifo",
+            "--set", "search.num_trials=3"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "search", "run", *args], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    finished, started = set(), []
+    for line in proc.stderr:  # interrupt once a trial has finished and others have not
+        if "search.tuner: trial " not in line:
+            continue
+        trial_id = line.split("trial ")[1].split()[0]
+        if "epoch 6/6" in line:
+            finished.add(trial_id)
+        if trial_id not in started:
+            started.append(trial_id)
+        if len(started) == 3:  # the third trial starts only once a slot is free
+            break
+    assert finished, "no trial finished before the third started"
+    proc.send_signal(sig)
+    proc.stderr.read()
+    code = proc.wait(timeout=300)
+    assert code == (130 if sig == signal.SIGINT else -9)
+    assert not (storage / "resumed" / "summary.json").exists()
+    if sig == signal.SIGINT:  # a graceful stop closes every MLflow run
+        _, _, _, runs = runs_by_trial(storage, "resumed")
+        assert "RUNNING" not in {r.info.status for r in runs}
+
+    again = cli("run", *args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((storage / "resumed" / "summary.json").read_text())
+    assert len(summary["trials"]) == 3
+    assert {t["status"] for t in summary["trials"]} == {"completed"}
+    client, parents, children, runs = runs_by_trial(storage, "resumed")
+    assert len(parents) == 1 and len(children) == 3 and len(runs) == 4  # none duplicated
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    for trial_id, run in children.items():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")]
+        assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
+        if trial_id in finished and trial_id != started[-1]:
+            assert steps == [1, 2, 3, 4, 5, 6]  # a finished trial is not trained again
+        else:  # at most the epoch in flight at the interrupt is redone
+            assert len(steps) - len(set(steps)) <= 1
+
+
+def test_resume_refuses_a_changed_spec(tmp_path):
+    storage = tmp_path / "runs"
+    (storage / "smoke").mkdir(parents=True)
+    (storage / "smoke" / "run.json").write_text(json.dumps({"input_spec": {"train.epochs": 9}}))
+    proc = cli("run", "spaces/smoke.yaml", "--storage", str(storage), "--resume")
+    assert proc.returncode == 2
+    assert "the spec differs from the run's (train.epochs: 9 in the run, 2 now)" in proc.stderr
