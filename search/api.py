@@ -101,8 +101,13 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     try:
         if not ray.is_initialized():
             context = ray.init(**(ray_init or {}))
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
+                        ray.cluster_resources().get("CPU", 0),
+                        ray.cluster_resources().get("GPU", 0))
             if getattr(context, "dashboard_url", None):
-                logger.info("Ray dashboard: http://%s", context.dashboard_url)
+                logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>)",
+                            context.dashboard_url, context.dashboard_url)
         if resume:
             tuner = restore_tuner(spec, split, str(data_root), run_dir)
         else:
@@ -132,7 +137,7 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
 def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
            tracking_uri: str | None):
     """Prepare a new run folder: data, split, LR test, saved spec, MLflow parent run."""
-    from search.soup import write_json
+    from search.soup import write_json, write_text
 
     uri, experiment = tracking_target(spec, storage, name, tracking_uri)
     data_root, split = prepare_data(spec)
@@ -141,7 +146,7 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
     finder = None
     if spec.lr_finder.enabled:
         spec, finder = lr_find(spec, data_root, split, run_dir)
-    (run_dir / "spec.yaml").write_text(dump_spec(spec))
+    write_text(run_dir / "spec.yaml", dump_spec(spec))
     write_json(run_dir / "split.json", split)
     run_info = {"name": name, "spec_file": str(Path(spec_path).resolve()),
                 "data_root": str(Path(data_root).resolve()), "split": split,

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="folder holding runs (default: runs/)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite at "
                      "<storage>/mlflow.db, or the spec's tracking.uri)")
+    run.add_argument("--address", help="run on an existing Ray cluster: auto, or HOST:PORT of "
+                     "its head (default: RAY_ADDRESS, else a local Ray on this machine)")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run of this name (same spec)")
     run.add_argument("--dry-run", action="store_true",
@@ -113,7 +115,8 @@ def _run(args) -> int:
     from search.api import run_search
 
     summary = run_search(spec, args.spec, name=args.name, storage=args.storage,
-                         tracking_uri=args.tracking_uri, resume=args.resume)
+                         tracking_uri=args.tracking_uri, resume=args.resume,
+                         ray_init={"address": args.address} if args.address else None)
     _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri,
                args.storage or "runs")
     return 0

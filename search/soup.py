@@ -85,11 +85,15 @@ def greedy(candidates: list[tuple[str, dict[str, torch.Tensor]]],
     return kept_ids, soup, steps
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write: a kill leaves the old file or the new one, never half of one."""
+def write_text(path: Path, text: str) -> None:
+    """Atomic write: a kill leaves the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
