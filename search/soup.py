@@ -46,33 +46,75 @@ def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
                 )
 
 
-def average(models: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Uniform average of state dicts. Floating tensors are averaged (in float64, one running
-    sum); integer buffers (counters, indices) are copied from the first."""
-    if not models:
-        raise SoupError("nothing to average")
-    total: dict[str, torch.Tensor] = {}
-    for state in models:
-        for key, tensor in state.items():
+Weights = dict[str, torch.Tensor]
+Source = Weights | Callable[[], Weights]  # weights, or a loader called when they are needed
+
+
+def _load(source: Source) -> Weights:
+    return source() if callable(source) else source
+
+
+class RunningSum:
+    """A float64 running sum of state dicts: averaging K models holds one sum and one model
+    at a time, whatever K. Integer buffers (counters, indices) are copied from the first."""
+
+    def __init__(self):
+        self.total: dict[str, torch.Tensor] = {}
+        self.first: Weights | None = None
+        self.count = 0
+
+    def add(self, weights: Weights) -> None:
+        for key, tensor in weights.items():
             if tensor.is_floating_point():
-                total[key] = total[key] + tensor.double() if key in total else tensor.double()
-    first = models[0]
-    return {k: (total[k] / len(models)).to(v.dtype) if v.is_floating_point() else v.clone()
-            for k, v in first.items()}
+                if key in self.total:
+                    self.total[key] += tensor.double()
+                else:
+                    self.total[key] = tensor.double().clone()
+        if self.first is None:
+            self.first = {k: v.clone() for k, v in weights.items()
+                          if not v.is_floating_point()}
+            self.dtypes = {k: v.dtype for k, v in weights.items()}
+            self.order = list(weights)
+        self.count += 1
+
+    def mean(self, extra: Weights | None = None) -> Weights:
+        """The average, or the average with `extra` added (without keeping it)."""
+        n = self.count + (extra is not None)
+        if n == 0:
+            raise SoupError("nothing to average")
+        out = {}
+        for key in self.order:
+            if key in self.total:
+                value = self.total[key] + extra[key].double() if extra is not None \
+                    else self.total[key]
+                out[key] = (value / n).to(self.dtypes[key])
+            else:
+                out[key] = self.first[key].clone()
+        return out
 
 
-def greedy(candidates: list[tuple[str, dict[str, torch.Tensor]]],
-           score: Callable[[dict[str, torch.Tensor]], float]
-           ) -> tuple[list[str], dict[str, torch.Tensor], list[dict[str, Any]]]:
+def average(models) -> Weights:
+    """Uniform average of state dicts (or loaders of them), streamed through a running sum."""
+    total = RunningSum()
+    for source in models:
+        total.add(_load(source))
+    return total.mean()
+
+
+def greedy(candidates: list[tuple[str, Source]], score: Callable[[Weights], float]
+           ) -> tuple[list[str], Weights, list[dict[str, Any]]]:
     """Greedy soup of candidates already sorted best first. Returns the kept ids, the soup's
-    weights and one step record per candidate (its score if added, and whether it was)."""
+    weights and one step record per candidate (its score if added, and whether it was).
+    Candidates are loaded one at a time into a running sum of the kept ones."""
+    total = RunningSum()
     kept_ids = [candidates[0][0]]
-    kept = [candidates[0][1]]
-    soup = kept[0]
+    total.add(_load(candidates[0][1]))
+    soup = total.mean()
     best = score(soup)
     steps = [{"trial_id": kept_ids[0], "val_dice": best, "accepted": True}]
-    for trial_id, weights in candidates[1:]:
-        trial_soup = average(kept + [weights])
+    for trial_id, source in candidates[1:]:
+        weights = _load(source)
+        trial_soup = total.mean(extra=weights)
         value = score(trial_soup)
         accepted = value >= best
         steps.append({"trial_id": trial_id, "val_dice": value, "accepted": accepted})
@@ -80,7 +122,7 @@ def greedy(candidates: list[tuple[str, dict[str, torch.Tensor]]],
                     "accepted" if accepted else "rejected", value, best)
         if accepted:
             kept_ids.append(trial_id)
-            kept.append(weights)
+            total.add(weights)
             soup, best = trial_soup, value
     return kept_ids, soup, steps
 
@@ -161,10 +203,17 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
 
     if soup:
         chosen = ranked[:top_k]
-        states = {t["trial_id"]: load_checkpoint(run_dir / t["checkpoint"]) for t in chosen}
-        check_ingredients(states)
-        weights = [(tid, state["model"]) for tid, state in states.items()]
-        lineage = {k: states[best["trial_id"]][k] for k in LINEAGE_KEYS}
+        # Lineage first (one checkpoint in memory at a time), then weights on demand.
+        lineages = {}
+        for t in chosen:
+            state = load_checkpoint(run_dir / t["checkpoint"])
+            lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
+            del state
+        check_ingredients(lineages)
+        paths = {t["trial_id"]: run_dir / t["checkpoint"] for t in chosen}
+        weights = [(tid, (lambda p=path: load_checkpoint(p)["model"]))
+                   for tid, path in paths.items()]
+        lineage = {k: lineages[best["trial_id"]][k] for k in LINEAGE_KEYS}
         out = run_dir / "soup"
         out.mkdir(exist_ok=True)
         soups: dict[str, Any] = {}

@@ -56,3 +56,22 @@ def test_refuses_different_initial_weights():
                                         r"def \(init_seed 0 vs 1\)"):
         check_ingredients({"t1": lineage(), "t2": other})
     check_ingredients({"t1": lineage(), "t2": lineage()})  # same lineage: fine
+
+
+def test_soups_stream_their_ingredients_once_each():
+    loads = []
+
+    def loader(value):
+        def load():
+            loads.append(value)
+            return state(value)
+        return load
+
+    soup = average([loader(v) for v in (1.0, 2.0, 6.0)])
+    assert torch.equal(soup["w"], torch.full((2, 2), 3.0)) and loads == [1.0, 2.0, 6.0]
+    loads.clear()
+    score = lambda w: -abs(float(w["w"].mean()) - 2.0)  # noqa: E731
+    kept, soup, _ = greedy([(k, loader(v)) for k, v in
+                            [("A", 1.8), ("B", 2.2), ("C", 10.0), ("D", 2.0)]], score)
+    assert kept == ["A", "B", "D"] and loads == [1.8, 2.2, 10.0, 2.0]
+    assert float(soup["w"].mean()) == pytest.approx(2.0)
