@@ -192,7 +192,9 @@ def _unfinished(run_dir: Path) -> int:
     """Trials neither terminated nor errored in Ray Tune's last saved experiment state. After
     a Ctrl-C, `Tuner.fit()` returns normally (having saved that state): this tells the two
     apart. (ResultGrid has no public trial status.)"""
-    states = sorted(run_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # The newest by the timestamp in the name: after a restore Ray writes a new file and still
+    # touches the old one, so modification times do not tell.
+    states = sorted(run_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
     if not states:
         return 0
     trials = json.loads(states[-1].read_text()).get("trial_data", [])

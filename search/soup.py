@@ -157,10 +157,13 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     top_k = top_k or spec.soup.top_k
-    ranked = [t for t in summary["trials"]
-              if t.get("checkpoint") and t.get("val_dice") is not None]
+    # A trial that errored is listed in the summary but not used: its last checkpoints may
+    # predate whatever went wrong, but nothing says they are sound.
+    ranked = [t for t in summary["trials"] if t.get("status") != "error"
+              and t.get("checkpoint") and t.get("val_dice") is not None]
     if not ranked:
-        raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint")
+        raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint without "
+                        "erroring")
     ranked.sort(key=lambda t: t["val_dice"], reverse=True)
 
     cases = {c.case_id: c for c in find_cases(run["data_root"])}
