@@ -34,6 +34,16 @@ def _str(value: Any) -> str:
     return str(value)
 
 
+def artifact_root(uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite store go next to it (`<dir>/mlartifacts/<experiment>`), not to
+    MLflow's default `./mlruns` in whatever folder the command ran from. A server keeps its
+    own artifact location (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+
+
 def params_of(flat: dict[str, Any]) -> list[tuple[str, str]]:
     """Spec settings as MLflow params under their dotted names (MLflow caps values at 6000
     characters)."""
@@ -56,8 +66,9 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (found.experiment_id if found is not None
-                              else self.client.create_experiment(experiment))
+        self.experiment_id = (found.experiment_id if found is not None else
+                              self.client.create_experiment(
+                                  experiment, artifact_location=artifact_root(uri, experiment)))
         self.run_name = run_name
         self.run_dir = str(Path(run_dir).resolve())
         self.parent_id: str | None = None

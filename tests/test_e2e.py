@@ -100,6 +100,9 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
     assert "lr_finder/suggestion" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"lr_finder_plot.png", "summary.json", "soup.json"} <= artifacts
+    # Next to the sqlite store, not in ./mlruns of the folder the command ran from.
+    assert parent.info.artifact_uri.startswith((storage / "mlartifacts" / "smoke").as_uri())
+    assert (storage / "mlartifacts" / "smoke").is_dir()
 
 
 def test_soup_command_and_refusal_to_overwrite(smoke_run):
