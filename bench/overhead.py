@@ -73,7 +73,7 @@ def main() -> None:
             plain.append(time.perf_counter() - t0)
 
             tuner = make_tuner(spec, split, str(data_root), f"rep{rep}", Path(tmp),
-                               [MlflowCallback(tracker, spec, args.epochs)])
+                               [MlflowCallback(tracker, spec)])
             t0 = time.perf_counter()
             results = tuner.fit()
             tuned.append(time.perf_counter() - t0)

@@ -112,7 +112,7 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
             tuner = restore_tuner(spec, split, str(data_root), run_dir)
         else:
             tuner = make_tuner(spec, split, str(data_root), name, storage,
-                               [MlflowCallback(tracker, spec, spec.train.epochs)])
+                               [MlflowCallback(tracker, spec)])
         results = tuner.fit()
         unfinished = _unfinished(run_dir)
         if unfinished:

@@ -54,10 +54,10 @@ def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
 class MlflowCallback(Callback):
     """Feeds trial events from Ray to the `Tracker` (driver side, batched)."""
 
-    def __init__(self, tracker: Tracker, base: Spec, epochs: int):
+    def __init__(self, tracker: Tracker, base: Spec):
         self.tracker = tracker
         self.base = base
-        self.epochs = epochs
+        self.epochs = base.train.epochs
         self.last_epoch: dict[str, int] = {}
         self.retries: dict[str, int] = {}
         self.stop_reason: dict[str, str] = {}
@@ -102,10 +102,14 @@ def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, run_d
     """The interrupted search in `run_dir`, to continue: finished trials stay, unfinished and
     errored ones resume from their last checkpoint (errored ones count against
     `search.max_failures` again). Its MLflow callback comes back from Ray's saved state."""
-    fn = tune.with_parameters(trainable, base=spec, split=split, data_root=data_root)
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.Tuner.restore(str(run_dir.resolve()), tune.with_resources(fn, resources),
+    return tune.Tuner.restore(str(run_dir.resolve()), _trial_fn(spec, split, data_root),
                               resume_unfinished=True, resume_errored=True)
+
+
+def _trial_fn(spec: Spec, split: dict[str, list[str]], data_root: str):
+    """The trainable with the base spec, split and data folder bound, and its resources."""
+    fn = tune.with_parameters(trainable, base=spec, split=split, data_root=data_root)
+    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def _trial_name(trial) -> str:
@@ -120,8 +124,6 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
     from ray.tune.search.optuna import OptunaSearch
 
     s = spec.search
-    fn = tune.with_parameters(trainable, base=spec, split=split, data_root=data_root)
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode="max",
                                   max_t=spec.train.epochs,
@@ -130,7 +132,7 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
     else:
         scheduler = FIFOScheduler()
     return tune.Tuner(
-        tune.with_resources(fn, resources),
+        _trial_fn(spec, split, data_root),
         tune_config=tune.TuneConfig(
             num_samples=s.num_trials,
             max_concurrent_trials=s.max_concurrent,

@@ -195,9 +195,12 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
             break
     assert finished, "no trial finished before the third started"
     proc.send_signal(sig)
-    proc.stderr.read()
+    rest = proc.stderr.read()
     code = proc.wait(timeout=300)
     assert code == (130 if sig == signal.SIGINT else -9)
+    if sig == signal.SIGINT:
+        assert "segtune: search interrupted with" in rest
+        assert "continue it with: python -m search run spaces/smoke.yaml --name resumed" in rest
     assert not (storage / "resumed" / "summary.json").exists()
     if sig == signal.SIGINT:  # a graceful stop closes every MLflow run
         _, _, _, runs = runs_by_trial(storage, "resumed")

@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BN_EPOCH = 1_000_000  # the fixed patches BatchNorm statistics are recomputed on
-Report = Callable[[dict[str, Any], dict[str, Any]], None]
+# report(metrics, state): state is None when the trial ends without a checkpoint (diverged).
+Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 
 def pick_device(choice: str) -> torch.device:

@@ -54,6 +54,14 @@ def _unet_place(name: str, depth: int) -> tuple[str, int]:
     return DECODER, level
 
 
+def _module_index(name: str) -> tuple[str, int]:
+    """`downsamples.1.conv.weight` -> ("downsamples", 1); `bottleneck.conv.weight` ->
+    ("bottleneck", 0)."""
+    head, _, rest = name.partition(".")
+    first = rest.split(".")[0]
+    return head, int(first) if first.isdigit() else 0
+
+
 # --- MONAI DynUNet (nnU-Net's network) -----------------------------------------------------------
 def _dynunet(o, cin, cout):
     from monai.networks.nets import DynUNet
@@ -68,8 +76,7 @@ def _dynunet(o, cin, cout):
 
 
 def _dynunet_place(name: str, depth: int) -> tuple[str, int]:
-    head, _, rest = name.partition(".")
-    index = int(rest.split(".")[0]) if rest[:1].isdigit() else 0
+    head, index = _module_index(name)
     if head == "input_block":
         return ENCODER, 0
     if head == "downsamples":
@@ -91,8 +98,7 @@ def _segresnet(o, cin, cout):
 
 
 def _segresnet_place(name: str, depth: int) -> tuple[str, int]:
-    head, _, rest = name.partition(".")
-    index = int(rest.split(".")[0]) if rest[:1].isdigit() else 0
+    head, index = _module_index(name)
     if head == "convInit":
         return ENCODER, 0
     if head == "down_layers":
@@ -113,8 +119,7 @@ def _mednext(o, cin, cout):
 
 
 def _mednext_place(name: str, depth: int) -> tuple[str, int]:
-    head, _, rest = name.partition(".")
-    index = int(rest.split(".")[0]) if rest[:1].isdigit() else 0
+    head, index = _module_index(name)
     if head in ("stem",):
         return ENCODER, 0
     if head in ("enc_stages", "down_blocks"):

@@ -65,7 +65,7 @@ def param_bands(model: torch.nn.Module, cfg: Any) -> dict[str, list[str]]:
     return bands
 
 
-def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+def _no_decay(param: torch.nn.Parameter) -> bool:
     """Biases, norm scales and PReLU slopes: the 0-d and 1-d tensors."""
     return param.ndim <= 1
 
@@ -82,7 +82,7 @@ def param_groups(model: torch.nn.Module, model_cfg: Any, layers: Any, lr: float
     groups: dict[str, dict[str, Any]] = {}
     for name, (part, level) in place_params(model, model_cfg).items():
         key, mult = layer_multiplier(layers, part, level, depth)
-        no_decay = layers.no_decay_norm_bias and _no_decay(name, params[name])
+        no_decay = layers.no_decay_norm_bias and _no_decay(params[name])
         if no_decay:
             key += "/no_decay"
         group = groups.setdefault(key, {"name": key, "params": [], "multiplier": mult,

@@ -1,0 +1,95 @@
+"""Error paths of `run`, `--resume` and `soup` that stop before Ray starts, by message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT
+
+from search.cli import main
+
+SMOKE = str(ROOT / "spaces" / "smoke.yaml")
+
+
+def error_of(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segtune: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_resume_without_a_run(tmp_path, capsys):
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path), "--resume"])
+    assert "nothing to resume (no run.json: the search never started); run without --resume" \
+        in err
+
+
+def test_resume_before_ray_saved_anything(tmp_path, capsys):
+    from search.api import _plain
+    from search.spec import load_spec
+
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "run.json").write_text(
+        json.dumps({"input_spec": _plain(load_spec(SMOKE).flat())}))
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path), "--resume"])
+    assert "no Ray Tune state to resume from (stopped before the first trial)" in err
+
+
+def test_missing_real_data_folder(tmp_path, capsys):
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path / "runs"),
+                            "--set", "data.source=segthor",
+                            "--set", f"data.root={tmp_path / 'SegTHOR'}"])
+    assert f"data.root: {tmp_path / 'SegTHOR'}: no train/ folder" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_too_few_patients_for_a_split(tmp_path, capsys):
+    for i in (1, 2):
+        case = tmp_path / "SegTHOR" / "train" / f"Patient_0{i}"
+        case.mkdir(parents=True)
+        (case / f"Patient_0{i}.nii.gz").touch()
+        (case / "GT.nii.gz").touch()
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path / "runs"),
+                            "--set", "data.source=segthor",
+                            "--set", f"data.root={tmp_path / 'SegTHOR'}"])
+    assert "need at least 3 cases for a train/val/test split, got 2" in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr_finder.skip_start=20",
+     "lr_finder.skip_start (20) leaves fewer than 5 of lr_finder.num_iter (15) points"),
+    ("model.blocks_up=[1, 1]", "model.blocks_up is not an option of model.name 'unet'"),
+])
+def test_spec_rules_through_set(tmp_path, capsys, override, message):
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path), "--set", override])
+    assert message in err
+
+
+def test_blocks_up_must_match_blocks_down(write_spec):
+    from search.spec import SpecError, load_spec
+
+    path = write_spec("model:\n  name: segresnet\n  blocks_down: [1, 2, 2]\n"
+                      "  blocks_up: [1, 1, 1]\n")
+    with pytest.raises(SpecError, match=r"model.blocks_up needs one entry fewer than "
+                                        r"model.blocks_down \(3\), got 3"):
+        load_spec(path)
+
+
+def test_soup_of_a_run_that_never_finished(tmp_path, capsys):
+    (tmp_path / "run.json").write_text("{}")
+    err = error_of(capsys, ["soup", str(tmp_path)])
+    assert "no summary.json (not a finished segtune run folder)" in err
+
+
+def test_soup_with_only_failed_trials(tmp_path, capsys):
+    from search.soup import SoupError, finish
+
+    (tmp_path / "summary.json").write_text(json.dumps({"trials": [
+        {"trial_id": "a", "status": "error", "checkpoint": "trial_a/checkpoint_000000",
+         "val_dice": 0.5}]}))
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "spec.yaml").write_text((ROOT / "spaces" / "smoke.yaml").read_text())
+    with pytest.raises(SoupError, match="no trial finished an epoch with a checkpoint "
+                                        "without erroring"):
+        finish(tmp_path)
