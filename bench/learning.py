@@ -35,7 +35,9 @@ def main() -> None:
 
     from search.api import prepare_data
     from search.spec import Spec, load_spec
-    from train_fn.data import CLASS_NAMES
+    from train_fn.datasets import SEGTHOR_LABELS
+
+    CLASS_NAMES = list(SEGTHOR_LABELS.values())  # noqa: N806
     from train_fn.loop import train
 
     base = load_spec("spaces/novograd.yaml").model_dump(warnings=False)

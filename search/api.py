@@ -34,20 +34,18 @@ def tracking_target(spec: Spec, storage: Path, name: str, uri: str | None) -> tu
 
 
 def prepare_data(spec: Spec) -> tuple[Path, dict[str, list[str]]]:
-    """The dataset folder (the phantom is generated on first use) and the patient split."""
-    from train_fn.data import dataset_root, find_cases, split_cases
+    """The dataset folder (phantoms are generated on first use), checked file by file before
+    anything trains, and the patient split."""
+    from train_fn.data import check_dataset, open_dataset, split_cases
 
-    root = dataset_root(spec.data)
-    try:
-        ids = [c.case_id for c in find_cases(root)]
-    except FileNotFoundError as err:
-        raise SpecError(f"data.root: {err}") from None
-    try:
-        split = split_cases(ids, spec.data.val_fraction, spec.data.test_fraction,
-                            spec.data.split_seed)
-    except ValueError as err:
-        raise SpecError(f"data: {root}: {err}") from None
-    return root, split
+    dataset = open_dataset(spec.data)
+    split = split_cases([c.case_id for c in dataset.cases], spec.data.val_fraction,
+                        spec.data.test_fraction, spec.data.split_seed)
+    check_dataset(dataset)
+    logger.info("data %s: %d cases, channels %s, labels %s; split %s", dataset.root,
+                len(dataset.cases), list(dataset.channels), dataset.labels,
+                {k: len(v) for k, v in split.items()})
+    return Path(dataset.root), split
 
 
 def _version() -> str:

@@ -81,11 +81,11 @@ def _dry_run(spec, args) -> None:
 def _groups(spec) -> list[str]:
     """One line per LR group: its multiplier (or search range) and what it holds."""
     from search.spec import _Leaf
-    from train_fn.data import NUM_CLASSES
+    from train_fn.datasets import io_shape
     from train_fn.models import build_model
     from train_fn.optim import param_groups
 
-    model = build_model(spec.model, 1, NUM_CLASSES)
+    model = build_model(spec.model, *io_shape(spec.data))
     total = sum(p.numel() for p in model.parameters())
     # Searched multipliers are shown by their range; the groups come from a copy with 1.0.
     layers = spec.layers.model_copy(update={
@@ -173,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from search.api import Interrupted
     from search.soup import SoupError
+    from train_fn.datasets import DataError
 
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find}
         return commands[args.command](args)
-    except (SpecError, SoupError) as err:
+    except (SpecError, SoupError, DataError) as err:
         if args.debug:
             raise
         print(f"segtune: error: {err}", file=sys.stderr)

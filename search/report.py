@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from train_fn.data import CLASS_NAMES
-
-SHORT = {"esophagus": "eso", "heart": "heart", "trachea": "trach", "aorta": "aorta"}
+SHORT = {"esophagus": "eso", "trachea": "trach"}
 
 
 def _f(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _classes(per_class: dict[str, float] | None) -> list[str]:
-    per_class = per_class or {}
-    return [_f(per_class.get(name)) for name in CLASS_NAMES]
+def _names(summary: dict[str, Any]) -> list[str]:
+    """The scored regions, in the order the trials report them."""
+    for t in summary["trials"]:
+        if t.get("val_dice_per_class"):
+            return list(t["val_dice_per_class"])
+    return []
+
+
+def _short(name: str) -> str:
+    return SHORT.get(name, name[:6])
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -26,7 +31,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
     """Trials (best first), then the best trial and the soups on the test split."""
-    classes = [SHORT[c] for c in CLASS_NAMES]
+    names = _names(summary)
+    classes = [_short(c) for c in names]
+
+    def _classes(per_class: dict[str, float] | None) -> list[str]:
+        return [_f((per_class or {}).get(name)) for name in names]
+
     rows = []
     for t in summary["trials"]:
         config = t.get("config", {})

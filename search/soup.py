@@ -144,7 +144,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     uniform and greedy soups of the top-k trials. Updates `<run_dir>/summary.json`."""
     from search.spec import load_spec
     from train_fn.checkpoint import load_checkpoint, save_checkpoint
-    from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
+    from train_fn.data import PatchSampler, load_volumes, open_dataset
     from train_fn.loop import BN_EPOCH, pick_device
     from train_fn.metrics import evaluate
     from train_fn.models import build_model, has_batchnorm, refresh_batchnorm
@@ -166,12 +166,12 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
                         "erroring")
     ranked.sort(key=lambda t: t["val_dice"], reverse=True)
 
-    cases = {c.case_id: c for c in find_cases(run["data_root"])}
-    val = load_volumes([cases[i] for i in run["split"]["val"]], spec.data)
-    test = load_volumes([cases[i] for i in run["split"]["test"]], spec.data)
+    ds = open_dataset(spec.data, run["data_root"])
+    val = load_volumes(ds.subset(run["split"]["val"]), spec.data, ds.num_classes)
+    test = load_volumes(ds.subset(run["split"]["test"]), spec.data, ds.num_classes)
     device = pick_device(spec.train.device)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = build_model(spec.model, 1, NUM_CLASSES).to(device)
+    model = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
 
     bn_patches: list[torch.Tensor] = []
 
@@ -181,27 +181,31 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         if not has_batchnorm(model):
             return weights
         if not bn_patches:
-            train_vols = load_volumes([cases[i] for i in run["split"]["train"]], spec.data)
-            sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed)
+            train_vols = load_volumes(ds.subset(run["split"]["train"]), spec.data)
+            sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed,
+                                   ds.num_classes)
             bn_patches.extend(x for x, _ in sampler.epoch(BN_EPOCH, 8, spec.train.batch_size))
         model.load_state_dict(weights)
         refresh_batchnorm(model, bn_patches, device)
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
-    def judge(weights: dict[str, torch.Tensor], volumes) -> tuple[float, dict[str, float]]:
+    def judge(weights: dict[str, torch.Tensor], volumes, hd: bool = False
+              ) -> tuple[float, dict[str, float], dict[str, float]]:
         model.load_state_dict(weights)
-        return evaluate(model, volumes, spec.train, device)
+        return evaluate(model, volumes, spec.train, device, ds.regions, with_hd95=hd)
 
     best = ranked[0]
     best_state = load_checkpoint(run_dir / best["checkpoint"])
-    test_dice, test_per_class = judge(best_state["model"], test)
+    test_dice, test_per_class, test_hd95 = judge(best_state["model"], test, hd=True)
     summary["best"] = {
         "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
         "val_dice_per_class": best["val_dice_per_class"], "test_dice": test_dice,
-        "test_dice_per_class": test_per_class, "checkpoint": best["checkpoint"],
+        "test_dice_per_class": test_per_class, "test_hd95_per_class": test_hd95,
+        "checkpoint": best["checkpoint"],
     }
     metrics = {"best/test_dice": test_dice,
-               **{f"best/test_dice/{k}": v for k, v in test_per_class.items()}}
+               **{f"best/test_dice/{k}": v for k, v in test_per_class.items()},
+               **{f"best/test_hd95/{k}": v for k, v in test_hd95.items()}}
     artifacts = [summary_path]
 
     if soup:
@@ -222,17 +226,18 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         soups: dict[str, Any] = {}
 
         uniform = with_bn_stats(average([w for _, w in weights]))
-        val_u, val_u_pc = judge(uniform, val)
+        val_u, val_u_pc, _ = judge(uniform, val)
         soups["uniform"] = {"ingredients": [tid for tid, _ in weights], "val_dice": val_u,
                             "val_dice_per_class": val_u_pc}
         kept, greedy_w, steps = greedy(weights, lambda w: judge(with_bn_stats(w), val)[0])
         greedy_w = with_bn_stats(greedy_w)
-        val_g, val_g_pc = judge(greedy_w, val)
+        val_g, val_g_pc, _ = judge(greedy_w, val)
         soups["greedy"] = {"ingredients": kept, "val_dice": val_g,
                            "val_dice_per_class": val_g_pc, "steps": steps}
         for kind, soup_w in (("uniform", uniform), ("greedy", greedy_w)):
-            t_dice, t_pc = judge(soup_w, test)
+            t_dice, t_pc, t_hd = judge(soup_w, test, hd=True)
             soups[kind].update(test_dice=t_dice, test_dice_per_class=t_pc,
+                               test_hd95_per_class=t_hd,
                                weights=f"soup/{kind}/checkpoint.pt")
             save_checkpoint(out / kind, {"model": soup_w, "config": spec.flat(),
                                          "ingredients": soups[kind]["ingredients"], **lineage})

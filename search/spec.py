@@ -156,23 +156,50 @@ def _alternatives(value: Any) -> list:
 # ---------------------------------------------------------------------------------------------
 # Sections.
 class DataSpec(_Strict):
-    source: Literal["phantom", "segthor"] = "phantom"
-    root: str | None = None  # segthor: the folder holding train/; phantom: its cache folder
-    cases: int = Field(12, ge=4)  # phantom only
+    """Where the cases are, how they are preprocessed, and how they are split (see
+    train_fn.datasets for the formats)."""
+
+    source: Literal["phantom", "brats_phantom", "segthor", "msd", "folder"] = "phantom"
+    root: str | None = None  # the dataset folder; phantoms: their cache folder
+    cases: int = Field(12, ge=4)  # phantoms only
+    image_pattern: str | None = None  # folder: e.g. images/{case}.nii.gz (relative to root)
+    label_pattern: str | None = None  # folder: e.g. labels/{case}.nii.gz
+    labels: dict[int, str] | None = None  # foreground label id -> name; default: the format's
+    regions: dict[str, tuple[int, ...]] | None = None  # scored name -> label ids; default: each
+    orientation: str | None = None  # e.g. RAS; default: as stored
+    spacing: tuple[float, float, float] | None = None  # resample to this (mm)
+    intensity: Literal["window", "zscore"] | None = None  # default: window (CT), zscore (MR)
+    window: tuple[float, float] = (-1000.0, 1000.0)  # HU, mapped to [0, 1]
+    crop_foreground: StrictBool = False  # crop to the bounding box of the non-air voxels
+    cache: StrictBool = True  # keep preprocessed volumes on disk for later runs and trials
+    cache_dir: str | None = None  # default: $SEGTUNE_CACHE/preprocessed
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: int = 0
-    window: tuple[float, float] = (-1000.0, 1000.0)  # HU, mapped to [0, 1]
-    spacing: tuple[float, float, float] | None = None  # resample real data to this (mm)
 
     @model_validator(mode="after")
     def _check(self):
-        if self.source == "segthor" and not self.root:
-            raise ValueError("data.source segthor needs data.root, the folder holding train/")
+        if self.source in ("segthor", "msd", "folder") and not self.root:
+            raise ValueError(f"data.source {self.source} needs data.root, the dataset folder")
+        patterns = (self.image_pattern, self.label_pattern)
+        if self.source == "folder":
+            for key, value in zip(("image_pattern", "label_pattern"), patterns, strict=True):
+                if not value or value.count("{case}") != 1:
+                    raise ValueError(f"data.{key} must be a path relative to data.root with "
+                                     f"one {{case}} wildcard, e.g. images/{{case}}.nii.gz; got "
+                                     f"{value!r}")
+        elif any(patterns):
+            raise ValueError("data.image_pattern and data.label_pattern are for data.source "
+                             f"folder, not {self.source}")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("data.val_fraction + data.test_fraction must be below 1")
         if self.window[0] >= self.window[1]:
             raise ValueError(f"data.window must be (low, high) with low < high, got {self.window}")
+        if self.orientation is not None and sorted(
+                next((i for i, pair in enumerate(("LR", "PA", "IS")) if c in pair), -1)
+                for c in self.orientation) != [0, 1, 2]:
+            raise ValueError(f"data.orientation must be three axis codes, one of L/R, P/A and "
+                             f"I/S each, e.g. RAS; got {self.orientation!r}")
         return self
 
 
@@ -334,6 +361,7 @@ class TrainSpec(_Strict):
     seed: int = 0  # patch sampling; the same for every trial
     sw_batch_size: int = Field(4, ge=1)
     sw_overlap: float = Field(0.25, ge=0, lt=1)
+    val_hd95: StrictBool = True  # HD95 per region at every validation (mm; costs a little)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per trial; default: CPUs per trial
 

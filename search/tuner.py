@@ -196,6 +196,8 @@ def trial_records(results: tune.ResultGrid, run_dir: Path, spec: Spec) -> list[d
             "val_dice": best.get("val_dice"),
             "val_dice_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
                                    if k.startswith("val_dice/")},
+            "val_hd95_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
+                                   if k.startswith("val_hd95/")},
             "best_epoch": best.get("epoch"),
             "checkpoint": (str(Path(best_path).resolve().relative_to(run_dir.resolve()))
                            if best_path else None),

@@ -40,7 +40,7 @@ def test_missing_real_data_folder(tmp_path, capsys):
     err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path / "runs"),
                             "--set", "data.source=segthor",
                             "--set", f"data.root={tmp_path / 'SegTHOR'}"])
-    assert f"data.root: {tmp_path / 'SegTHOR'}: no train/ folder" in err
+    assert f"{tmp_path / 'SegTHOR'}: no such folder" in err
     assert not (tmp_path / "runs").exists()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from search.spec import Spec
-from train_fn.data import PatchSampler, find_cases, load_volumes, split_cases
+from train_fn.data import DataError, PatchSampler, find_cases, load_volumes, split_cases
 from train_fn.phantom import AORTA, ESOPHAGUS, HEART, TRACHEA, make_case, write_phantom_dataset
 
 
@@ -50,10 +50,10 @@ def test_split_is_patient_level_deterministic_and_disjoint():
 
 
 def test_find_cases_errors_name_the_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no train/ folder"):
+    with pytest.raises(DataError, match=r"no train/ folder"):
         find_cases(tmp_path)
     (tmp_path / "train" / "Patient_01").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match=r"Patient_01: missing image Patient_01.nii.gz"):
+    with pytest.raises(DataError, match=r"Patient_01: missing image Patient_01.nii.gz"):
         find_cases(tmp_path)
 
 
@@ -61,7 +61,7 @@ def test_patches_are_batched_and_deterministic(phantom_root):
     spec = Spec()
     vols = load_volumes(find_cases(phantom_root)[:2], spec.data)
     assert 0.0 <= float(vols[0]["image"].min()) and float(vols[0]["image"].max()) <= 1.0
-    sampler = PatchSampler(vols, (32, 32, 16), seed=0)
+    sampler = PatchSampler(vols, (32, 32, 16), seed=0, num_classes=5)
     first = list(sampler.epoch(0, 3, 2))
     assert [tuple(x.shape) for x, _ in first] == [(2, 1, 32, 32, 16)] * 3
     again = list(sampler.epoch(0, 3, 2))

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from search.spec import Spec
-from train_fn.data import CLASS_NAMES, find_cases, split_cases
+from train_fn.data import find_cases, split_cases
+from train_fn.datasets import SEGTHOR_LABELS
 from train_fn.loop import resume_state, run_plain, train
 
 TINY = {
@@ -27,7 +28,8 @@ def test_plain_run_reports_every_epoch_with_a_checkpoint(phantom_root, split, tm
     metrics, state = reports[-1]
     assert metrics == last
     assert set(metrics) >= {"loss", "grad_norm", "val_dice",
-                            *(f"val_dice/{c}" for c in CLASS_NAMES),
+                            *(f"val_dice/{c}" for c in SEGTHOR_LABELS.values()),
+                            *(f"val_hd95/{c}" for c in SEGTHOR_LABELS.values()),
                             *(f"lr/{b}" for b in ("early_encoder", "middle", "head"))}
     assert 0.0 <= metrics["val_dice"] <= 1.0 and metrics["grad_norm"] > 0
     assert state["epoch"] == 2 and state["init_seed"] == 0 and state["init_fingerprint"]
@@ -108,7 +110,7 @@ def test_batchnorm_statistics_are_recomputed_as_a_plain_average():
 def test_schedule_free_batchnorm_network_checkpoints_refreshed_statistics(phantom_root, split):
     import torch
 
-    from train_fn.data import NUM_CLASSES, PatchSampler, load_volumes
+    from train_fn.data import PatchSampler, load_volumes
     from train_fn.loop import BN_EPOCH
     from train_fn.models import build_model, refresh_batchnorm
 
@@ -126,9 +128,9 @@ def test_schedule_free_batchnorm_network_checkpoints_refreshed_statistics(phanto
     # patches, not the running ones left over from training steps at the y point.
     cases = {c.case_id: c for c in find_cases(phantom_root)}
     vols = load_volumes([cases[i] for i in split["train"]], spec.data)
-    patches = [x for x, _ in PatchSampler(vols, spec.train.patch_size, spec.train.seed)
+    patches = [x for x, _ in PatchSampler(vols, spec.train.patch_size, spec.train.seed, 5)
                .epoch(BN_EPOCH, 8, spec.train.batch_size)]
-    model = build_model(spec.model, 1, NUM_CLASSES)
+    model = build_model(spec.model, 1, 5)
     model.load_state_dict(saved)
     refresh_batchnorm(model, patches)
     for key in stats:

@@ -67,7 +67,8 @@ def split(phantom_root):
 
 
 def test_schedule_free_checkpoint_holds_the_validated_eval_weights(phantom_root, split):
-    from train_fn.data import NUM_CLASSES, load_volumes
+    from train_fn.data import load_volumes
+    from train_fn.datasets import SEGTHOR_LABELS
     from train_fn.metrics import evaluate
 
     spec = Spec.model_validate(SF)
@@ -76,11 +77,13 @@ def test_schedule_free_checkpoint_holds_the_validated_eval_weights(phantom_root,
     metrics, state = states[-1]
     assert all(g["train_mode"] is False for g in state["optimizer"]["param_groups"])
     # The saved weights are the ones validated: evaluating them gives the reported Dice.
-    model = build_model(spec.model, 1, NUM_CLASSES)
+    model = build_model(spec.model, 1, 5)
     model.load_state_dict(state["model"])
     cases = {c.case_id: c for c in find_cases(phantom_root)}
     vols = load_volumes([cases[i] for i in split["val"]], spec.data)
-    assert evaluate(model, vols, spec.train, torch.device("cpu"))[0] == metrics["val_dice"]
+    regions = {name: (i,) for i, name in SEGTHOR_LABELS.items()}
+    assert evaluate(model, vols, spec.train, torch.device("cpu"), regions)[0] == \
+        metrics["val_dice"]
     # Warmup comes from the warmup fraction: 0.25 x 6 steps -> the optimizer's own 2 steps.
     assert state["optimizer"]["param_groups"][0]["warmup_steps"] == 2
 

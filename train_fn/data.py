@@ -1,136 +1,144 @@
-"""Data: the SegTHOR layout (real or phantom), the patient-level split, volumes and patches.
-
-Both the built-in phantom and a real SegTHOR folder are read the same way, from
-`<root>/train/Patient_XX/Patient_XX.nii.gz` and `GT.nii.gz`, through MONAI transforms.
-"""
+"""Volumes and patches: the spec's preprocessing (cached on disk), and class-balanced training
+patches. Which files and labels make a dataset is `train_fn.datasets`."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from train_fn.datasets import (  # noqa: F401 - re-exported: the data API in one place
+    Case,
+    DataError,
+    Dataset,
+    check_dataset,
+    dataset_root,
+    default_cache_dir,
+    find_cases,
+    fold_splits,
+    open_dataset,
+    split_cases,
+)
+
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = ("esophagus", "heart", "trachea", "aorta")  # SegTHOR labels 1..4
-NUM_CLASSES = len(CLASS_NAMES) + 1  # with background
+
+def _above_min(x):
+    """Foreground for cropping: anything brighter than the darkest value (CT air outside the
+    body, MR background)."""
+    return x > x.min()
 
 
-@dataclass(frozen=True)
-class Case:
-    case_id: str
-    image: str
-    label: str
-
-
-def default_cache_dir() -> Path:
-    """Where generated data is cached: $SEGTUNE_CACHE, else ~/.cache/segtune."""
-    return Path(os.environ.get("SEGTUNE_CACHE", Path.home() / ".cache" / "segtune"))
-
-
-def dataset_root(data: Any) -> Path:
-    """The folder holding `train/`: the user's SegTHOR folder, or the phantom cache (generated
-    on first use, reused after)."""
-    if data.source == "segthor":
-        return Path(data.root).expanduser()
-    from train_fn.phantom import write_phantom_dataset
-
-    root = Path(data.root).expanduser() if data.root else (
-        default_cache_dir() / f"phantom-n{data.cases}-seed{data.split_seed}"
-    )
-    return write_phantom_dataset(root, n_cases=data.cases, seed=data.split_seed)
-
-
-def find_cases(root: str | Path) -> list[Case]:
-    """The labelled cases of a SegTHOR-layout folder, sorted by patient id."""
-    train = Path(root) / "train"
-    if not train.is_dir():
-        raise FileNotFoundError(f"{root}: no train/ folder (expected train/Patient_XX/...)")
-    cases = []
-    for folder in sorted(p for p in train.iterdir() if p.is_dir()):
-        image = folder / f"{folder.name}.nii.gz"
-        label = folder / "GT.nii.gz"
-        if not image.is_file():
-            raise FileNotFoundError(f"{folder}: missing image {image.name}")
-        if not label.is_file():
-            raise FileNotFoundError(f"{folder}: missing label GT.nii.gz")
-        cases.append(Case(folder.name, str(image), str(label)))
-    if not cases:
-        raise FileNotFoundError(f"{train}: no Patient_XX folders")
-    return cases
-
-
-def split_cases(
-    case_ids: list[str], val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, list[str]]:
-    """A deterministic patient-level split into train / val / test (each at least one case)."""
-    ids = sorted(case_ids)
-    if len(ids) < 3:
-        raise ValueError(f"need at least 3 cases for a train/val/test split, got {len(ids)}")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    n_test = max(1, round(test_fraction * len(ids)))
-    n_val = max(1, round(val_fraction * len(ids)))
-    if n_test + n_val >= len(ids):
-        raise ValueError(f"{len(ids)} cases leave no training case after val/test")
-    picked = [ids[i] for i in order]
-    return {
-        "train": sorted(picked[n_test + n_val:]),
-        "val": sorted(picked[n_test:n_test + n_val]),
-        "test": sorted(picked[:n_test]),
-    }
-
-
-def load_volumes(cases: list[Case], data: Any) -> list[dict[str, Any]]:
-    """Read, optionally resample, and window each case into (1, X, Y, Z) tensors:
-    `image` in [0, 1] from the spec's HU window, `label` as integer labels."""
-    import torch
+def preprocessing(data: Any, meta: bool = False):
+    """The deterministic transforms from the spec: load (channels first), orientation,
+    resampling, intensity (HU window or per-channel z-score), foreground crop. With `meta`,
+    MetaTensors are kept so the spatial steps can be inverted (predictions)."""
     from monai.transforms import (
         Compose,
+        CropForegroundd,
         EnsureTyped,
+        Lambda,
         LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
         ScaleIntensityRanged,
         Spacingd,
     )
 
-    steps = [LoadImaged(keys=["image", "label"], ensure_channel_first=True, image_only=True)]
+    keys = ["image", "label"]
+    steps = [LoadImaged(keys=keys, ensure_channel_first=True, image_only=True)]
+    if data.orientation:
+        steps.append(Orientationd(keys=keys, axcodes=data.orientation))
     if data.spacing:
-        steps.append(Spacingd(keys=["image", "label"], pixdim=data.spacing,
-                              mode=("bilinear", "nearest")))
-    steps += [
-        ScaleIntensityRanged(keys="image", a_min=data.window[0], a_max=data.window[1],
-                             b_min=0.0, b_max=1.0, clip=True),
-        EnsureTyped(keys=["image", "label"], track_meta=False),
-    ]
-    load = Compose(steps)
+        steps.append(Spacingd(keys=keys, pixdim=data.spacing, mode=("bilinear", "nearest")))
+    if intensity(data) == "window":
+        steps.append(ScaleIntensityRanged(keys="image", a_min=data.window[0],
+                                          a_max=data.window[1], b_min=0.0, b_max=1.0,
+                                          clip=True))
+    else:
+        steps.append(NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True))
+    if data.crop_foreground:
+        steps.append(CropForegroundd(keys=keys, source_key="image", select_fn=_above_min,
+                                     margin=2, allow_smaller=True))
+    if not meta:
+        steps.append(Lambda(_record_spacing))  # a MONAI transform: cached with the rest
+        steps.append(EnsureTyped(keys=keys, track_meta=False))
+    return Compose(steps)
+
+
+def intensity(data: Any) -> str:
+    """`window` (CT in HU) unless set: `zscore` for the MR formats."""
+    if data.intensity:
+        return data.intensity
+    return "zscore" if data.source in ("msd", "brats_phantom") else "window"
+
+
+def _record_spacing(item: dict[str, Any]) -> dict[str, Any]:
+    """Keeps the voxel spacing (mm) of the preprocessed image, for HD95."""
+    item["spacing"] = tuple(float(s) for s in item["image"].pixdim[:3])
+    return item
+
+
+def _prep_key(data: Any, case: Case) -> str:
+    """What the cached preprocessing of a case depends on: the settings and the files."""
+    settings = [data.source, data.orientation, data.spacing, intensity(data),
+                list(data.window), data.crop_foreground]
+    stamps = [(os.path.getsize(p), os.stat(p).st_mtime_ns) for p in (case.image, case.label)]
+    return json.dumps([_FORMAT, settings, stamps])
+
+
+_FORMAT = 1  # bump when preprocessing changes, so stale caches are not reused
+
+
+def load_volumes(cases: list[Case], data: Any, num_classes: int | None = None
+                 ) -> list[dict[str, Any]]:
+    """Each case preprocessed into (C, X, Y, Z) float `image` and (1, X, Y, Z) uint8 `label`
+    tensors, with its `spacing`. Cached on disk (MONAI PersistentDataset) under
+    `data.cache_dir` (default: the segtune cache) so later runs and trials reuse it; the cache
+    key holds the preprocessing settings and the files' sizes and times."""
+    import torch
+    from monai.data import PersistentDataset
+
+    transform = preprocessing(data)
+    steps = [type(t).__name__ for t in transform.transforms]
+    items = [{"image": c.image, "label": c.label, "case_id": c.case_id,
+              "prep": _prep_key(data, c) + str(steps)} for c in cases]
+    if data.cache:
+        cache = Path(data.cache_dir).expanduser() if data.cache_dir else (
+            default_cache_dir() / "preprocessed")
+        cache.mkdir(parents=True, exist_ok=True)
+        loaded = PersistentDataset(items, transform, cache_dir=cache, track_meta=True)
+    else:
+        loaded = [transform(dict(i)) for i in items]
     volumes = []
-    for case in cases:
-        item = load({"image": case.image, "label": case.label})
+    for i in range(len(items)):
+        item = loaded[i]
         label = item["label"].round().to(torch.uint8)
-        bad = torch.unique(label)
-        if int(bad.max()) >= NUM_CLASSES:
-            raise ValueError(f"{case.label}: label values {bad.tolist()} outside 0..4")
-        volumes.append({"case_id": case.case_id, "image": item["image"].float(),
-                        "label": label})
+        if num_classes is not None and int(label.max()) >= num_classes:
+            raise DataError(f"{items[i]['label']}: label values "
+                            f"{torch.unique(label).tolist()} outside 0..{num_classes - 1}")
+        volumes.append({"case_id": item["case_id"], "image": item["image"].float(),
+                        "label": label, "spacing": tuple(item["spacing"])})
     return volumes
 
 
 class PatchSampler:
-    """Random training patches, balanced over background and the four classes, so the thin
+    """Random training patches, balanced over background and every class, so a thin
     esophagus is seen as often as the heart. Deterministic for a given (seed, epoch)."""
 
     def __init__(self, volumes: list[dict[str, Any]], patch_size: tuple[int, int, int],
-                 seed: int):
+                 seed: int, num_classes: int):
         from monai.transforms import ClassesToIndicesd, RandCropByLabelClassesd
 
-        index = ClassesToIndicesd(keys="label", num_classes=NUM_CLASSES)
+        index = ClassesToIndicesd(keys="label", num_classes=num_classes)
         self.volumes = [index(dict(v)) for v in volumes]
         self.crop = RandCropByLabelClassesd(
             keys=["image", "label"], label_key="label", spatial_size=patch_size,
-            num_classes=NUM_CLASSES, ratios=[1] * NUM_CLASSES, num_samples=1,
+            num_classes=num_classes, ratios=[1] * num_classes, num_samples=1,
             indices_key="label_cls_indices", allow_smaller=True, warn=False,
         )
         self.seed = seed

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
-from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
+from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset
 from train_fn.metrics import evaluate
 from train_fn.models import (
     architecture,
@@ -121,23 +121,25 @@ def deep_supervision_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
 def train(
     spec: Spec,
     split: dict[str, list[str]],
-    data_root: str | Path,
+    data: Dataset | str | Path,
     report: Report | None = None,
     resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `spec` (fully resolved: no search leaves) and validate after every epoch.
 
-    `report(metrics, state)` receives each epoch's metrics and the checkpoint state; `resume`
-    is a state to continue from. Returns the last epoch's metrics.
+    `data` is the opened dataset (or its folder). `report(metrics, state)` receives each
+    epoch's metrics and the checkpoint state; `resume` is a state to continue from. Returns
+    the last epoch's metrics.
     """
     t_start = time.perf_counter()
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
     device = pick_device(spec.train.device)
-    cases = {c.case_id: c for c in find_cases(data_root)}
-    train_vols = load_volumes([cases[i] for i in split["train"]], spec.data)
-    val_vols = load_volumes([cases[i] for i in split["val"]], spec.data)
+    ds = data if isinstance(data, Dataset) else open_dataset(spec.data, data)
+    shape = (len(ds.channels), ds.num_classes)
+    train_vols = load_volumes(ds.subset(split["train"]), spec.data, ds.num_classes)
+    val_vols = load_volumes(ds.subset(split["val"]), spec.data, ds.num_classes)
 
-    model = build_model(spec.model, 1, NUM_CLASSES)
+    model = build_model(spec.model, *shape)
     init_fingerprint = weights_fingerprint(model)
     model.to(device)
     kind = OPTIMIZERS[spec.optimizer.name]
@@ -160,7 +162,7 @@ def train(
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed)
+    sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed, ds.num_classes)
     # BatchNorm statistics of the averaged weights come from these fixed training patches.
     bn_batches = 8 if has_batchnorm(model) else 0
     clip = spec.train.grad_clip if spec.train.grad_clip is not None else math.inf
@@ -203,7 +205,8 @@ def train(
             refresh_batchnorm(model, (x for x, _ in sampler.epoch(BN_EPOCH, bn_batches,
                                                                   spec.train.batch_size)),
                               device)
-        val_dice, per_class = evaluate(model, val_vols, spec.train, device)
+        val_dice, per_class, per_hd95 = evaluate(model, val_vols, spec.train, device,
+                                                 ds.regions, spec.train.val_hd95)
         steps = spec.train.steps_per_epoch
         metrics = {
             "epoch": epoch + 1,
@@ -211,6 +214,7 @@ def train(
             "grad_norm": float(norm_sum) / steps,
             "val_dice": val_dice,
             **{f"val_dice/{name}": value for name, value in per_class.items()},
+            **{f"val_hd95/{name}": value for name, value in per_hd95.items()},
             **{f"lr/{group['name']}": group.get("scheduled_lr", group["lr"])
                for group in optimizer.param_groups},
         }
@@ -223,7 +227,7 @@ def train(
             "scheduler": schedule.state_dict() if schedule is not None else {},
             "metrics": metrics,
             "config": spec.flat(),
-            "architecture": architecture(spec.model, 1, NUM_CLASSES),
+            "architecture": architecture(spec.model, *shape),
             "init_seed": spec.model.init_seed,
             "init_fingerprint": init_fingerprint,
         }
@@ -232,7 +236,7 @@ def train(
     return metrics
 
 
-def run_plain(spec: Spec, split: dict[str, list[str]], data_root: str | Path,
+def run_plain(spec: Spec, split: dict[str, list[str]], data: Dataset | str | Path,
               out_dir: str | Path) -> dict[str, Any]:
     """Train without Ray, writing each epoch's checkpoint under `out_dir/epoch_NNN/`."""
     out_dir = Path(out_dir)
@@ -242,7 +246,7 @@ def run_plain(spec: Spec, split: dict[str, list[str]], data_root: str | Path,
             save_checkpoint(out_dir / f"epoch_{metrics['epoch']:03d}", state)
         logger.info("epoch %d: %s", metrics["epoch"], metrics)
 
-    return train(spec, split, data_root, report=report)
+    return train(spec, split, data, report=report)
 
 
 def resume_state(folder: str | Path) -> dict[str, Any]:

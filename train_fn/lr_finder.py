@@ -63,7 +63,7 @@ def edge_warning(suggestion: float, start_lr: float, end_lr: float,
     return None
 
 
-def range_test(spec: Spec, split: dict[str, list[str]], data_root: str | Path,
+def range_test(spec: Spec, split: dict[str, list[str]], data: Any,
                out_dir: str | Path) -> dict[str, Any]:
     """Run the range test; save `lr_finder_plot.png` and `lr_finder.json` in `out_dir`.
     Returns the suggestion, the warning (or None), the curve and the plot's path."""
@@ -76,7 +76,7 @@ def range_test(spec: Spec, split: dict[str, list[str]], data_root: str | Path,
     from monai.losses import DiceCELoss
     from monai.optimizers import LearningRateFinder
 
-    from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
+    from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset
     from train_fn.loop import deep_supervision_loss, pick_device
     from train_fn.models import build_model
     from train_fn.optim import OPTIMIZERS, build_optimizer
@@ -84,13 +84,13 @@ def range_test(spec: Spec, split: dict[str, list[str]], data_root: str | Path,
     cfg = spec.lr_finder
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
     device = pick_device(spec.train.device)
-    cases = {c.case_id: c for c in find_cases(data_root)}
-    volumes = load_volumes([cases[i] for i in split["train"]], spec.data)
-    sampler = PatchSampler(volumes, spec.train.patch_size, spec.train.seed)
+    ds = data if isinstance(data, Dataset) else open_dataset(spec.data, data)
+    volumes = load_volumes(ds.subset(split["train"]), spec.data, ds.num_classes)
+    sampler = PatchSampler(volumes, spec.train.patch_size, spec.train.seed, ds.num_classes)
     loader = torch.utils.data.DataLoader(
         _Patches(sampler, cfg.num_iter, spec.train.batch_size), batch_size=None)
 
-    model = build_model(spec.model, 1, NUM_CLASSES).to(device)
+    model = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
     optimizer = build_optimizer([{"params": list(model.parameters()), "lr": cfg.start_lr}],
                                 spec.optimizer)  # one group; no warmup, no schedule
     if OPTIMIZERS[spec.optimizer.name].schedule_free:
