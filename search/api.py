@@ -123,6 +123,12 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                    "best": None, "soups": None}
         write_json(run_dir / "summary.json", summary)
         summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled, tracker=tracker)
+        if spec.cv.folds:
+            from search.retrain import crossval
+
+            cv = crossval(run_dir, spec.cv.folds, spec.cv.top_k)
+            summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
+            write_json(run_dir / "summary.json", summary)
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:

@@ -46,7 +46,70 @@ def _parser() -> argparse.ArgumentParser:
     soup.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
     soup.add_argument("--top-k", type=int, help="how many of the best trials to soup "
                       "(default: the spec's soup.top_k)")
+
+    ev = sub.add_parser("evaluate", help="predict a split of a finished run as NIfTI files and "
+                        "score them (nnU-Net-style summary.json)")
+    ev.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
+    ev.add_argument("--model", default="best", help="best, greedy, uniform, or a checkpoint "
+                    "file or folder (default: best)")
+    ev.add_argument("--split", default="test", help="test, val or train (default: test)")
+    ev.add_argument("--out", help="output folder (default: RUN_DIR/eval/<model>-<split>)")
+
+    rep = sub.add_parser("repeat", help="retrain the best (or a named) configuration with "
+                         "several seeds; per-region mean and std")
+    rep.add_argument("run_dir", help="the run folder")
+    rep.add_argument("--seeds", required=True, help="comma-separated, e.g. 42,43,44")
+    rep.add_argument("--trial", help="a trial id of the run (default: the best)")
+
+    cv = sub.add_parser("crossval", help="retrain the best configuration(s) on k folds; "
+                        "per-region mean and std over folds, soups per fold")
+    cv.add_argument("run_dir", help="the run folder")
+    cv.add_argument("--folds", type=int, help="number of folds (default: the spec's cv.folds, "
+                    "else 5)")
+    cv.add_argument("--top-k", type=int, default=None, help="configurations to retrain and "
+                    "soup per fold (default: the spec's cv.top_k)")
+    cv.add_argument("--trial", help="one named trial instead of the best")
     return parser
+
+
+def _evaluate(args) -> int:
+    from search.evaluate import evaluate_run
+
+    summary = evaluate_run(args.run_dir, args.model, args.split, args.out)
+    info = summary["segtune"]
+    regions = list(summary["mean"])
+    print(f"{info['model']} on the {info['split']} split ({len(info['cases'])} cases):")
+    print("region".ljust(12) + "Dice    HD95 mm")
+    for region in regions:
+        m = summary["mean"][region]
+        print(f"{region:<12}{m['Dice']:.3f}   {m['HD95']:.1f}")
+    fg = summary["foreground_mean"]
+    print(f"{'foreground':<12}{fg['Dice']:.3f}   {fg['HD95']:.1f}")
+    print(f"predictions and summary.json: {info['out_dir']}")
+    return 0
+
+
+def _repeat(args) -> int:
+    from search.retrain import repeat
+    from search.soup import SoupError
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SoupError(f"--seeds {args.seeds}: comma-separated integers, e.g. 42,43,44") \
+            from None
+    print(repeat(args.run_dir, seeds, args.trial)["table"])
+    return 0
+
+
+def _crossval(args) -> int:
+    from search.retrain import crossval
+
+    spec = load_spec(Path(args.run_dir) / "spec.yaml")
+    folds = args.folds or spec.cv.folds or 5
+    top_k = args.top_k or spec.cv.top_k
+    print(crossval(args.run_dir, folds, top_k, args.trial)["table"])
+    return 0
 
 
 def _dry_run(spec, args) -> None:
@@ -176,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     from train_fn.datasets import DataError
 
     try:
-        commands = {"run": _run, "soup": _soup, "lr-find": _lr_find}
+        commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
+                    "repeat": _repeat, "crossval": _crossval}
         return commands[args.command](args)
     except (SpecError, SoupError, DataError) as err:
         if args.debug:

@@ -389,6 +389,21 @@ class SoupSpec(_Strict):
     top_k: int = Field(4, ge=1)
 
 
+class CVSpec(_Strict):
+    """k-fold cross-validation after the search (the search itself runs on the train/val
+    split): the `top_k` best configurations are retrained on each fold, scored on the fold's
+    validation cases, and souped per fold when top_k > 1."""
+
+    folds: int = Field(0, ge=0)  # 0: no cross-validation
+    top_k: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.folds == 1:
+            raise ValueError("cv.folds must be 0 (no cross-validation) or at least 2")
+        return self
+
+
 class TrackingSpec(_Strict):
     uri: str | None = None  # default: sqlite:///<storage>/mlflow.db
     experiment: str | None = None  # default: the run name
@@ -429,6 +444,7 @@ class Spec(_Strict):
     search: SearchSpec = SearchSpec()
     resources: ResourcesSpec = ResourcesSpec()
     soup: SoupSpec = SoupSpec()
+    cv: CVSpec = CVSpec()
     tracking: TrackingSpec = TrackingSpec()
     lr_finder: LRFinderSpec = LRFinderSpec()
 

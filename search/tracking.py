@@ -118,7 +118,8 @@ class Tracker:
 
     # -- trials ---------------------------------------------------------------------------
     def start_trial(self, trial_id: str, flat_config: dict[str, Any],
-                    searched: dict[str, Any]) -> str:
+                    searched: dict[str, Any], run_name: str | None = None,
+                    tags: dict[str, str] | None = None) -> str:
         """The nested run of a trial: created once, found again by its Ray trial id."""
         if trial_id not in self.trial_runs:
             found = self.client.search_runs(
@@ -132,9 +133,9 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         else:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"{self.run_name}/{trial_id}",
+                self.experiment_id, run_name=run_name or f"{self.run_name}/{trial_id}",
                 tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial_id,
-                      RUN_DIR_TAG: self.run_dir},
+                      RUN_DIR_TAG: self.run_dir, **(tags or {})},
             )
             run_id = run.info.run_id
             self.trial_runs[trial_id] = run_id

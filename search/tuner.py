@@ -23,14 +23,20 @@ logger = logging.getLogger(__name__)
 
 def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
               data_root: str) -> None:
-    """One trial: resolve the spec with the sampled `config`, train, report every epoch with a
-    checkpoint, and resume from the trial's last checkpoint after a retry or restore."""
+    """One trial: resolve the spec with the sampled `config`, then `run_trial`."""
+    run_trial(base.resolve(config), split, data_root)
+
+
+def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
+              ) -> dict[str, Any] | None:
+    """Train inside a Ray trial: report every epoch with a checkpoint, and resume from the
+    trial's last checkpoint after a retry or restore. Returns the last checkpoint state (None
+    when the trial diverged)."""
     from train_fn.checkpoint import load_checkpoint, save_checkpoint
     from train_fn.loop import train
 
     # One "Checkpoint successfully created" line per epoch and trial is noise on the driver.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    spec = base.resolve(config)
     trial_id = tune.get_context().get_trial_id()
     os.environ["SEGTUNE_TRIAL_ID"] = trial_id  # names the trial in fault-injection tests
     resume = None
@@ -38,8 +44,10 @@ def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(folder)
+    last = {"state": resume}
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        last["state"] = state
         if state is None:  # the trial ends without a checkpoint (diverged)
             tune.report(metrics)
             return
@@ -48,7 +56,9 @@ def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
             save_checkpoint(folder, state)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    train(spec, split, data_root, report=report, resume=resume)
+    if resume is None or resume["epoch"] < spec.train.epochs:
+        train(spec, split, data_root, report=report, resume=resume)
+    return last["state"]
 
 
 class MlflowCallback(Callback):
@@ -95,6 +105,30 @@ class MlflowCallback(Callback):
 
     def on_experiment_end(self, trials, **info):
         self.tracker.close_trials("KILLED")  # only runs that no trial event closed
+
+
+class JobCallback(MlflowCallback):
+    """MLflow runs of retrain jobs (`repeat`, `crossval`): one nested run per job under the
+    search's parent, named and tagged by the job."""
+
+    def __init__(self, tracker: Tracker, base: Spec, jobs: dict[str, dict[str, Any]],
+                 kind: str):
+        super().__init__(tracker, base)
+        self.jobs, self.kind = jobs, kind
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        from search.retrain import job_spec
+
+        name = trial.config["job"]
+        job = self.jobs[name]
+        self.tracker.start_trial(
+            trial.trial_id, job_spec(self.base, job).flat(), job["config"],
+            run_name=f"{self.tracker.run_name}/{self.kind}/{name}",
+            tags={"segtune.kind": self.kind, "segtune.job": name,
+                  "segtune.source_trial": job["trial"]})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(trial.trial_id, "FINISHED", note="completed")
 
 
 def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, run_dir: Path

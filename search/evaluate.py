@@ -1,0 +1,150 @@
+"""`python -m search evaluate RUN_DIR`: full-volume predictions of a run's best trial or soup
+as NIfTI files in each input's own space and affine, and a `summary.json` in the layout
+nnU-Net writes (per case and per region Dice, IoU, TP, FP, FN, TN, n_pred, n_ref, plus HD95;
+per-region means; the foreground mean), so results compare with nnU-Net's directly.
+
+Differences from nnU-Net's file, on purpose: regions are keyed by name (`heart`, `WT`) rather
+than label id, and HD95 (mm) is added. Dice of a region absent from both prediction and
+reference is NaN per case and skipped by the means, as nnU-Net does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.soup import SoupError, write_json
+
+logger = logging.getLogger(__name__)
+
+MODELS = ("best", "greedy", "uniform")
+SPLITS = ("test", "val", "train")
+
+
+def weights_path(run_dir: Path, model: str) -> tuple[str, Path]:
+    """(name, checkpoint file) of `best`, a soup, or a checkpoint file/folder path."""
+    if model == "best":
+        summary = _read(run_dir / "summary.json", "a finished segtune run folder")
+        if not summary.get("best"):
+            raise SoupError(f"{run_dir}: the run has no best trial yet (summary.json 'best' is "
+                            "empty: the search did not finish)")
+        return "best", run_dir / summary["best"]["checkpoint"] / "checkpoint.pt"
+    if model in ("greedy", "uniform"):
+        path = run_dir / "soup" / model / "checkpoint.pt"
+        if not path.is_file():
+            raise SoupError(f"{path}: no {model} soup in this run (soup.enabled was off or the "
+                            f"search did not finish; make one with: python -m search soup "
+                            f"{run_dir})")
+        return model, path
+    path = Path(model)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise SoupError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
+                        "file there")
+    return path.parent.name or "checkpoint", path
+
+
+def _read(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise SoupError(f"{path.parent}: no {path.name} (not {what})")
+    return json.loads(path.read_text())
+
+
+def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
+                 out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Predict every case of `split` with `model`; write `predictions/*.nii.gz` and
+    `summary.json` into `out_dir` (default `RUN_DIR/eval/<model>-<split>/`)."""
+    import nibabel as nib
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    from search.spec import load_spec
+    from train_fn.checkpoint import load_checkpoint
+    from train_fn.data import preprocessing
+    from train_fn.datasets import open_dataset
+    from train_fn.loop import pick_device
+    from train_fn.metrics import predict, region_scores
+    from train_fn.models import build_model
+
+    run_dir = Path(run_dir)
+    if split not in SPLITS:
+        raise SoupError(f"--split {split}: choose one of {', '.join(SPLITS)}")
+    run = _read(run_dir / "run.json", "a segtune run folder")
+    spec = load_spec(run_dir / "spec.yaml")
+    name, path = weights_path(run_dir, model)
+    state = load_checkpoint(path.parent)
+    ds = open_dataset(spec.data, run["data_root"])
+    cases = ds.subset(run["split"][split])
+    out = Path(out_dir) if out_dir else run_dir / "eval" / f"{name}-{split}"
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+
+    device = pick_device(spec.train.device)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    net = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
+    net.load_state_dict(state["model"])
+    net.eval()
+    transform = preprocessing(spec.data, meta=True)
+    invert = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=True)
+
+    per_case = []
+    for case in cases:
+        item = transform({"image": case.image, "label": case.label})
+        pred = predict(net, item["image"].as_tensor(), spec.train.patch_size,
+                       spec.train.sw_batch_size, spec.train.sw_overlap, device)
+        item["pred"] = MetaTensor(pred.float(), meta=item["image"].meta,
+                                  applied_operations=item["image"].applied_operations)
+        back = invert(item)["pred"].as_tensor()[0].round().to(torch.uint8)
+        reference = nib.load(case.label)
+        if tuple(back.shape) != reference.shape:
+            raise RuntimeError(f"{case.label}: prediction shape {tuple(back.shape)} after "
+                               f"inverting the preprocessing, reference {reference.shape}")
+        pred_file = out / "predictions" / Path(case.label).name
+        _save_atomic(nib.Nifti1Image(back.numpy(), nib.load(case.image).affine), pred_file)
+        label = torch.as_tensor(np.asanyarray(reference.dataobj).round().astype(np.uint8))
+        zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
+        scores = region_scores(back, label, ds.regions, zooms, empty=math.nan)
+        voxels = int(np.prod(reference.shape))
+        for s in scores.values():
+            s["TN"] = voxels - s["TP"] - s["FP"] - s["FN"]
+        per_case.append({"reference_file": case.label, "prediction_file": str(pred_file),
+                         "metrics": scores})
+        logger.info("%s: %s", case.case_id,
+                    ", ".join(f"{k} {v['Dice']:.3f}" for k, v in scores.items()))
+
+    summary = summarise(per_case, list(ds.regions))
+    summary["segtune"] = {"run_dir": str(run_dir), "model": name, "checkpoint": str(path),
+                          "split": split, "cases": [c.case_id for c in cases],
+                          "out_dir": str(out)}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def summarise(per_case: list[dict[str, Any]], regions: list[str]) -> dict[str, Any]:
+    """nnU-Net's layout: `metric_per_case`, `mean` per region (NaN-skipping), and the
+    `foreground_mean` over regions."""
+    keys = list(per_case[0]["metrics"][regions[0]]) if per_case else []
+    mean = {r: {k: _nanmean([c["metrics"][r][k] for c in per_case]) for k in keys}
+            for r in regions}
+    foreground = {k: _nanmean([mean[r][k] for r in regions]) for k in keys}
+    return {"metric_per_case": per_case, "mean": mean, "foreground_mean": foreground}
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [float(v) for v in values if not math.isnan(float(v))]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def _save_atomic(image, path: Path) -> None:
+    import nibabel as nib
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.nii.gz")
+    nib.save(image, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,324 @@
+"""Retrain chosen configurations of a finished search: with several seeds (`repeat`) or on k
+cross-validation folds (`crossval`, with uniform and greedy soups per fold when several
+configurations are retrained).
+
+The jobs run as a Ray Tune grid (in parallel, on a cluster too, retried like trials), each an
+MLflow run nested under the search's parent run. Each job trains to the end and is judged by its
+final weights (no epoch picked on the data it is scored on). Results are per-region means and
+standard deviations over the seeds or folds, in `RUN_DIR/<name>/results.json` and on the
+parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from search.soup import SoupError, write_json, write_text
+from search.spec import Spec
+
+logger = logging.getLogger(__name__)
+
+
+def pick_trials(summary: dict[str, Any], trial: str | None, top_k: int = 1
+                ) -> list[dict[str, Any]]:
+    """The named trial, or the `top_k` best that did not error."""
+    ranked = [t for t in summary["trials"] if t.get("status") != "error"
+              and t.get("val_dice") is not None]
+    ranked.sort(key=lambda t: t["val_dice"], reverse=True)
+    if trial is not None:
+        named = [t for t in summary["trials"] if t["trial_id"] == trial]
+        if not named:
+            ids = ", ".join(t["trial_id"] for t in summary["trials"])
+            raise SoupError(f"--trial {trial}: no such trial in this run (trials: {ids})")
+        return named
+    if not ranked:
+        raise SoupError("no trial of this run finished an epoch without erroring")
+    return ranked[:top_k]
+
+
+def job_spec(base: Spec, job: dict[str, Any]) -> Spec:
+    """The concrete spec of a job: the trial's configuration, and its seed for the patch
+    order and the initial weights."""
+    spec = base.resolve(job["config"])
+    if job.get("seed") is None:
+        return spec
+    tree = spec.model_dump(warnings=False)
+    tree["train"]["seed"] = job["seed"]
+    tree["model"]["init_seed"] = job["seed"]
+    return Spec.model_validate(tree)
+
+
+def job_trainable(config: dict[str, Any], base: Spec, jobs: dict[str, dict[str, Any]],
+                  data_root: str) -> None:
+    """One job: train to the end, then score the final weights on the job's validation and
+    test cases (reported once more, under `final/`)."""
+    from ray import tune
+
+    from search.tuner import run_trial
+    from train_fn.data import load_volumes, open_dataset
+    from train_fn.loop import pick_device
+    from train_fn.metrics import evaluate
+    from train_fn.models import build_model
+
+    job = jobs[config["job"]]
+    spec = job_spec(base, job)
+    state = run_trial(spec, job["split"], data_root)
+    if state is None:  # diverged: nothing to score
+        return
+    ds = open_dataset(spec.data, data_root)
+    model = build_model(spec.model, len(ds.channels), ds.num_classes)
+    model.load_state_dict(state["model"])
+    final: dict[str, float] = {}
+    device = pick_device(spec.train.device)
+    model.to(device)
+    for part in ("val", "test"):
+        vols = load_volumes(ds.subset(job["split"][part]), spec.data, ds.num_classes)
+        mean, dice, hd = evaluate(model, vols, spec.train, device, ds.regions)
+        final[f"final/{part}_dice"] = mean
+        final.update({f"final/{part}_dice/{k}": v for k, v in dice.items()})
+        final.update({f"final/{part}_hd95/{k}": v for k, v in hd.items()})
+    tune.report({"epoch": spec.train.epochs, **final})
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    if not kept:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {"mean": statistics.fmean(kept),
+            "std": statistics.stdev(kept) if len(kept) > 1 else 0.0, "n": len(kept)}
+
+
+def aggregate(scores: list[dict[str, float]], prefix: str) -> dict[str, Any]:
+    """Mean and standard deviation over jobs of each `prefix/<region>` score, and of the
+    mean over regions."""
+    regions = sorted({k.split("/", 2)[2] for s in scores for k in s
+                      if k.startswith(prefix + "/")})
+    out = {r: _stats([s.get(f"{prefix}/{r}") for s in scores]) for r in regions}
+    out["mean"] = _stats([s.get(prefix, _mean([s.get(f"{prefix}/{r}") for r in regions]))
+                          for s in scores])
+    return out
+
+
+def _mean(values: list[float | None]) -> float:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else math.nan
+
+
+def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
+             name: str) -> dict[str, Any]:
+    """Train `jobs` as one Ray Tune grid under `RUN_DIR/<name>`; return each job's record."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+    from ray import tune
+
+    from search.spec import load_spec
+    from search.tracking import Tracker
+    from search.tuner import JobCallback
+
+    run_dir = Path(run_dir)
+    out = run_dir / name
+    if out.exists():
+        raise SoupError(f"{out}: exists (these jobs ran already); remove it to run them again")
+    run = json.loads((run_dir / "run.json").read_text())
+    spec = load_spec(run_dir / "spec.yaml")
+    tracker = Tracker(run["tracking_uri"], run["experiment"], run["name"], run_dir)
+    tracker.attach_parent(run["parent_run_id"])
+    fn = tune.with_parameters(job_trainable, base=spec, jobs=jobs, data_root=run["data_root"])
+    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    tuner = tune.Tuner(
+        fn, param_space={"job": tune.grid_search(list(jobs))},
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(run_dir.resolve()), verbose=0,
+            callbacks=[JobCallback(tracker, spec, jobs, kind)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures)))
+    if not ray.is_initialized():
+        ray.init()
+    status = "FAILED"
+    try:
+        results = tuner.fit()
+        records = {}
+        for result in results:
+            job = (result.config or {}).get("job")
+            metrics = result.metrics or {}
+            records[job] = {**{k: v for k, v in jobs[job].items() if k != "split"},
+                            "status": "error" if result.error else "finished",
+                            "checkpoint": (str(Path(result.checkpoint.path).resolve()
+                                               .relative_to(run_dir.resolve()))
+                                           if result.checkpoint else None),
+                            "scores": {k: v for k, v in metrics.items()
+                                       if k.startswith("final/")}}
+        status = "FINISHED"
+        return records
+    finally:
+        tracker.close_trials(status)
+
+
+def repeat(run_dir: str | Path, seeds: list[int], trial: str | None = None) -> dict[str, Any]:
+    """Retrain the best (or a named) trial's configuration once per seed; per-region mean and
+    standard deviation of the test scores over seeds."""
+    run_dir = Path(run_dir)
+    summary = _summary(run_dir)
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise SoupError(f"--seeds {','.join(map(str, seeds))}: give two or more distinct seeds")
+    chosen = pick_trials(summary, trial)[0]
+    split = json.loads((run_dir / "run.json").read_text())["split"]
+    jobs = {f"seed{s}": {"trial": chosen["trial_id"], "config": chosen["config"], "seed": s,
+                         "split": split} for s in seeds}
+    name = f"repeat-{chosen['trial_id']}-seeds-{'-'.join(map(str, seeds))}"
+    records = run_jobs(run_dir, "repeat", jobs, name)
+    scores = [r["scores"] for r in records.values() if r["status"] == "finished"]
+    results = {"kind": "repeat", "trial": chosen["trial_id"], "config": chosen["config"],
+               "seeds": seeds, "jobs": records,
+               "test_dice": aggregate(scores, "final/test_dice"),
+               "test_hd95": aggregate(scores, "final/test_hd95"),
+               "val_dice": aggregate(scores, "final/val_dice")}
+    return _finish(run_dir, name, results, "test")
+
+
+def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None = None
+             ) -> dict[str, Any]:
+    """Retrain the `top_k` best configurations (or a named one) on each of `folds` folds of
+    the run's train and validation cases; score each fold's models on that fold's validation
+    cases (and the held-out test cases); with several configurations, soup them per fold."""
+    from train_fn.datasets import fold_splits
+
+    run_dir = Path(run_dir)
+    summary = _summary(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    splits = fold_splits(run["split"], folds, seed=run.get("input_spec", {}).get(
+        "data.split_seed", 0))
+    chosen = pick_trials(summary, trial, top_k)
+    jobs = {f"fold{k}-{t['trial_id']}": {"trial": t["trial_id"], "config": t["config"],
+                                         "fold": k, "seed": None, "split": splits[k]}
+            for k in range(folds) for t in chosen}
+    name = f"crossval-{folds}folds-top{len(chosen)}" if trial is None else \
+        f"crossval-{folds}folds-{trial}"
+    write_json(run_dir / "splits.json", splits)
+    records = run_jobs(run_dir, "crossval", jobs, name)
+    results: dict[str, Any] = {"kind": "crossval", "folds": folds,
+                               "trials": [t["trial_id"] for t in chosen], "jobs": records}
+    best = chosen[0]["trial_id"]
+    single = [r["scores"] for r in records.values()
+              if r["trial"] == best and r["status"] == "finished"]
+    results["val_dice"] = aggregate(single, "final/val_dice")
+    results["val_hd95"] = aggregate(single, "final/val_hd95")
+    results["test_dice"] = aggregate(single, "final/test_dice")
+    if len(chosen) > 1:
+        results["soups"] = fold_soups(run_dir, records, splits)
+    return _finish(run_dir, name, results, "val")
+
+
+def fold_soups(run_dir: Path, records: dict[str, dict[str, Any]],
+               splits: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """Per fold, the uniform and greedy soups of that fold's models (greedy by the fold's
+    validation Dice), scored on the fold's validation cases; mean and std over folds."""
+    import torch
+
+    from search.soup import average, greedy
+    from search.spec import load_spec
+    from train_fn.checkpoint import load_checkpoint
+    from train_fn.data import load_volumes, open_dataset
+    from train_fn.loop import pick_device
+    from train_fn.metrics import evaluate
+    from train_fn.models import build_model
+
+    spec = load_spec(run_dir / "spec.yaml")
+    run = json.loads((run_dir / "run.json").read_text())
+    ds = open_dataset(spec.data, run["data_root"])
+    device = pick_device(spec.train.device)
+    model = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
+    per_kind: dict[str, list[dict[str, float]]] = {"uniform": [], "greedy": []}
+    for k, split in enumerate(splits):
+        ranked = sorted((r for r in records.values() if r["fold"] == k
+                         and r["status"] == "finished" and r["checkpoint"]),
+                        key=lambda r: r["scores"]["final/val_dice"], reverse=True)
+        if len(ranked) < 2:
+            continue
+        val = load_volumes(ds.subset(split["val"]), spec.data, ds.num_classes)
+        sources = [(r["trial"], (lambda p=run_dir / r["checkpoint"]: load_checkpoint(p)["model"]))
+                   for r in ranked]
+
+        def judge(weights: dict[str, torch.Tensor], volumes=val):
+            model.load_state_dict(weights)
+            return evaluate(model, volumes, spec.train, device, ds.regions)
+
+        soups = {"uniform": average([w for _, w in sources])}
+        _, soups["greedy"], _ = greedy(sources, lambda w: judge(w)[0])
+        for kind, weights in soups.items():
+            mean, dice, hd = judge(weights)
+            per_kind[kind].append({"final/val_dice": mean,
+                                   **{f"final/val_dice/{r}": v for r, v in dice.items()},
+                                   **{f"final/val_hd95/{r}": v for r, v in hd.items()}})
+    return {kind: {"val_dice": aggregate(s, "final/val_dice"),
+                   "val_hd95": aggregate(s, "final/val_hd95")}
+            for kind, s in per_kind.items() if s}
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "summary.json"
+    if not (run_dir / "run.json").is_file() or not path.is_file():
+        raise SoupError(f"{run_dir}: not a finished segtune run folder (no run.json or "
+                        "summary.json)")
+    return json.loads(path.read_text())
+
+
+def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> dict[str, Any]:
+    """Write results.json and results.md; log the means and stds to the parent run."""
+    from search.tracking import Tracker
+
+    out = run_dir / name
+    write_json(out / "results.json", results)
+    table = format_results(results, split)
+    write_text(out / "results.md", table + "\n")
+    results["table"] = table
+    run = json.loads((run_dir / "run.json").read_text())
+    metrics = {}
+    for key in ("val_dice", "val_hd95", "test_dice", "test_hd95"):
+        for region, s in (results.get(key) or {}).items():
+            if not math.isnan(s["mean"]):
+                metrics[f"{name}/{key}/{region}/mean"] = s["mean"]
+                metrics[f"{name}/{key}/{region}/std"] = s["std"]
+    try:
+        tracker = Tracker(run["tracking_uri"], run["experiment"], run["name"], run_dir)
+        tracker.attach_parent(run["parent_run_id"])
+        tracker.log_parent(metrics, [out / "results.json", out / "results.md"])
+    except Exception as err:  # the store may be offline: the files hold everything
+        logger.warning("MLflow store %s unavailable (%s); results are in %s",
+                       run.get("tracking_uri"), err, out)
+    return results
+
+
+def format_results(results: dict[str, Any], split: str) -> str:
+    """A Markdown table: per region, mean ± std of Dice (and HD95) over seeds or folds."""
+    over = f"{len(results['seeds'])} seeds" if results["kind"] == "repeat" else \
+        f"{results['folds']} folds"
+    rows = [("single", results)] + [(f"{k} soup", v) for k, v in
+                                    (results.get("soups") or {}).items()]
+    dice_key, hd_key = f"{split}_dice", f"{split}_hd95"
+    regions = [r for r in results[dice_key] if r != "mean"]
+    head = ["model", "metric", *regions, "mean"]
+    lines = [f"{results['kind']}: mean ± std over {over} ({split} cases)", "",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for label, block in rows:
+        for metric, key, fmt in (("Dice", dice_key, "{:.3f}"), ("HD95 mm", hd_key, "{:.1f}")):
+            stats = block.get(key)
+            if not stats:
+                continue
+            cells = [_pm(stats.get(r), fmt) for r in regions] + [_pm(stats.get("mean"), fmt)]
+            lines.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pm(s: dict[str, float] | None, fmt: str) -> str:
+    if not s or math.isnan(s["mean"]):
+        return "-"
+    return f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])}"
