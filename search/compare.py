@@ -39,10 +39,12 @@ class Stat:
 
 @dataclass(frozen=True)
 class Scores:
-    """One side of a comparison: `label` names it in the table, `slug` in file names."""
+    """One side of a comparison: `label` names it in the table, `slug` in file names,
+    `source` is the file it was read from."""
     label: str
     slug: str
     metrics: dict[str, dict[str, Stat | None]]
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
     label, slug = f"{run_dir.name} {model} ({split})", f"{_slug(run_dir.name)}-{model}"
     evaluated = run_dir / "eval" / f"{model}-{split}" / "summary.json"
     if evaluated.is_file():
-        return Scores(label, slug, read_nnunet(evaluated).metrics)
+        return Scores(label, slug, read_nnunet(evaluated).metrics, str(evaluated))
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise CompareError(f"{run_dir}: no results (neither {evaluated.relative_to(run_dir)} "
@@ -100,7 +102,7 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
         raise CompareError(f"{summary_path}: no {split} scores for {what} (the run ended "
                            f"before {why}; finish it with: python -m search soup {run_dir})")
     dice = {_key(k): _value(v, summary_path, k) for k, v in per_class.items()}
-    return Scores(label, slug, {"dice": dice})
+    return Scores(label, slug, {"dice": dice}, str(summary_path))
 
 
 def read_nnunet(path: str | Path) -> Scores:
@@ -135,7 +137,8 @@ def read_nnunet(path: str | Path) -> Scores:
     if not metrics:
         raise CompareError(f"{path}: no Dice or HD95 in its 'mean' section")
     stem = path.parent.name if path.stem == "summary" and path.parent.name else path.stem
-    return Scores(str(path), _slug(stem), metrics)
+    label = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return Scores(label, _slug(stem), metrics, str(path))
 
 
 def read_csv(path: str | Path) -> Scores:
@@ -192,7 +195,7 @@ def read_csv(path: str | Path) -> Scores:
         if std is not None and std < 0:
             raise CompareError(f"{path}, line {n}, column 'std': {row['std']} is negative")
         metrics.setdefault(metric, {})[cls] = Stat(mean, std)
-    return Scores(str(path), _slug(path.stem), metrics)
+    return Scores(path.name, _slug(path.stem), metrics, str(path))
 
 
 def _json(path: Path) -> Any:
@@ -277,7 +280,8 @@ def skipped(run: Scores, baseline: Scores) -> list[str]:
 
 def to_markdown(rows: list[Row], run: Scores, baseline: Scores) -> str:
     """One Markdown table per metric; a dash where a side has no value."""
-    out = [f"# {run.label} vs {baseline.label}"]
+    out = [f"# {run.label} vs {baseline.label}", "",
+           f"run: `{run.source}`  ", f"baseline: `{baseline.source}`"]
     for metric, shown in METRICS.items():
         mine = [r for r in rows if r.metric == metric]
         if not mine:
@@ -360,8 +364,6 @@ def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
     if not Path(baseline).exists():
         raise CompareError(f"--baseline {baseline}: no such file or folder")
     theirs = load_scores(baseline, baseline_model or model, split)
-    if not ours.metrics.get("dice") and not ours.metrics.get("hd95"):
-        raise CompareError(f"{run_dir}: no Dice or HD95 for {model} on {split}")
     rows = compare(ours, theirs)
     if not rows:
         raise CompareError(f"nothing to compare: {ours.label} has "

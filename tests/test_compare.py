@@ -272,13 +272,23 @@ def test_cli_compare_prints_markdown_and_writes_files(tmp_path, capsys):
     out, err = capsys.readouterr()
     folder = run / "compare" / "greedy-test-vs-b-best"
     assert out == (folder / "compare.md").read_text()
-    assert out.startswith("# a greedy (test) vs b best (test)\n")
+    assert out.startswith(f"# a greedy (test) vs b best (test)\n\nrun: `{run}/summary.json`  \n"
+                          f"baseline: `{other}/summary.json`\n")
     assert "| aorta | 0.7000 | 0.6030 | +0.0970 | +16.1 |" in out
     rows = list(csv.DictReader((folder / "compare.csv").open()))
     assert [r["class"] for r in rows] == ["esophagus", "heart", "trachea", "aorta", "mean"]
     assert float(rows[-1]["change"]) == pytest.approx((1.75 - 1.498) / 4)
     assert f"written: {folder}/compare.md, compare.csv" in err
     assert not list(tmp_path.glob("**/.*.tmp-*"))  # atomic writes left no temporary file
+
+
+def test_nothing_to_compare_when_the_sides_share_no_metric(tmp_path):
+    run = write_run(tmp_path)
+    write_json(run / "eval" / "best-test" / "summary.json",
+               {"mean": {"heart": {"HD95": 4.0}}, "foreground_mean": {"HD95": 4.0}})
+    with pytest.raises(CompareError, match=r"nothing to compare: a best \(test\) has hd95, "
+                                           r"b.csv has dice"):
+        compare_run(run, write_csv(tmp_path, "class,mean\nheart,0.9\n", "b.csv"))
 
 
 @pytest.mark.parametrize("args, message", [
