@@ -82,7 +82,8 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
         raise CompareError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
     if not run_dir.is_dir():
         raise CompareError(f"{run_dir}: no such run folder")
-    label, slug = f"{run_dir.name} {model} ({split})", f"{_slug(run_dir.name)}-{model}"
+    name = run_dir.resolve().name
+    label, slug = f"{name} {model} ({split})", f"{_slug(name)}-{model}"
     evaluated = run_dir / "eval" / f"{model}-{split}" / "summary.json"
     if evaluated.is_file():
         return Scores(label, slug, read_nnunet(evaluated).metrics, str(evaluated))
@@ -94,6 +95,8 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
         raise CompareError(f"{run_dir}: no {evaluated.relative_to(run_dir)}, and summary.json "
                            f"holds the test and val splits only, not {split!r}")
     summary = _json(summary_path)
+    summary = summary if isinstance(summary, dict) else {}
+    where = "best" if model == "best" else f"soups.{model}"
     entry = summary.get("best") if model == "best" else (summary.get("soups") or {}).get(model)
     per_class = (entry or {}).get(f"{split}_dice_per_class")
     if not isinstance(per_class, dict) or not per_class:
@@ -101,7 +104,8 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
                      (f"the {model} soup", "souping"))
         raise CompareError(f"{summary_path}: no {split} scores for {what} (the run ended "
                            f"before {why}; finish it with: python -m search soup {run_dir})")
-    dice = {_key(k): _value(v, summary_path, k) for k, v in per_class.items()}
+    dice = {_key(k): _value(v, summary_path, f"{where}.{split}_dice_per_class.{k}")
+            for k, v in per_class.items()}
     return Scores(label, slug, {"dice": dice}, str(summary_path))
 
 

@@ -348,3 +348,15 @@ def test_an_unreachable_store_only_warns(tmp_path, caplog):
     assert result.mlflow_run_id is None
     assert (result.out_dir / "compare.csv").is_file()
     assert "unavailable" in caplog.text
+
+
+def test_a_non_numeric_score_in_summary_json_names_its_key(tmp_path):
+    run = write_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["soups"]["greedy"]["test_dice_per_class"]["heart"] = "0.9"
+    (run / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(CompareError, match=r"summary.json: soups.greedy.test_dice_per_class."
+                                           r"heart: expected a number or \{mean, std\}, got "
+                                           r"'0.9'"):
+        read_run(run, "greedy")
+    assert read_run(run / ".").label == "a best (test)"
