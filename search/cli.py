@@ -1,6 +1,6 @@
-"""`python -m search run SPEC` and `python -m search soup RUN_DIR`: thin wrappers over
-`search.api`. A user error is one line on stderr and exit code 2 (`--debug` shows the
-traceback)."""
+"""`python -m search run SPEC`, `soup RUN_DIR`, `lr-find SPEC` and `compare RUN_DIR --baseline
+B`: thin wrappers over `search.api` and `search.compare`. A user error is one line on stderr
+and exit code 2 (`--debug` shows the traceback)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--top-k", type=int, default=None, help="configurations to retrain and "
                     "soup per fold (default: the spec's cv.top_k)")
     cv.add_argument("--trial", help="one named trial instead of the best")
+
+    comp = sub.add_parser("compare", help="per-class Dice (and HD95) of a run against a baseline")
+    comp.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
+    comp.add_argument("--baseline", required=True, help="another run folder, an nnU-Net "
+                      "summary.json, or a CSV with the header class,mean[,std][,metric]")
+    comp.add_argument("--model", default="best", choices=["best", "greedy", "uniform"],
+                      help="the run's model to compare (default: best)")
+    comp.add_argument("--split", default="test", help="the split evaluated (default: test)")
+    comp.add_argument("--baseline-model", choices=["best", "greedy", "uniform"],
+                      help="the model of a baseline run folder (default: --model)")
     return parser
 
 
@@ -214,6 +224,17 @@ def _soup(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from search.compare import compare_run
+
+    result = compare_run(args.run_dir, args.baseline, args.model, args.split,
+                         args.baseline_model)
+    print(result.markdown, end="")
+    where = f"; MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else ""
+    print(f"written: {result.out_dir}/compare.md, compare.csv{where}", file=sys.stderr)
+    return 0
+
+
 def _print_end(summary, searched, uri, storage) -> None:
     from search.report import format_summary
 
@@ -235,14 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from search.api import Interrupted
+    from search.compare import CompareError
     from search.soup import SoupError
     from train_fn.datasets import DataError
 
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
-                    "repeat": _repeat, "crossval": _crossval}
+                    "repeat": _repeat, "crossval": _crossval, "compare": _compare}
         return commands[args.command](args)
-    except (SpecError, SoupError, DataError) as err:
+    except (SpecError, SoupError, DataError, CompareError) as err:
         if args.debug:
             raise
         print(f"segtune: error: {err}", file=sys.stderr)

@@ -178,12 +178,13 @@ class Tracker:
         self.finish_parent(status)
 
     # -- parent metrics and files -------------------------------------------------------
-    def log_parent(self, metrics: dict[str, float], artifacts: list[Path] = ()) -> None:
+    def log_parent(self, metrics: dict[str, float], artifacts: list[Path] = (),
+                   artifact_path: str | None = None) -> None:
         if self.parent_id is None:
             return
         self._log(self.parent_id, metrics=metrics, step=0)
         for path in artifacts:
-            self.client.log_artifact(self.parent_id, str(path))
+            self.client.log_artifact(self.parent_id, str(path), artifact_path)
 
     def _log(self, run_id: str, params=(), metrics: dict[str, float] | None = None,
              step: int = 0, tags=()) -> None:
