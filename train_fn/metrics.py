@@ -15,6 +15,7 @@ Conventions, stated once:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -37,9 +38,11 @@ def hd95(pred: torch.Tensor, ref: torch.Tensor, spacing: tuple[float, ...]) -> f
         return 0.0
     if has_pred != has_ref:
         return miss_penalty(ref.shape, spacing)
-    value = compute_hausdorff_distance(pred[None, None].float(), ref[None, None].float(),
-                                       include_background=True, percentile=95,
-                                       spacing=list(spacing))
+    with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_hausdorff_distance(pred[None, None].float(), ref[None, None].float(),
+                                           include_background=True, percentile=95,
+                                           spacing=list(spacing))
     return float(value.reshape(-1)[0])
 
 
