@@ -336,6 +336,8 @@ class TrainSpec(_Strict):
     sw_overlap: float = Field(0.25, ge=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per trial; default: CPUs per trial
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 only on CUDA
+    compile: StrictBool = False  # torch.compile the model for the training steps
 
 
 class SearchSpec(_Strict):
