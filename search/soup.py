@@ -209,12 +209,13 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         # Lineage first (one checkpoint in memory at a time), then weights on demand.
         lineages = {}
         for t in chosen:
-            state = load_checkpoint(run_dir / t["checkpoint"])
+            state = load_checkpoint(run_dir / t["checkpoint"], mmap=True)  # no tensor read
             lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
             del state
         check_ingredients(lineages)
         paths = {t["trial_id"]: run_dir / t["checkpoint"] for t in chosen}
-        weights = [(tid, (lambda p=path: load_checkpoint(p)["model"]))
+        # Mapped: only the weights' pages are read, never the optimizer state beside them.
+        weights = [(tid, (lambda p=path: load_checkpoint(p, mmap=True)["model"]))
                    for tid, path in paths.items()]
         lineage = {k: lineages[best["trial_id"]][k] for k in LINEAGE_KEYS}
         out = run_dir / "soup"
