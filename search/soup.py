@@ -67,7 +67,7 @@ class RunningSum:
         for key, tensor in weights.items():
             if tensor.is_floating_point():
                 if key in self.total:
-                    self.total[key] += tensor.double()
+                    self.total[key].add_(tensor)  # promoted in place: no float64 copy
                 else:
                     self.total[key] = tensor.double().clone()
         if self.first is None:
@@ -85,7 +85,7 @@ class RunningSum:
         out = {}
         for key in self.order:
             if key in self.total:
-                value = self.total[key] + extra[key].double() if extra is not None \
+                value = self.total[key].add(extra[key]) if extra is not None \
                     else self.total[key]
                 out[key] = (value / n).to(self.dtypes[key])
             else:
