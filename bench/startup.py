@@ -71,9 +71,14 @@ def phases(events: list[dict], driver: int, launch: float) -> dict[str, float]:
             d("cli main start") - d("python started"),
         "  of which numpy": span(driver, "numpy"),
         "  of which pydantic": span(driver, "pydantic"),
+        "cli main to load_spec (imports: search.api, search.soup)":
+            d("load_spec start") - d("cli main start"),
+        "  of which torch (driver)": span(driver, "torch"),
         "load_spec": d("load_spec end") - d("load_spec start"),
-        "from load_spec to prepare_data (search.api imports: mlflow)":
+        "from load_spec to prepare_data (imports: search.api, ray, mlflow)":
             d("prepare_data start") - d("load_spec end"),
+        "  of which ray": span(driver, "ray"),
+        "  of which mlflow": span(driver, "mlflow"),
         "prepare_data (phantom written, cases found, split)":
             d("prepare_data end") - d("prepare_data start"),
         "MLflow: Tracker() (sqlite store)":
@@ -88,6 +93,7 @@ def phases(events: list[dict], driver: int, launch: float) -> dict[str, float]:
         "Tuner.fit to a worker process for the trial": ready - fit,
         "worker: to trial train() (unpickle: torch, ray.tune, search imports)":
             w("trial train() start") - ready,
+        "  of which search.tuner (with all it imports)": span(trial, "search.tuner"),
         "  of which torch": span(trial, "torch"),
         "trial setup (volumes, monai imports, model, optimizer)":
             w("first step forward start") - w("trial train() start"),

@@ -13,9 +13,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI starts without it
+    import torch
+
+    Weights = dict[str, torch.Tensor]
+    Source = Weights | Callable[[], Weights]  # weights, or a loader called when needed
 
 logger = logging.getLogger(__name__)
 
@@ -44,10 +48,6 @@ def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
                 raise SoupError(
                     f"cannot soup trial {trial_id} with trial {ref_id}: different {key}: {what}"
                 )
-
-
-Weights = dict[str, torch.Tensor]
-Source = Weights | Callable[[], Weights]  # weights, or a loader called when they are needed
 
 
 def _load(source: Source) -> Weights:
@@ -142,6 +142,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
            tracker=None) -> dict[str, Any]:
     """Evaluate the best trial on the test split and, with `soup`, build, judge and save the
     uniform and greedy soups of the top-k trials. Updates `<run_dir>/summary.json`."""
+    import torch
+
     from search.spec import load_spec
     from train_fn.checkpoint import load_checkpoint, save_checkpoint
     from train_fn.data import NUM_CLASSES, PatchSampler, find_cases, load_volumes
