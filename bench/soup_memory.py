@@ -75,6 +75,9 @@ def child(method: str, k: int, folder: Path) -> None:
     from search.soup import average
     from train_fn.checkpoint import load_checkpoint
 
+    # One thread: on a machine shared with other jobs, two OpenMP threads made the in-place
+    # adds 7-10x slower (waiting on each other); one is also what a soup needs.
+    torch.set_num_threads(1)
     paths = sorted(folder.glob("trial_*"))[:k]
     before = peak_mb()
     t0 = time.perf_counter()
