@@ -13,9 +13,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI starts without it
+    import torch
+
+    Weights = dict[str, torch.Tensor]
+    Source = Weights | Callable[[], Weights]  # weights, or a loader called when needed
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +50,6 @@ def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
                 )
 
 
-Weights = dict[str, torch.Tensor]
-Source = Weights | Callable[[], Weights]  # weights, or a loader called when they are needed
-
-
 def _load(source: Source) -> Weights:
     return source() if callable(source) else source
 
@@ -67,7 +67,7 @@ class RunningSum:
         for key, tensor in weights.items():
             if tensor.is_floating_point():
                 if key in self.total:
-                    self.total[key] += tensor.double()
+                    self.total[key].add_(tensor)  # promoted in place: no float64 copy
                 else:
                     self.total[key] = tensor.double().clone()
         if self.first is None:
@@ -85,7 +85,7 @@ class RunningSum:
         out = {}
         for key in self.order:
             if key in self.total:
-                value = self.total[key] + extra[key].double() if extra is not None \
+                value = self.total[key].add(extra[key]) if extra is not None \
                     else self.total[key]
                 out[key] = (value / n).to(self.dtypes[key])
             else:
@@ -142,6 +142,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
            tracker=None) -> dict[str, Any]:
     """Evaluate the best trial on the test split and, with `soup`, build, judge and save the
     uniform and greedy soups of the top-k trials. Updates `<run_dir>/summary.json`."""
+    import torch
+
     from search.spec import load_spec
     from train_fn.checkpoint import load_checkpoint, save_checkpoint
     from train_fn.data import PatchSampler, load_volumes, open_dataset
@@ -213,12 +215,13 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         # Lineage first (one checkpoint in memory at a time), then weights on demand.
         lineages = {}
         for t in chosen:
-            state = load_checkpoint(run_dir / t["checkpoint"])
+            state = load_checkpoint(run_dir / t["checkpoint"], mmap=True)  # no tensor read
             lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
             del state
         check_ingredients(lineages)
         paths = {t["trial_id"]: run_dir / t["checkpoint"] for t in chosen}
-        weights = [(tid, (lambda p=path: load_checkpoint(p)["model"]))
+        # Mapped: only the weights' pages are read, never the optimizer state beside them.
+        weights = [(tid, (lambda p=path: load_checkpoint(p, mmap=True)["model"]))
                    for tid, path in paths.items()]
         lineage = {k: lineages[best["trial_id"]][k] for k in LINEAGE_KEYS}
         out = run_dir / "soup"

@@ -364,6 +364,8 @@ class TrainSpec(_Strict):
     val_hd95: StrictBool = True  # HD95 per region at every validation (mm; costs a little)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per trial; default: CPUs per trial
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 only on CUDA
+    compile: StrictBool = False  # torch.compile the model for the training steps
 
 
 class SearchSpec(_Strict):

@@ -75,3 +75,15 @@ def test_soups_stream_their_ingredients_once_each():
                             [("A", 1.8), ("B", 2.2), ("C", 10.0), ("D", 2.0)]], score)
     assert kept == ["A", "B", "D"] and loads == [1.8, 2.2, 10.0, 2.0]
     assert float(soup["w"].mean()) == pytest.approx(2.0)
+
+
+def test_the_cli_and_driver_modules_start_without_torch():
+    """torch costs seconds to import; the driver needs it only for the soups at the end."""
+    import subprocess
+    import sys
+
+    code = ("import sys, search.cli, search.api, search.soup, search.tracking; "
+            "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

@@ -23,11 +23,13 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file, or the checkpoint in a folder, onto the CPU."""
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file, or the checkpoint in a folder, onto the CPU. With `mmap` the
+    tensors are mapped from the file and read only when touched: taking the model weights out
+    of a checkpoint then never reads its optimizer state into memory."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

@@ -41,6 +41,17 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `train.precision` on `device` (None: plain fp32). fp16 needs CUDA:
+    CPU kernels have no fast fp16 path and its loss scaling exists for CUDA only."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.precision: fp16 needs a CUDA device, got {device.type} "
+                         "(use bf16 or fp32)")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def warmup_steps(spec: Spec) -> tuple[int, int]:
     """(warmup steps, total steps): warmup is a fraction of the whole training budget."""
     total = spec.train.epochs * spec.train.steps_per_epoch
@@ -134,6 +145,7 @@ def train(
     t_start = time.perf_counter()
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
     device = pick_device(spec.train.device)
+    amp = autocast_dtype(spec.train.precision, device)
     ds = data if isinstance(data, Dataset) else open_dataset(spec.data, data)
     shape = (len(ds.channels), ds.num_classes)
     train_vols = load_volumes(ds.subset(split["train"]), spec.data, ds.num_classes)
@@ -158,6 +170,14 @@ def train(
         if schedule is not None:
             schedule.load_state_dict(resume["scheduler"])
         start_epoch = resume["epoch"]
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.train.precision == "fp16")
+    if resume is not None and resume.get("scaler"):
+        scaler.load_state_dict(resume["scaler"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one patch shape: pick the fastest kernels once
+    # Compiled for the training steps only; validation and checkpoints use `model` itself.
+    net = torch.compile(model) if spec.train.compile else model
 
     from monai.losses import DiceCELoss
 
@@ -180,11 +200,16 @@ def train(
                                           spec.train.batch_size):
             image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = deep_supervision_loss(loss_fn, model(image), label)
-            loss.backward()
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = deep_supervision_loss(loss_fn, net(image), label)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip and measure true gradients (no-op unless fp16)
             # Measured before step(): Novograd divides p.grad in place.
-            norm_sum += torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            # A step the fp16 scaler skips (inf/nan gradients) adds 0, not inf, to the mean.
+            norm_sum += norm.nan_to_num(0.0, 0.0, 0.0) if scaler.is_enabled() else norm
+            scaler.step(optimizer)
+            scaler.update()
             if schedule is not None:
                 schedule.step()
             loss_sum += loss.detach()
@@ -225,6 +250,7 @@ def train(
             "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
             "optimizer": copy.deepcopy(optimizer.state_dict()),
             "scheduler": schedule.state_dict() if schedule is not None else {},
+            "scaler": scaler.state_dict(),
             "metrics": metrics,
             "config": spec.flat(),
             "architecture": architecture(spec.model, *shape),
