@@ -448,8 +448,8 @@ class Spec(_Strict):
 
     @model_validator(mode="after")
     def _check_grid(self):
-        if self.search.sampler != "grid":
-            return self
+        if self.search.sampler != "grid" or not self.search_leaves():
+            return self  # a trial's resolved spec has no leaves left
         size = math.prod(len(points) for points in self.grid().values())
         if self.search.num_trials > size:
             raise ValueError(f"search.num_trials ({self.search.num_trials}) is larger than the "
@@ -470,8 +470,6 @@ class Spec(_Strict):
                                  "int leaf or a float leaf with `step`; got a float range "
                                  f"[{leaf.low}, {leaf.high}] without step")
             values[name] = points
-        if not values:
-            raise ValueError("search.sampler grid: the spec has no search leaves")
         return values
 
     @model_validator(mode="after")

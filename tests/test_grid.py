@@ -43,6 +43,14 @@ def test_grid_visits_every_point_once_in_a_seeded_order():
     assert preview(other, 18) != configs
 
 
+def test_a_trial_resolves_its_grid_point():
+    spec = Spec.model_validate(GRID)
+    config = preview(spec, 1)[0]
+    resolved = spec.resolve(config)
+    assert resolved.optimizer.lr == config["optimizer.lr"]
+    assert resolved.search.sampler == "grid" and not resolved.search_leaves()
+
+
 def test_fewer_trials_than_points_take_distinct_points():
     spec = Spec.model_validate({**GRID, "search": {**GRID["search"], "num_trials": 5}})
     configs = preview(spec, 5)
@@ -64,8 +72,6 @@ def test_grid_sampler_pickles():
      "search:\n  sampler: grid\n  num_trials: 3\n",
      r"spec.yaml:\d: search.num_trials \(3\) is larger than the grid \(2 points\): set "
      r"search.num_trials to 2 or less"),
-    ("search:\n  sampler: grid\n  num_trials: 1\n",
-     r"search.sampler grid: the spec has no search leaves"),
     ("optimizer:\n  name: {type: categorical, choices: [adamw, sgd]}\n"
      "  lr: {type: categorical, choices: [0.01]}\n"
      "  weight_decay: {type: categorical, choices: [0.0, 0.1], when: {optimizer.name: adamw},"
