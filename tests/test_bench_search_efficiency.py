@@ -50,3 +50,13 @@ def test_to_target_counts_epochs_within_the_budget(bench):
     assert bench.to_target(points, 0.55, budget=4) == (3, 30.0)
     assert bench.to_target(points, 0.55, budget=2) == (math.inf, math.inf)
     assert bench.to_target(points, 0.7, budget=4) == (math.inf, math.inf)
+
+
+def test_grid_orderings_replays_each_trial_curve(bench, tmp_path):
+    run = _write_run(tmp_path / "run", {"trial_a": [(1, 1.0, 0.1), (2, 2.0, 0.5)],
+                                        "trial_b": [(1, 1.0, 0.1), (2, 2.0, 0.2)]})
+    one = bench.grid_orderings(run, 0.5, n=200, workers=1)
+    assert (one["p10"], one["p90"]) == (2, 4)  # a first: its 2nd epoch; b first: 2 + 2
+    two = bench.grid_orderings(run, 0.5, n=200, workers=2)
+    assert (two["p10"], two["p90"]) == (3, 4)  # side by side: 1 + 1 + its slot
+    assert bench.grid_orderings(run, 0.6, n=10)["median_epochs_to_target"] == math.inf
