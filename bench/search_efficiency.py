@@ -208,6 +208,10 @@ def plot(result: dict, path: Path) -> None:
             ys = [0.0] + [p["best"] for p in run["curve"]]
             ax.step(xs, ys, where="post", color=colours[strategy], alpha=0.8, lw=1.2,
                     label=labels[strategy] if i == 0 else None)
+    other = result["grid_other_orders"]["median_epochs_to_target"]
+    if not math.isinf(other):
+        ax.plot([other], [result["target"]], "o", color="black", mfc="white", ms=6,
+                label="grid, median over orders of its points")
     ax.axhline(result["target"], color="grey", ls="--", lw=0.8,
                label=f"target: grid best - {TOLERANCE}")
     ax.axvline(result["budget_epochs"], color="grey", ls=":", lw=0.8, label="grid's budget")
