@@ -12,7 +12,7 @@ validation Dice so far). Target: the grid's best validation Dice minus 0.01; tim
 the epochs (and wall seconds) a search needed to reach it. Random and TPE + ASHA run with
 several seeds, interleaved with each other; the report gives medians.
 
-    python bench/search_efficiency.py --seeds 3 --storage /tmp/search-eff
+    python bench/search_efficiency.py --seeds 5 --storage /tmp/search-eff
     python bench/search_efficiency.py --storage /tmp/search-eff --analyse-only
 """
 
