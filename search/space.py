@@ -90,6 +90,10 @@ def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     import optuna
 
     search = spec.search
+    if search.sampler == "grid":
+        from search.grid import GridSampler
+
+        return GridSampler(spec.grid(), seed=search.seed)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
     # TPE's startup trials are random; keep them a fraction of a small budget.

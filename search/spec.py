@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -98,6 +99,13 @@ class FloatLeaf(_Leaf):
 
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
+    def grid_points(self) -> list[float] | None:
+        """Every value from `low` to `high` in `step`s, or None without a `step`."""
+        if self.step is None:
+            return None
+        n = int((self.high - self.low) / self.step + 1e-9) + 1
+        return [round(self.low + i * self.step, 12) for i in range(n)]
+
 
 class IntLeaf(_Leaf):
     type: Literal["int"]
@@ -111,6 +119,9 @@ class IntLeaf(_Leaf):
 
         return IntDistribution(self.low, self.high, log=self.log, step=self.step)
 
+    def grid_points(self) -> list[int]:
+        return list(range(self.low, self.high + 1, self.step))
+
 
 class CategoricalLeaf(_Leaf):
     type: Literal["categorical"]
@@ -120,6 +131,9 @@ class CategoricalLeaf(_Leaf):
         from optuna.distributions import CategoricalDistribution
 
         return CategoricalDistribution(self.choices)
+
+    def grid_points(self) -> list[Scalar]:
+        return list(self.choices)
 
 
 Leaf = Annotated[FloatLeaf | IntLeaf | CategoricalLeaf, Field(discriminator="type")]
@@ -369,7 +383,7 @@ class TrainSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
     seed: int = 0
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)
@@ -477,6 +491,32 @@ class Spec(_Strict):
             raise ValueError("lr_finder needs a fixed optimizer.name (each optimizer family "
                              "has its own LR range: run lr-find for each)")
         return self
+
+    @model_validator(mode="after")
+    def _check_grid(self):
+        if self.search.sampler != "grid" or not self.search_leaves():
+            return self  # a trial's resolved spec has no leaves left
+        size = math.prod(len(points) for points in self.grid().values())
+        if self.search.num_trials > size:
+            raise ValueError(f"search.num_trials ({self.search.num_trials}) is larger than the "
+                             f"grid ({size} points): set search.num_trials to {size} or less")
+        return self
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The values of every search leaf for `search.sampler: grid`, by Optuna name. A grid
+        needs categorical leaves, int leaves, or float leaves with a `step`, none conditional."""
+        values = {}
+        for path, name, leaf in self.search_leaves():
+            if leaf.when:
+                raise ValueError(f"{path}: search.sampler grid does not take conditional "
+                                 "leaves (with `when`): list the combinations as choices")
+            points = leaf.grid_points()
+            if points is None:
+                raise ValueError(f"{path}: search.sampler grid needs a categorical leaf, an "
+                                 "int leaf or a float leaf with `step`; got a float range "
+                                 f"[{leaf.low}, {leaf.high}] without step")
+            values[name] = points
+        return values
 
     @model_validator(mode="after")
     def _check_conditions(self):
