@@ -137,12 +137,12 @@ class CategoricalLeaf(_Leaf):
 
 
 Leaf = Annotated[FloatLeaf | IntLeaf | CategoricalLeaf, Field(discriminator="type")]
-_TAGS = {"fixed", "search", "alternatives", "float", "int", "categorical"}
+_TAGS = {"fixed", "leaf", "alternatives", "float", "int", "categorical"}
 
 
 def _which(value: Any) -> str:
     if isinstance(value, (dict, _Leaf)):
-        return "search"
+        return "leaf"
     if isinstance(value, list) and value and all(isinstance(v, (dict, _Leaf)) for v in value):
         return "alternatives"
     return "fixed"
@@ -152,7 +152,7 @@ def Searchable(kind: Any) -> Any:  # noqa: N802 - reads as a type
     """A field that is a fixed `kind` value, a search leaf, or a list of conditional leaves
     (alternatives: each with its own `when`, e.g. one lr range per optimizer family)."""
     return Annotated[
-        Annotated[kind, Tag("fixed")] | Annotated[Leaf, Tag("search")]
+        Annotated[kind, Tag("fixed")] | Annotated[Leaf, Tag("leaf")]
         | Annotated[list[Leaf], Tag("alternatives")],
         Discriminator(_which),
     ]

@@ -79,7 +79,7 @@ def test_grid_sampler_pickles():
      "search:\n  sampler: grid\n  num_trials: 2\n",
      r"optimizer.weight_decay: search.sampler grid does not take conditional leaves"),
     ("search:\n  sampler: grd\n",
-     r"sampler: Input should be 'tpe', 'random' or 'grid', got 'grd'"),
+     r"spec.yaml:2: search.sampler: Input should be 'tpe', 'random' or 'grid', got 'grd'"),
 ])
 def test_grid_spec_errors(write_spec, text, message):
     with pytest.raises(SpecError, match=message) as err:
