@@ -122,11 +122,15 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                    "trials": trial_records(results, run_dir, spec),
                    "best": None, "soups": None}
         write_json(run_dir / "summary.json", summary)
-        summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled, tracker=tracker)
+        # With cv.mode every the trials' fold models are souped per fold instead: the run's
+        # validation cases are in every fold's training data.
+        summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled and not spec.cv.every,
+                         tracker=tracker)
         if spec.cv.folds:
-            from search.retrain import crossval
+            from search.retrain import crossval, crossval_every
 
-            cv = crossval(run_dir, spec.cv.folds, spec.cv.top_k)
+            cv = (crossval_every(run_dir, spec.cv.top_k) if spec.cv.every else
+                  crossval(run_dir, spec.cv.folds, spec.cv.top_k))
             summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
             write_json(run_dir / "summary.json", summary)
         status = "FINISHED"

@@ -189,6 +189,7 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     """Retrain the `top_k` best configurations (or a named one) on each of `folds` folds of
     the run's train and validation cases; score each fold's models on that fold's validation
     cases (and the held-out test cases); with several configurations, soup them per fold."""
+    from train_fn.checkpoint import load_checkpoint
     from train_fn.datasets import fold_splits
 
     run_dir = Path(run_dir)
@@ -213,19 +214,81 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     results["val_hd95"] = aggregate(single, "final/val_hd95")
     results["test_dice"] = aggregate(single, "final/test_dice")
     if len(chosen) > 1:
-        results["soups"] = fold_soups(run_dir, records, splits)
+        candidates = {k: [(r["trial"], r["scores"]["final/val_dice"],
+                           (lambda p=run_dir / r["checkpoint"]: load_checkpoint(p)["model"]))
+                          for r in records.values() if r["fold"] == k
+                          and r["status"] == "finished" and r["checkpoint"]]
+                      for k in range(folds)}
+        results["soups"] = fold_soups(run_dir, candidates, splits)
     return _finish(run_dir, name, results, "val")
 
 
-def fold_soups(run_dir: Path, records: dict[str, dict[str, Any]],
+def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
+    """After a `cv.mode: every` search: the best trial's per-fold validation scores (from its
+    checkpoint) and its fold models' test scores, as mean and std over folds; with top_k > 1,
+    uniform and greedy soups per fold of the top_k trials that ran every fold."""
+    from search.spec import load_spec
+    from train_fn.checkpoint import load_checkpoint
+    from train_fn.data import load_volumes, open_dataset
+    from train_fn.datasets import fold_splits
+    from train_fn.loop import pick_device
+    from train_fn.metrics import evaluate
+    from train_fn.models import build_model
+
+    run_dir = Path(run_dir)
+    summary = _summary(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    spec = load_spec(run_dir / "spec.yaml")
+    splits = fold_splits(run["split"], spec.cv.folds, spec.data.split_seed)
+    write_json(run_dir / "splits.json", splits)
+    full = [t for t in pick_trials(summary, None, len(summary["trials"]))
+            if t["epochs"] >= spec.cv.folds and t.get("checkpoint")]
+    if not full:
+        raise SoupError(f"{run_dir}: no trial ran every fold")
+    chosen = full[:top_k]
+    best = load_checkpoint(run_dir / chosen[0]["checkpoint"])
+    val = [{f"final/{k}": v for k, v in f["metrics"].items()
+            if k.startswith(("val_dice", "val_hd95"))} for f in best["folds"]]
+    ds = open_dataset(spec.data, run["data_root"])
+    device = pick_device(spec.train.device)
+    model = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
+    test_vols = load_volumes(ds.subset(run["split"]["test"]), spec.data, ds.num_classes)
+    test = []
+    for fold in best["folds"]:
+        model.load_state_dict(fold["model"])
+        mean, dice, hd = evaluate(model, test_vols, spec.train, device, ds.regions)
+        test.append({"final/test_dice": mean,
+                     **{f"final/test_dice/{r}": v for r, v in dice.items()},
+                     **{f"final/test_hd95/{r}": v for r, v in hd.items()}})
+    del best
+    results: dict[str, Any] = {
+        "kind": "crossval", "mode": "every", "folds": spec.cv.folds,
+        "trials": [t["trial_id"] for t in chosen],
+        "val_dice": aggregate(val, "final/val_dice"), "val_hd95": aggregate(val, "final/val_hd95"),
+        "test_dice": aggregate(test, "final/test_dice"),
+        "test_hd95": aggregate(test, "final/test_hd95")}
+    if len(chosen) > 1:
+        candidates = {}
+        for k in range(spec.cv.folds):
+            candidates[k] = []
+            for t in chosen:
+                path = run_dir / t["checkpoint"]
+                score = load_checkpoint(path)["folds"][k]["metrics"]["val_dice"]
+                candidates[k].append((t["trial_id"], score, (
+                    lambda p=path, k=k: load_checkpoint(p)["folds"][k]["model"])))
+        results["soups"] = fold_soups(run_dir, candidates, splits)
+    return _finish(run_dir, "crossval-every", results, "val")
+
+
+def fold_soups(run_dir: Path, candidates: dict[int, list[tuple[str, float, Any]]],
                splits: list[dict[str, list[str]]]) -> dict[str, Any]:
-    """Per fold, the uniform and greedy soups of that fold's models (greedy by the fold's
-    validation Dice), scored on the fold's validation cases; mean and std over folds."""
+    """Per fold, the uniform and greedy soups of that fold's candidate models (name, fold
+    validation Dice, weight loader; greedy in that order), scored on the fold's validation
+    cases; mean and std over folds."""
     import torch
 
     from search.soup import average, greedy
     from search.spec import load_spec
-    from train_fn.checkpoint import load_checkpoint
     from train_fn.data import load_volumes, open_dataset
     from train_fn.loop import pick_device
     from train_fn.metrics import evaluate
@@ -238,14 +301,11 @@ def fold_soups(run_dir: Path, records: dict[str, dict[str, Any]],
     model = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
     per_kind: dict[str, list[dict[str, float]]] = {"uniform": [], "greedy": []}
     for k, split in enumerate(splits):
-        ranked = sorted((r for r in records.values() if r["fold"] == k
-                         and r["status"] == "finished" and r["checkpoint"]),
-                        key=lambda r: r["scores"]["final/val_dice"], reverse=True)
+        ranked = sorted(candidates.get(k, []), key=lambda c: c[1], reverse=True)
         if len(ranked) < 2:
             continue
         val = load_volumes(ds.subset(split["val"]), spec.data, ds.num_classes)
-        sources = [(r["trial"], (lambda p=run_dir / r["checkpoint"]: load_checkpoint(p)["model"]))
-                   for r in ranked]
+        sources = [(name, load) for name, _, load in ranked]
 
         def judge(weights: dict[str, torch.Tensor], volumes=val):
             model.load_state_dict(weights)
@@ -276,6 +336,7 @@ def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> di
     from search.tracking import Tracker
 
     out = run_dir / name
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     table = format_results(results, split)
     write_text(out / "results.md", table + "\n")

@@ -406,18 +406,26 @@ class SoupSpec(_Strict):
 
 
 class CVSpec(_Strict):
-    """k-fold cross-validation after the search (the search itself runs on the train/val
-    split): the `top_k` best configurations are retrained on each fold, scored on the fold's
-    validation cases, and souped per fold when top_k > 1."""
+    """k-fold cross-validation over the train and validation cases (test cases stay held out).
+    `best`: search on the train/val split, then retrain the `top_k` best configurations on each
+    fold. `every`: each trial trains every fold in turn and is scored by its mean over folds
+    (ASHA's rungs then count folds). Soups are made per fold when top_k > 1."""
 
     folds: int = Field(0, ge=0)  # 0: no cross-validation
+    mode: Literal["best", "every"] = "best"
     top_k: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _check(self):
         if self.folds == 1:
             raise ValueError("cv.folds must be 0 (no cross-validation) or at least 2")
+        if self.mode == "every" and not self.folds:
+            raise ValueError("cv.mode every needs cv.folds (2 or more)")
         return self
+
+    @property
+    def every(self) -> bool:
+        return self.mode == "every" and self.folds >= 2
 
 
 class TrackingSpec(_Strict):

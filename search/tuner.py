@@ -56,9 +56,50 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
             save_checkpoint(folder, state)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    if spec.cv.every:
+        return _run_folds(spec, split, data_root, resume, report)
     if resume is None or resume["epoch"] < spec.train.epochs:
         train(spec, split, data_root, report=report, resume=resume)
     return last["state"]
+
+
+def budget(spec: Spec) -> int:
+    """A trial's length in reports: epochs, or folds with `cv.mode: every`."""
+    return spec.cv.folds if spec.cv.every else spec.train.epochs
+
+
+def _run_folds(spec: Spec, split: dict[str, list[str]], data_root: str,
+               resume: dict[str, Any] | None, report) -> dict[str, Any] | None:
+    """`cv.mode: every`: train on each fold in turn and report after each fold the mean over
+    the folds done (`epoch` counts folds), with a checkpoint holding the last fold's state and
+    every finished fold's weights and scores. A retry redoes the unfinished fold."""
+    from train_fn.datasets import fold_splits
+    from train_fn.loop import train
+
+    splits = fold_splits(split, spec.cv.folds, spec.data.split_seed)
+    folds = list(resume["folds"]) if resume else []
+    state = resume
+    for k in range(len(folds), len(splits)):
+        last: dict[str, Any] = {}
+        train(spec, splits[k], data_root,
+              report=lambda m, s, last=last: last.update(metrics=m, state=s))
+        if last.get("state") is None:  # diverged on this fold: the trial ends here
+            report({**last["metrics"], "epoch": k + 1}, None)
+            return None
+        folds.append({"model": last["state"]["model"], "metrics": last["metrics"]})
+        metrics = fold_means([f["metrics"] for f in folds])
+        metrics.update({f"fold{i}/val_dice": f["metrics"]["val_dice"]
+                        for i, f in enumerate(folds)})
+        state = {**last["state"], "epoch": k + 1, "folds": folds, "metrics": metrics}
+        report({**metrics, "epoch": k + 1}, state)
+    return state
+
+
+def fold_means(per_fold: list[dict[str, Any]]) -> dict[str, float]:
+    """The mean over folds of each validation score and of loss and gradient norm."""
+    keys = [k for k in per_fold[0] if k.startswith(("val_dice", "val_hd95"))
+            or k in ("loss", "grad_norm")]
+    return {k: sum(m[k] for m in per_fold) / len(per_fold) for k in keys}
 
 
 class MlflowCallback(Callback):
@@ -67,7 +108,7 @@ class MlflowCallback(Callback):
     def __init__(self, tracker: Tracker, base: Spec):
         self.tracker = tracker
         self.base = base
-        self.epochs = base.train.epochs
+        self.epochs = budget(base)
         self.last_epoch: dict[str, int] = {}
         self.retries: dict[str, int] = {}
         self.stop_reason: dict[str, str] = {}
@@ -160,8 +201,9 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
     s = spec.search
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode="max",
-                                  max_t=spec.train.epochs,
-                                  grace_period=min(s.grace_period, spec.train.epochs),
+                                  max_t=budget(spec),
+                                  grace_period=1 if spec.cv.every else min(
+                                      s.grace_period, spec.train.epochs),
                                   reduction_factor=s.reduction_factor)
     else:
         scheduler = FIFOScheduler()
@@ -182,10 +224,10 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage.resolve()), callbacks=callbacks, verbose=0,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=s.metric,
-                checkpoint_score_order="max",
-            ),
+            # With cv.mode every the last checkpoint holds every fold: keep the latest.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if spec.cv.every else
+            tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s.metric,
+                                  checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             stop=({"time_total_s": s.trial_time_limit_s} if s.trial_time_limit_s else None),
         ),
@@ -201,7 +243,7 @@ def searched_config(config: dict[str, Any], spec: Spec) -> dict[str, Any]:
 
 def trial_records(results: tune.ResultGrid, run_dir: Path, spec: Spec) -> list[dict[str, Any]]:
     """One record per trial: id, status, config, the best epoch's metrics and checkpoint."""
-    epochs = spec.train.epochs
+    epochs = budget(spec)
     records = []
     for result in results:
         metrics = result.metrics or {}

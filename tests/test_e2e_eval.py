@@ -10,6 +10,7 @@ import statistics
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from test_e2e import CLASSES, cli
 
 pytestmark = pytest.mark.e2e
@@ -18,8 +19,11 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
+    # Every trial is scored by its mean over 2 folds (cv.mode every), both run to the end.
     proc = cli("run", "spaces/smoke.yaml", "--storage", str(storage),
-               "--set", "lr_finder.enabled=false", "--set", "optimizer.lr=0.05")
+               "--set", "lr_finder.enabled=false", "--set", "optimizer.lr=0.05",
+               "--set", "cv.folds=2", "--set", "cv.mode=every", "--set", "cv.top_k=2",
+               "--set", "search.scheduler=fifo")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage, storage / "smoke"
 
@@ -65,9 +69,14 @@ def test_evaluate_writes_predictions_whose_scores_match_the_files(run):
         np.mean([summary["mean"][n]["Dice"] for n in CLASSES]))
     assert "heart" in proc.stdout and "foreground" in proc.stdout
 
-    soup = cli("evaluate", str(run_dir), "--model", "greedy", "--split", "val")
-    assert soup.returncode == 0, soup.stderr[-3000:]
-    assert (run_dir / "eval" / "greedy-val" / "summary.json").is_file()
+    trial = json.loads((run_dir / "summary.json").read_text())["trials"][1]
+    other = cli("evaluate", str(run_dir), "--model", str(run_dir / trial["checkpoint"]),
+                "--split", "val")
+    assert other.returncode == 0, other.stderr[-3000:]
+    name = (run_dir / trial["checkpoint"]).name
+    assert (run_dir / "eval" / f"{name}-val" / "summary.json").is_file()
+    missing = cli("evaluate", str(run_dir), "--model", "greedy")
+    assert missing.returncode == 2 and "no greedy soup in this run" in missing.stderr
     bad = cli("evaluate", str(run_dir), "--model", "nothing")
     assert bad.returncode == 2
     assert "--model nothing: not one of best, greedy, uniform and no checkpoint file there" \
@@ -121,3 +130,32 @@ def test_crossval_trains_each_fold_and_soups_per_fold(run):
     assert set(results["soups"]) == {"uniform", "greedy"}
     assert results["soups"]["greedy"]["val_dice"]["mean"]["n"] == 2
     assert "2 folds" in proc.stdout and "greedy soup" in proc.stdout
+
+
+def test_cv_every_scores_each_trial_by_its_mean_over_folds(run):
+    from mlflow.tracking import MlflowClient
+
+    storage, run_dir = run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    splits = json.loads((run_dir / "splits.json").read_text())
+    assert len(splits) == 2
+    client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    runs = {r.data.tags["ray.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id])
+        if "ray.trial_id" in r.data.tags and "segtune.kind" not in r.data.tags}
+    for trial in summary["trials"]:
+        assert trial["status"] == "completed" and trial["epochs"] == 2  # 2 folds
+        state = torch.load(run_dir / trial["checkpoint"] / "checkpoint.pt", weights_only=True)
+        folds = [f["metrics"]["val_dice"] for f in state["folds"]]
+        assert len(folds) == 2 and trial["val_dice"] == pytest.approx(statistics.fmean(folds))
+        # Each fold's model differs: they were trained on different cases.
+        first, second = (f["model"] for f in state["folds"])
+        assert any(not torch.equal(first[k], second[k]) for k in first)
+        history = client.get_metric_history(runs[trial["trial_id"]].info.run_id, "val_dice")
+        assert [m.step for m in history] == [1, 2]
+    cv = summary["crossval"]
+    assert cv["mode"] == "every" and cv["folds"] == 2
+    assert cv["val_dice"]["mean"]["n"] == 2 and cv["test_dice"]["heart"]["n"] == 2
+    assert set(cv["soups"]) == {"uniform", "greedy"}
+    assert summary["soups"] is None  # the run's val cases are in the folds' training data
+    assert (run_dir / "crossval-every" / "results.md").is_file()
