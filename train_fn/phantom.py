@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,9 +183,29 @@ def write_phantom_dataset(root: str | Path, n_cases: int, seed: int = 0,
     """
     import nibabel as nib
 
-    root = Path(root)
+    def fill(tmp: Path) -> None:
+        affine = np.diag([*spacing, 1.0])
+        for i in range(n_cases):
+            image, label = make_case(seed * 100_003 + i, shape, spacing)
+            case = tmp / "train" / f"Patient_{i + 1:02d}"
+            case.mkdir(parents=True)
+            nib.save(nib.Nifti1Image(image, affine), case / f"{case.name}.nii.gz")
+            nib.save(nib.Nifti1Image(label, affine), case / "GT.nii.gz")
+
     want = {"format": _FORMAT, "cases": n_cases, "seed": seed, "shape": list(shape),
             "spacing": list(spacing)}
+    return write_once(root, want, fill)
+
+
+def write_once(root: str | Path, want: dict[str, Any], fill: Callable[[Path], None]) -> Path:
+    """Fill `root` once by calling `fill(tmp)` on a temporary sibling folder, then moving it into
+    place with a manifest `want` (a JSON-able dict naming what was generated).
+
+    A folder whose manifest equals `want` is reused as it is; a different manifest, or a
+    non-empty folder without one, is an error naming the differences. An interrupted write
+    leaves nothing half-done behind, and two processes racing for one folder both get it.
+    """
+    root = Path(root)
     manifest = root / MANIFEST
     if manifest.is_file():
         have = json.loads(manifest.read_text())
@@ -199,14 +220,13 @@ def write_phantom_dataset(root: str | Path, n_cases: int, seed: int = 0,
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    affine = np.diag([*spacing, 1.0])
-    for i in range(n_cases):
-        image, label = make_case(seed * 100_003 + i, shape, spacing)
-        case = tmp / "train" / f"Patient_{i + 1:02d}"
-        case.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(image, affine), case / f"{case.name}.nii.gz")
-        nib.save(nib.Nifti1Image(label, affine), case / "GT.nii.gz")
-    (tmp / MANIFEST).write_text(json.dumps(want, indent=1))
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(want, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if root.exists():
         root.rmdir()  # empty, checked above
     try:
@@ -215,7 +235,7 @@ def write_phantom_dataset(root: str | Path, n_cases: int, seed: int = 0,
         shutil.rmtree(tmp, ignore_errors=True)
         if json.loads(manifest.read_text()) != want:
             raise
-    logger.info("wrote %d phantom cases to %s", n_cases, root)
+    logger.info("wrote %s to %s", want, root)
     return root
 
 
