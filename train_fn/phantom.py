@@ -37,8 +37,7 @@ ESOPHAGUS, HEART, TRACHEA, AORTA = 1, 2, 3, 4
 SHAPE = (128, 96, 32)  # voxels (x: right-left, y: anterior-posterior, z: inferior-superior)
 SPACING = (3.0, 3.0, 7.5)  # mm: SegTHOR's in-plane : slice ratio of 1 : 2.5
 MANIFEST = "phantom.json"
-_FORMAT = 2  # bump when drawing changes, so stale caches are not reused
-_FAR = 1e3  # mm: "far outside" for signed distances evaluated only near a surface
+_FORMAT = 3  # bump when drawing changes, so stale caches are not reused
 
 
 def coverage(g: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -187,10 +186,12 @@ def make_case(seed: int, shape: tuple[int, int, int] = SHAPE,
     ez = np.linspace(-10, ztop + 10, 12)
     eso_path = np.stack([cx + u(2, 10) + _wiggle(rng, ez, 4),
                          spine_y - k * u(24, 30) + _wiggle(rng, ez, 3), ez], axis=1)
-    eso = _tube(coords, spacing, eso_path, u(5.5, 8.0))
-    paint(eso, 35.0 + rng.choice([-1, 1]) * u(12, 25), ESOPHAGUS)
+    eso_r = u(5.0, 7.0)
+    eso = _tube(coords, spacing, eso_path, eso_r)
+    paint(eso, 35.0 + rng.choice([-1, 1]) * u(8, 18), ESOPHAGUS)
     if rng.random() < 0.5:  # swallowed air in a few slices
-        paint(np.maximum(eso + 8 - u(0, 3), np.abs(z - u(0.3, 0.7) * ztop) - 8), -700.0)
+        bubble = eso + eso_r - u(2.0, 3.5)  # a thinner tube along the same path
+        paint(np.maximum(bubble, np.abs(z - u(0.3, 0.7) * ztop) - 8), -700.0)
 
     # Aorta: ascending from the heart, an arch, descending left of the spine.
     arch_z = u(0.68, 0.80) * ztop
