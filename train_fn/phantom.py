@@ -1,17 +1,22 @@
 """A procedural thorax CT phantom in the SegTHOR layout.
 
-Each case is drawn in millimetres and rasterised: body with a fat rim, two lungs, spine, a
+Each case is drawn in millimetres: body with a fat rim, two lungs with vessels, spine, a
 mediastinum of fat and soft tissue, and the four SegTHOR organs (1 esophagus, 2 heart,
 3 trachea, 4 aorta). What makes each class easy or hard mirrors real CT:
 
 - heart: large, bright with contrast, easy;
 - aorta: a tube with an ascending part, an arch and a descending part, bright with contrast;
-- trachea: air (-1000 HU) that splits into unlabelled bronchi at the carina, so it needs the air
-  end of the window and some shape context;
+- trachea: air (-1000 HU, darker than lung at about -850) that splits into unlabelled bronchi
+  at the carina, so it needs the air end of the window and some shape context;
 - esophagus: a thin soft-tissue tube only ~10-30 HU off its surroundings, sometimes with an air
   bubble: the hardest class.
 
-Shapes, sizes, positions, contrast and noise vary by case. Written once and reused.
+Voxels are anisotropic like SegTHOR's (0.98 x 0.98 x 2.5 mm): 3 x 3 x 7.5 mm here, so a case
+stays small enough for a CPU search. Every structure is an implicit surface whose signed
+distance gives each voxel the fraction of it inside (partial volume: edges are mixtures, most
+of all across the thick slices). Body size (and with it organ sizes and noise), organ
+positions, shapes (smooth random bumps), contrast and noise vary by case. Written once and
+reused.
 """
 
 from __future__ import annotations
@@ -29,39 +34,50 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 ESOPHAGUS, HEART, TRACHEA, AORTA = 1, 2, 3, 4
-SHAPE = (96, 96, 48)  # voxels (x: right-left, y: anterior-posterior, z: inferior-superior)
-SPACING = (4.0, 4.0, 5.0)  # mm
+SHAPE = (128, 96, 32)  # voxels (x: right-left, y: anterior-posterior, z: inferior-superior)
+SPACING = (3.0, 3.0, 7.5)  # mm: SegTHOR's in-plane : slice ratio of 1 : 2.5
 MANIFEST = "phantom.json"
-_FORMAT = 1  # bump when drawing changes, so stale caches are not reused
+_FORMAT = 3  # bump when drawing changes, so stale caches are not reused
 
 
-def _tube(grid: np.ndarray, points: np.ndarray, spacing: tuple[float, float, float],
-          radius: float | np.ndarray) -> np.ndarray:
-    """Voxels within `radius` mm of a polyline (points in mm, shape (N, 3))."""
-    from scipy.ndimage import distance_transform_edt
-
-    dense = _densify(points, step=min(spacing) / 2)
-    idx = np.round(dense / np.asarray(spacing)).astype(int)
-    inside = np.all((idx >= 0) & (idx < np.asarray(grid.shape)), axis=1)
-    seeds = np.ones(grid.shape, dtype=bool)
-    seeds[tuple(idx[inside].T)] = False
-    if np.isscalar(radius):
-        return distance_transform_edt(seeds, sampling=spacing) <= radius
-    # Varying radius along the curve: each voxel takes the radius of its nearest seed.
-    dist, nearest = distance_transform_edt(seeds, sampling=spacing, return_indices=True)
-    radius_map = np.zeros(grid.shape, dtype=np.float32)
-    radius_map[tuple(idx[inside].T)] = np.interp(
-        np.arange(len(dense))[inside], np.linspace(0, len(dense) - 1, len(radius)), radius
-    )
-    return dist <= radius_map[tuple(nearest)]
+def coverage(g: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """The fraction of each voxel inside the implicit surface `g < 0` (g: any smooth field,
+    negative inside): the signed distance g / |grad g| against the voxel's width along the
+    surface normal, sum_i |n_i| spacing_i, which is widest across thick slices."""
+    grads = np.gradient(g, *spacing)
+    norm = np.sqrt(sum(d * d for d in grads)) + 1e-6
+    width = sum(np.abs(d) * s for d, s in zip(grads, spacing, strict=True)) / norm
+    return np.clip(0.5 - (g / norm) / np.maximum(width, 1e-3), 0.0, 1.0).astype(np.float32)
 
 
-def _densify(points: np.ndarray, step: float) -> np.ndarray:
-    out = [points[:1]]
-    for a, b in zip(points[:-1], points[1:], strict=False):
-        n = max(2, int(np.ceil(np.linalg.norm(b - a) / step)) + 1)
-        out.append(np.linspace(a, b, n)[1:])
-    return np.concatenate(out)
+def _tube(coords: tuple[np.ndarray, ...], spacing: tuple[float, float, float],
+          points: np.ndarray, radius: float | np.ndarray) -> np.ndarray:
+    """Signed distance (mm) to a tube around a polyline (points in mm, shape (N, 3)) whose
+    radius runs linearly through `radius` along its length; exact within a few voxels of the
+    surface, capped further out (enough for `coverage`)."""
+    shape = tuple(len(c.ravel()) for c in coords)
+    radii = np.interp(np.linspace(0, 1, len(points)), np.linspace(0, 1, np.size(radius)),
+                      np.atleast_1d(radius))
+    cap = 3 * max(spacing)
+    sd = np.full(shape, cap, dtype=np.float32)
+    axes = [c.ravel() for c in coords]
+    for a, b, ra, rb in zip(points[:-1], points[1:], radii[:-1], radii[1:], strict=True):
+        # Only the box around this segment can be within `cap` of its surface.
+        reach = max(ra, rb) + cap + max(spacing)
+        box = []
+        for d in range(3):
+            lo, hi = min(a[d], b[d]) - reach, max(a[d], b[d]) + reach
+            box.append(slice(int(np.searchsorted(axes[d], lo)),
+                             int(np.searchsorted(axes[d], hi, side="right"))))
+        if any(sl.start >= sl.stop for sl in box):
+            continue
+        px, py, pz = (axes[d][box[d]].reshape([-1 if i == d else 1 for i in range(3)]) - a[d]
+                      for d in range(3))
+        ab = b - a
+        t = np.clip((px * ab[0] + py * ab[1] + pz * ab[2]) / max(ab @ ab, 1e-9), 0.0, 1.0)
+        dist = np.sqrt((px - t * ab[0]) ** 2 + (py - t * ab[1]) ** 2 + (pz - t * ab[2]) ** 2)
+        sd[tuple(box)] = np.minimum(sd[tuple(box)], dist - (ra + t * (rb - ra)))
+    return sd
 
 
 def _wiggle(rng: np.random.Generator, z: np.ndarray, amp: float) -> np.ndarray:
@@ -71,105 +87,129 @@ def _wiggle(rng: np.random.Generator, z: np.ndarray, amp: float) -> np.ndarray:
     return amp * (0.6 * np.sin(f[0] * z + p[0]) + 0.4 * np.sin(2 * f[1] * z + p[1]))
 
 
+def _bumps(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple[float, ...]
+           ) -> np.ndarray:
+    """A smooth random field with unit standard deviation, for irregular surfaces."""
+    from scipy.ndimage import gaussian_filter
+
+    field = gaussian_filter(rng.normal(size=shape).astype(np.float32), sigma)
+    field -= field.mean()
+    return field / (field.std() + 1e-6)
+
+
 def make_case(seed: int, shape: tuple[int, int, int] = SHAPE,
               spacing: tuple[float, float, float] = SPACING) -> tuple[np.ndarray, np.ndarray]:
     """One case: (image in HU as int16, label as uint8), both of `shape`."""
     from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(seed)
+    spacing = tuple(float(s) for s in spacing)
     sx, sy, sz = spacing
     extent = np.array(shape) * np.array(spacing)
-    cx, cy = extent[0] / 2 + rng.uniform(-8, 8), extent[1] / 2 + rng.uniform(-8, 8)
-    x = np.arange(shape[0])[:, None, None] * sx
-    y = np.arange(shape[1])[None, :, None] * sy
-    zs = np.arange(shape[2]) * sz
-    z = zs[None, None, :]
-    grid = np.empty(shape, dtype=bool)
+    x = np.arange(shape[0], dtype=np.float32)[:, None, None] * sx
+    y = np.arange(shape[1], dtype=np.float32)[None, :, None] * sy
+    z = np.arange(shape[2], dtype=np.float32)[None, None, :] * sz
+    coords = (x, y, z)
     u = lambda lo, hi: rng.uniform(lo, hi)  # noqa: E731
     ztop = extent[2]
+    image = np.full(shape, -1000.0, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
 
-    # Body, fat rim, lungs, spine.
-    a, b = u(0.36, 0.44) * extent[0], u(0.28, 0.34) * extent[1]
-    r_body = ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2
-    image = np.full(shape, -1000.0)
-    body = np.broadcast_to(r_body <= 1, shape)
-    image[body] = -100.0  # subcutaneous fat
-    inner = np.broadcast_to(r_body <= u(0.78, 0.86), shape)
-    image[inner] = 35.0  # muscle and mediastinal soft tissue
-    lung_dx, lung_a, lung_b = u(0.46, 0.52) * a, u(0.34, 0.40) * a, u(0.62, 0.72) * b
+    def paint(g: np.ndarray, value: float | np.ndarray, cls: int | None = None,
+              where: np.ndarray | None = None) -> np.ndarray:
+        """Mix `value` into each voxel by the fraction of it inside `g < 0`; label the voxels
+        at least half inside. Returns that mask."""
+        g = np.broadcast_to(g, shape).astype(np.float32)
+        frac = coverage(g, spacing)
+        if where is not None:
+            frac *= where
+        image[:] = image * (1 - frac) + value * frac
+        inside = frac >= 0.5
+        if cls is not None:
+            label[inside] = cls
+        return inside
+
+    # Body size: slim to large patients; organs scale with it, noise grows with it.
+    k = u(0.85, 1.1)
+    cx, cy = extent[0] / 2 + u(-6, 6), extent[1] / 2 + u(-6, 6)
+    a = k * u(150, 165) * (1 - u(0.0, 0.08) * z / ztop)  # narrower towards the neck
+    b = k * u(105, 118)
+    r_body = np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2)
+    paint(r_body - 1, -100.0)  # subcutaneous fat
+    paint(r_body - u(0.8, 0.88), 35.0)  # muscle and mediastinal soft tissue
+    lung_dx, lung_b = u(0.46, 0.52) * a, u(0.62, 0.72) * b
+    lung_value = u(-870, -820) + 15 * _bumps(rng, shape, (2, 2, 1))
+    lungs = np.zeros(shape, dtype=bool)
     for side in (-1, 1):
-        lung = (((x - cx - side * lung_dx) / lung_a) ** 2
-                + ((y - cy + 0.05 * b) / lung_b) ** 2) <= 1
-        image[np.broadcast_to(lung, shape)] = -850.0
+        lung_a = u(0.34, 0.40) * a * (1 - u(0.2, 0.4) * (z / ztop) ** 3)  # the apex tapers
+        r = np.sqrt(((x - cx - side * lung_dx) / lung_a) ** 2
+                    + ((y - cy + 0.05 * b) / (lung_b * u(0.95, 1.05))) ** 2)
+        lungs |= paint(r - 1, lung_value)
+    vessels = gaussian_filter(rng.normal(size=shape).astype(np.float32), (1.0, 1.0, 0.4)) > 0.55
+    image[vessels & lungs] = -150.0  # lung vessels, partial-volumed by the blur below
     spine_y = cy + u(0.62, 0.70) * b
-    spine = ((x - cx) ** 2 + (y - spine_y) ** 2) <= u(14, 18) ** 2
-    image[np.broadcast_to(spine, shape)] = 650.0
+    paint(np.sqrt((x - cx) ** 2 + (y - spine_y) ** 2) - k ** 0.5 * u(14, 18), 650.0)
     # Mediastinal fat: blobs of -90 HU around the organs, so the esophagus boundary is partial.
-    fat = gaussian_filter(rng.normal(size=shape), sigma=(2.0, 2.0, 1.0)) > 0.25
+    fat = _bumps(rng, shape, (2.0, 2.0, 0.7)) > 0.25
     mediastinum = np.broadcast_to(((x - cx) / (0.32 * a)) ** 2 + ((y - cy) / (0.8 * b)) ** 2 <= 1,
                                   shape)
     image[fat & mediastinum & (image > 0) & (image < 100)] = -90.0
-
-    label = np.zeros(shape, dtype=np.uint8)
     contrast = u(90, 220)  # enhancement of the blood pool: varies with bolus timing
 
-    # Heart: an ellipsoid low in the chest, anterior and to the left.
-    hc = np.array([cx + u(0.05, 0.2) * a, cy - u(0.15, 0.3) * b, u(0.18, 0.32) * ztop])
-    hr = np.array([u(50, 66), u(40, 52), u(45, 60)])
+    # Trachea: air in a soft-tissue wall, from the top down to the carina; the main bronchi
+    # below it are air too but not trachea.
+    carina_z = u(0.48, 0.58) * ztop
+    tz = np.linspace(carina_z, ztop + 10, 8)
+    tx, ty = cx + _wiggle(rng, tz, 3), cy + u(0.0, 0.12) * b + _wiggle(rng, tz, 3)
+    t_r = k ** 0.5 * u(8, 11)
+    trachea = _tube(coords, spacing, np.stack([tx, ty, tz], axis=1), t_r)
+    paint(trachea - 2.5, 60.0)  # the wall
+    for side in (-1, 1):
+        end = [tx[0] + side * u(35, 50), ty[0] + u(0, 10), carina_z - u(30, 45)]
+        paint(_tube(coords, spacing, np.array([[tx[0], ty[0], carina_z + 4], end]),
+                    t_r * 0.7), -1000.0)
+
+    # Heart: a bumpy ellipsoid low in the chest, anterior and to the left.
+    hc = np.array([cx + u(0.05, 0.2) * a.mean(), cy - u(0.15, 0.3) * b, u(0.18, 0.32) * ztop])
+    hr = k * np.array([u(50, 66), u(40, 52), u(45, 60)])
     rot = u(-0.5, 0.5)
     xr = (x - hc[0]) * np.cos(rot) + (y - hc[1]) * np.sin(rot)
     yr = -(x - hc[0]) * np.sin(rot) + (y - hc[1]) * np.cos(rot)
-    heart = (xr / hr[0]) ** 2 + (yr / hr[1]) ** 2 + ((z - hc[2]) / hr[2]) ** 2 <= 1
-    image[heart] = 40.0 + contrast * u(0.7, 0.9)
-    label[heart] = HEART
+    r = np.sqrt((xr / hr[0]) ** 2 + (yr / hr[1]) ** 2 + ((z - hc[2]) / hr[2]) ** 2)
+    heart = paint(r * (1 + 0.06 * _bumps(rng, shape, (4, 4, 1.5))) - 1,
+                  40.0 + contrast * u(0.7, 0.9), HEART)
 
-    # Aorta: ascending from the heart, an arch, descending left of the spine.
-    arch_z = u(0.68, 0.80) * ztop
-    asc = np.array([hc[0] - u(10, 25), hc[1] + u(0, 15)])
-    desc = np.array([cx + u(18, 30), spine_y - u(22, 30)])
-    t = np.linspace(0, np.pi, 16)
-    arch = np.stack([asc[0] + (desc[0] - asc[0]) * (1 - np.cos(t)) / 2,
-                     asc[1] + (desc[1] - asc[1]) * (1 - np.cos(t)) / 2,
-                     arch_z + u(15, 25) * np.sin(t)], axis=1)
-    path = np.concatenate([[[*asc, hc[2]]], arch, [[*desc, -10.0]]])
-    aorta = _tube(grid, path, spacing, np.array([u(13, 16), u(11, 14), u(10, 13)]))
-    image[aorta] = 40.0 + contrast
-    label[aorta] = AORTA
+    paint(trachea, -1000.0, TRACHEA, where=(z >= carina_z))  # the lumen, above the carina
+    paint(trachea, -1000.0, where=(z < carina_z) & ~heart)  # its rounded end: air, unlabelled
 
     # Esophagus: thin, low contrast, between trachea and spine, the whole height.
     ez = np.linspace(-10, ztop + 10, 12)
     eso_path = np.stack([cx + u(2, 10) + _wiggle(rng, ez, 4),
-                         spine_y - u(24, 30) + _wiggle(rng, ez, 3), ez], axis=1)
-    eso = _tube(grid, eso_path, spacing, u(5.5, 8.0)) & ~aorta
-    image[eso] = 35.0 + rng.choice([-1, 1]) * u(12, 25)
+                         spine_y - k * u(24, 30) + _wiggle(rng, ez, 3), ez], axis=1)
+    eso_r = u(5.0, 7.0)
+    eso = _tube(coords, spacing, eso_path, eso_r)
+    paint(eso, 35.0 + rng.choice([-1, 1]) * u(8, 18), ESOPHAGUS)
     if rng.random() < 0.5:  # swallowed air in a few slices
-        bubble = eso & (np.abs(z - u(0.3, 0.7) * ztop) < 8)
-        bubble &= _tube(grid, eso_path, spacing, 2.5)
-        image[bubble] = -700.0
-    label[eso] = ESOPHAGUS
+        bubble = eso + eso_r - u(2.0, 3.5)  # a thinner tube along the same path
+        paint(np.maximum(bubble, np.abs(z - u(0.3, 0.7) * ztop) - 8), -700.0)
 
-    # Trachea: air in a soft-tissue wall, from the top down to the carina; bronchi below it are
-    # air too but not trachea.
-    carina_z = u(0.48, 0.58) * ztop
-    tz = np.linspace(carina_z, ztop + 10, 8)
-    tx, ty = cx + _wiggle(rng, tz, 3), cy + u(0.0, 0.12) * b + _wiggle(rng, tz, 3)
-    tr_path = np.stack([tx, ty, tz], axis=1)
-    t_r = u(8, 11)
-    wall = _tube(grid, tr_path, spacing, t_r + 2.5) & ~aorta
-    image[wall & ~eso] = 60.0
-    lumen = _tube(grid, tr_path, spacing, t_r) & ~aorta & ~eso
-    for side in (-1, 1):  # main bronchi: out and down from the carina
-        end = [tx[0] + side * u(35, 50), ty[0] + u(0, 10), carina_z - u(30, 45)]
-        bronchus = _tube(grid, np.array([[tx[0], ty[0], carina_z + 4], end]), spacing,
-                         t_r * 0.7) & ~aorta & ~heart & ~eso
-        image[bronchus] = -1000.0
-        label[bronchus & (label == TRACHEA)] = 0
-    image[lumen] = -1000.0
-    label[lumen & (z >= carina_z)] = TRACHEA
+    # Aorta: ascending from the heart, an arch, descending left of the spine.
+    arch_z = u(0.68, 0.80) * ztop
+    asc = np.array([hc[0] - u(10, 25), hc[1] + u(0, 15)])
+    desc = np.array([cx + k * u(18, 30), spine_y - k * u(22, 30)])
+    t = np.linspace(0, np.pi, 10)
+    arch = np.stack([asc[0] + (desc[0] - asc[0]) * (1 - np.cos(t)) / 2,
+                     asc[1] + (desc[1] - asc[1]) * (1 - np.cos(t)) / 2,
+                     arch_z + u(15, 25) * np.sin(t)], axis=1)
+    path = np.concatenate([[[*asc, hc[2]]], arch, [[*desc, -10.0]]])
+    paint(_tube(coords, spacing, path, k * np.array([u(13, 16), u(11, 14), u(10, 13)])),
+          40.0 + contrast, AORTA)
 
-    # Partial-volume blur, then noise.
-    image = gaussian_filter(image, sigma=(0.6, 0.6, 0.4))
-    image += rng.normal(0, u(12, 30), shape) + gaussian_filter(rng.normal(0, 40, shape), 1.5)
+    # Scanner blur (in-plane; the slice profile is the partial volume above), then noise that
+    # is correlated in-plane and grows with the patient's size.
+    image = gaussian_filter(image, sigma=(0.5, 0.5, 0.0))
+    image += rng.normal(0, k ** 2 * u(10, 28), shape).astype(np.float32)
+    image += gaussian_filter(rng.normal(0, 40, shape).astype(np.float32), (1.5, 1.5, 0.0))
     return np.clip(image, -1024, 3071).astype(np.int16), label
 
 
@@ -201,9 +241,11 @@ def write_once(root: str | Path, want: dict[str, Any], fill: Callable[[Path], No
     """Fill `root` once by calling `fill(tmp)` on a temporary sibling folder, then moving it into
     place with a manifest `want` (a JSON-able dict naming what was generated).
 
-    A folder whose manifest equals `want` is reused as it is; a different manifest, or a
-    non-empty folder without one, is an error naming the differences. An interrupted write
-    leaves nothing half-done behind, and two processes racing for one folder both get it.
+    A folder whose manifest equals `want` is reused as it is; one of another `format` (drawn
+    by another version of the generator, whose defaults may differ too) is replaced; any other
+    difference, or a non-empty folder without a manifest, is an error naming the differences. An
+    interrupted write leaves nothing half-done behind, and two processes racing for one folder
+    both get it.
     """
     root = Path(root)
     manifest = root / MANIFEST
@@ -211,6 +253,9 @@ def write_once(root: str | Path, want: dict[str, Any], fill: Callable[[Path], No
         have = json.loads(manifest.read_text())
         if have == want:
             return root
+        if have.get("format") != want.get("format"):
+            _discard(root, manifest, have)
+            return write_once(root, want, fill)
         diff = ", ".join(f"{k} {have.get(k)} != {v}" for k, v in want.items() if have.get(k) != v)
         raise ValueError(f"{root}: holds a different phantom ({diff}); "
                          f"remove it or choose another data.root")
@@ -227,16 +272,29 @@ def write_once(root: str | Path, want: dict[str, Any], fill: Callable[[Path], No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if root.exists():
-        root.rmdir()  # empty, checked above
     try:
+        if root.exists():
+            root.rmdir()  # empty, checked above
         os.replace(tmp, root)
     except OSError:  # another process won the race: keep its copy if it is the same phantom
         shutil.rmtree(tmp, ignore_errors=True)
-        if json.loads(manifest.read_text()) != want:
+        if not manifest.is_file() or json.loads(manifest.read_text()) != want:
             raise
     logger.info("wrote %s to %s", want, root)
     return root
+
+
+def _discard(root: Path, manifest: Path, have: dict[str, Any]) -> None:
+    """Move an outdated generated folder aside and delete it (another process may already
+    have done so)."""
+    logger.warning("%s: phantom of format %s, not the current one: writing it again", root,
+                   have.get("format"))
+    stale = root.parent / f".{root.name}.stale-{os.getpid()}"
+    try:
+        os.replace(root, stale)
+    except OSError:
+        return
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def describe(label: np.ndarray) -> dict[str, Any]:
