@@ -118,6 +118,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     from ray import tune
 
     from search.spec import load_spec
+    from search.storage import experiment_location, relative
     from search.tracking import Tracker
     from search.tuner import JobCallback
 
@@ -129,6 +130,9 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     spec = load_spec(run_dir / "spec.yaml")
     tracker = Tracker(run["tracking_uri"], run["experiment"], run["name"], run_dir)
     tracker.attach_parent(run["parent_run_id"])
+    # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object
+    # store, `<storage>/<run>/<name>`.
+    location = experiment_location(run_dir)
     fn = tune.with_parameters(job_trainable, base=spec, jobs=jobs, data_root=run["data_root"])
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tuner = tune.Tuner(
@@ -136,7 +140,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(run_dir.resolve()), verbose=0,
+            name=name, storage_path=location, verbose=0,
             callbacks=[JobCallback(tracker, spec, jobs, kind)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures)))
@@ -151,8 +155,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
             metrics = result.metrics or {}
             records[job] = {**{k: v for k, v in jobs[job].items() if k != "split"},
                             "status": "error" if result.error else "finished",
-                            "checkpoint": (str(Path(result.checkpoint.path).resolve()
-                                               .relative_to(run_dir.resolve()))
+                            "checkpoint": (relative(result.checkpoint.path, location)
                                            if result.checkpoint else None),
                             "scores": {k: v for k, v in metrics.items()
                                        if k.startswith("final/")}}
@@ -225,7 +228,7 @@ def fold_soups(run_dir: Path, records: dict[str, dict[str, Any]],
 
     from search.soup import average, greedy
     from search.spec import load_spec
-    from train_fn.checkpoint import load_checkpoint
+    from search.storage import load_run_checkpoint
     from train_fn.data import load_volumes, open_dataset
     from train_fn.loop import pick_device
     from train_fn.metrics import evaluate
@@ -244,7 +247,8 @@ def fold_soups(run_dir: Path, records: dict[str, dict[str, Any]],
         if len(ranked) < 2:
             continue
         val = load_volumes(ds.subset(split["val"]), spec.data, ds.num_classes)
-        sources = [(r["trial"], (lambda p=run_dir / r["checkpoint"]: load_checkpoint(p)["model"]))
+        sources = [(r["trial"],
+                    (lambda p=r["checkpoint"]: load_run_checkpoint(run_dir, p)["model"]))
                    for r in ranked]
 
         def judge(weights: dict[str, torch.Tensor], volumes=val):
