@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from search.spec import Spec, SpecError, dump_spec
-from search.storage import check_storage, experiment_location, is_uri, join
+from search.storage import (
+    check_storage,
+    experiment_location,
+    is_uri,
+    join,
+    newest_experiment_state,
+)
 from search.tracking import Tracker, default_uri
 
 logger = logging.getLogger(__name__)
@@ -106,6 +112,9 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
         if run_dir.exists() and any(run_dir.iterdir()):
             raise SpecError(f"{run_dir}: a run named {name!r} already exists; continue it with "
                             "--resume, or pick another --name or --storage")
+        if uri and newest_experiment_state(join(uri, name)) is not None:
+            raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
+                            "in the store; pick another --name or --storage")
         spec, split, data_root, tracker = _start(spec, spec_path, name, local, run_dir,
                                                  tracking_uri, uri)
     location = experiment_location(run_dir)
@@ -217,8 +226,6 @@ def _unfinished(location: str | Path) -> int:
     the run folder or the object store). After a Ctrl-C, `Tuner.fit()` returns normally
     (having saved that state): this tells the two apart. (ResultGrid has no public trial
     status.)"""
-    from search.storage import newest_experiment_state
-
     state = newest_experiment_state(str(location))
     if state is None:
         return 0

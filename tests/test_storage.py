@@ -124,3 +124,16 @@ def test_dry_run_shows_both_places(tmp_path, capsys):
     assert f"run folder: {tmp_path / 'smoke'}" in out
     assert "checkpoints: s3://b/runs/smoke" in out
     assert f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}" in out
+
+
+def test_cli_refuses_an_experiment_already_in_the_store(tmp_path, bucket, capsys):
+    import boto3
+
+    boto3.client("s3").put_object(Bucket=bucket, Body=b"{}",
+                                  Key="runs/smoke/experiment_state-2026-01-01_10-00-00.json")
+    local = tmp_path / "local"
+    assert main(["run", SMOKE, "--storage", f"s3://{bucket}/runs", "--local-dir", str(local)]) \
+        == 2
+    assert (f"s3://{bucket}/runs/smoke: a Ray experiment named 'smoke' is already in the "
+            "store; pick another --name or --storage") in capsys.readouterr().err
+    assert not local.exists()
