@@ -280,6 +280,7 @@ def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> di
     from search.tracking import Tracker
 
     out = run_dir / name
+    out.mkdir(parents=True, exist_ok=True)  # Ray made it, unless its jobs went to a bucket
     write_json(out / "results.json", results)
     table = format_results(results, split)
     write_text(out / "results.md", table + "\n")
