@@ -118,21 +118,30 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     from ray import tune
 
     from search.spec import load_spec
-    from search.storage import experiment_location, relative
+    from search.storage import (
+        experiment_location,
+        is_uri,
+        join,
+        newest_experiment_state,
+        relative,
+    )
     from search.tracking import Tracker
     from search.tuner import JobCallback
 
     run_dir = Path(run_dir)
     out = run_dir / name
-    if out.exists():
-        raise SoupError(f"{out}: exists (these jobs ran already); remove it to run them again")
+    # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object
+    # store, `<storage>/<run>/<name>`.
+    location = experiment_location(run_dir)
+    stored = is_uri(location) and newest_experiment_state(join(location, name)) is not None
+    if out.exists() or stored:
+        where = join(location, name) if stored else out
+        raise SoupError(f"{where}: exists (these jobs ran already); remove it to run them "
+                        "again")
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     tracker = Tracker(run["tracking_uri"], run["experiment"], run["name"], run_dir)
     tracker.attach_parent(run["parent_run_id"])
-    # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object
-    # store, `<storage>/<run>/<name>`.
-    location = experiment_location(run_dir)
     fn = tune.with_parameters(job_trainable, base=spec, jobs=jobs, data_root=run["data_root"])
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tuner = tune.Tuner(

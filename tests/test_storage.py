@@ -137,3 +137,20 @@ def test_cli_refuses_an_experiment_already_in_the_store(tmp_path, bucket, capsys
     assert (f"s3://{bucket}/runs/smoke: a Ray experiment named 'smoke' is already in the "
             "store; pick another --name or --storage") in capsys.readouterr().err
     assert not local.exists()
+
+
+def test_retrain_refuses_jobs_already_in_the_store(tmp_path, bucket):
+    import boto3
+
+    from search.retrain import run_jobs
+    from search.soup import SoupError
+
+    boto3.client("s3").put_object(
+        Bucket=bucket, Body=b"{}",
+        Key="runs/smoke/repeat-a-seeds-1-2/experiment_state-2026-01-01_10-00-00.json")
+    run_dir = tmp_path / "local" / "smoke"
+    write_run(run_dir, f"s3://{bucket}/runs")
+    with pytest.raises(SoupError, match=rf"^s3://{bucket}/runs/smoke/repeat-a-seeds-1-2: exists "
+                       r"\(these jobs ran already\)"):
+        run_jobs(run_dir, "repeat", {}, "repeat-a-seeds-1-2")
+    assert not (run_dir / "repeat-a-seeds-1-2").exists()
