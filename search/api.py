@@ -11,19 +11,34 @@ from pathlib import Path
 from typing import Any
 
 from search.spec import Spec, SpecError, dump_spec
+from search.storage import (
+    check_storage,
+    experiment_location,
+    is_uri,
+    join,
+    newest_experiment_state,
+)
 from search.tracking import Tracker, default_uri
 
 logger = logging.getLogger(__name__)
 
 
-def run_paths(spec_path: str | Path, name: str | None, storage: str | Path | None
-              ) -> tuple[str, Path, Path]:
-    """(run name, storage folder, run folder `<storage>/<name>`)."""
+def run_paths(spec_path: str | Path, name: str | None, storage: str | Path | None,
+              local_dir: str | Path | None = None) -> tuple[str, Path, Path]:
+    """(run name, local storage folder, run folder `<local storage>/<name>`). The local
+    storage is `storage`, or `local_dir` (default `runs/`) when `storage` is an object-store
+    URI, which then holds Ray's experiment only."""
     name = name or Path(spec_path).stem
     if not name or "/" in name or name.startswith("."):
         raise SpecError(f"--name {name!r}: a run name is one folder name (no '/', no leading '.')")
-    storage = Path(storage or "runs")
-    return name, storage, storage / name
+    if is_uri(storage):
+        local = Path(local_dir or "runs")
+    elif local_dir is not None:
+        raise SpecError(f"--local-dir {local_dir}: only with an object-store --storage "
+                        "(s3://, gs://, ...); a local --storage holds the run folder itself")
+    else:
+        local = Path(storage or "runs")
+    return name, local, local / name
 
 
 def tracking_target(spec: Spec, storage: Path, name: str, uri: str | None) -> tuple[str, str]:
@@ -72,11 +87,13 @@ def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                storage: str | Path | None = None, tracking_uri: str | None = None,
-               ray_init: dict[str, Any] | None = None, resume: bool = False
-               ) -> dict[str, Any]:
+               ray_init: dict[str, Any] | None = None, resume: bool = False,
+               local_dir: str | Path | None = None) -> dict[str, Any]:
     """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`).
     With `resume`, continue the interrupted run of the same name: finished trials are kept,
-    unfinished and errored ones continue from their last checkpoint."""
+    unfinished and errored ones continue from their last checkpoint. An object-store
+    `storage` (`s3://bucket/prefix`) holds Ray's experiment; the run folder is then
+    `<local_dir or runs>/<name>`."""
     # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
     # Ray warns about it every time unless told not to.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -85,15 +102,22 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     from search.soup import finish, write_json
     from search.tuner import MlflowCallback, make_tuner, restore_tuner, trial_records
 
-    name, storage, run_dir = run_paths(spec_path, name, storage)
+    uri = str(storage) if is_uri(storage) else None
+    name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
+    if uri:
+        check_storage(uri)
     if resume:
         spec, split, data_root, tracker = _reopen(spec, run_dir)
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise SpecError(f"{run_dir}: a run named {name!r} already exists; continue it with "
                             "--resume, or pick another --name or --storage")
-        spec, split, data_root, tracker = _start(spec, spec_path, name, storage, run_dir,
-                                                 tracking_uri)
+        if uri and newest_experiment_state(join(uri, name)) is not None:
+            raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
+                            "in the store; pick another --name or --storage")
+        spec, split, data_root, tracker = _start(spec, spec_path, name, local, run_dir,
+                                                 tracking_uri, uri)
+    location = experiment_location(run_dir)
 
     status = "FAILED"
     try:
@@ -107,19 +131,20 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                 logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>)",
                             context.dashboard_url, context.dashboard_url)
         if resume:
-            tuner = restore_tuner(spec, split, str(data_root), run_dir)
+            tuner = restore_tuner(spec, split, str(data_root), location)
         else:
-            tuner = make_tuner(spec, split, str(data_root), name, storage,
+            tuner = make_tuner(spec, split, str(data_root), name, uri or local,
                                [MlflowCallback(tracker, spec)])
         results = tuner.fit()
-        unfinished = _unfinished(run_dir)
+        unfinished = _unfinished(location)
         if unfinished:
             status = "KILLED"
+            where = f"--storage {uri} --local-dir {local}" if uri else f"--storage {local}"
             raise Interrupted(f"search interrupted with {unfinished} trial(s) unfinished; "
                               f"continue it with: python -m search run {spec_path} "
-                              f"--name {name} --storage {storage} --resume")
+                              f"--name {name} {where} --resume")
         summary = {"name": name, "metric": spec.search.metric, "run_dir": str(run_dir),
-                   "trials": trial_records(results, run_dir, spec),
+                   "trials": trial_records(results, location, spec),
                    "best": None, "soups": None}
         write_json(run_dir / "summary.json", summary)
         # With cv.mode every the trials' fold models are souped per fold instead: the run's
@@ -143,7 +168,7 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
 
 
 def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
-           tracking_uri: str | None):
+           tracking_uri: str | None, storage_uri: str | None = None):
     """Prepare a new run folder: data, split, LR test, saved spec, MLflow parent run."""
     from search.soup import write_json, write_text
 
@@ -160,6 +185,8 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
                 "data_root": str(Path(data_root).resolve()), "split": split,
                 "tracking_uri": uri, "experiment": experiment, "segtune": _version(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "input_spec": input_spec}
+    if storage_uri:  # Ray's experiment (checkpoints) is at <storage_uri>/<name>
+        run_info["storage_uri"] = storage_uri
     tracker = Tracker(uri, experiment, name, run_dir)
     run_info["parent_run_id"] = tracker.start_parent(
         spec.flat(), list(spec.searched()), tags={"segtune.spec_file": run_info["spec_file"]}
@@ -168,7 +195,8 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
         tracker.log_parent({"lr_finder/suggestion": finder["suggestion"]},
                            [Path(finder["plot"]), run_dir / "lr_finder.json"])
     write_json(run_dir / "run.json", run_info)
-    logger.info("run folder %s; MLflow %s (experiment %r)", run_dir, uri, experiment)
+    logger.info("run folder %s; checkpoints in %s; MLflow %s (experiment %r)", run_dir,
+                join(storage_uri, name) if storage_uri else run_dir, uri, experiment)
     return spec, split, data_root, tracker
 
 
@@ -187,8 +215,9 @@ def _reopen(spec: Spec, run_dir: Path):
                         "search cannot change on resume: use another --name")
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(run_dir.resolve())):
-        raise SpecError(f"{run_dir}: no Ray Tune state to resume from (stopped before the "
+    location = experiment_location(run_dir)
+    if not tune.Tuner.can_restore(location):
+        raise SpecError(f"{location}: no Ray Tune state to resume from (stopped before the "
                         "first trial); delete the folder and run again")
     tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
     tracker.reopen_parent(info["parent_run_id"])
@@ -196,16 +225,15 @@ def _reopen(spec: Spec, run_dir: Path):
     return (load_spec(run_dir / "spec.yaml"), info["split"], Path(info["data_root"]), tracker)
 
 
-def _unfinished(run_dir: Path) -> int:
-    """Trials neither terminated nor errored in Ray Tune's last saved experiment state. After
-    a Ctrl-C, `Tuner.fit()` returns normally (having saved that state): this tells the two
-    apart. (ResultGrid has no public trial status.)"""
-    # The newest by the timestamp in the name: after a restore Ray writes a new file and still
-    # touches the old one, so modification times do not tell.
-    states = sorted(run_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
-    if not states:
+def _unfinished(location: str | Path) -> int:
+    """Trials neither terminated nor errored in Ray Tune's last saved experiment state (in
+    the run folder or the object store). After a Ctrl-C, `Tuner.fit()` returns normally
+    (having saved that state): this tells the two apart. (ResultGrid has no public trial
+    status.)"""
+    state = newest_experiment_state(str(location))
+    if state is None:
         return 0
-    trials = json.loads(states[-1].read_text()).get("trial_data", [])
+    trials = state.get("trial_data", [])
     statuses = [json.loads(t[0]).get("status") for t in trials]
     return sum(1 for status in statuses if status not in ("TERMINATED", "ERROR"))
 

@@ -25,7 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="KEY=VALUE", help="override a spec key, e.g. train.epochs=4")
     run.add_argument("--name", help="run name (default: the spec file's stem)")
-    run.add_argument("--storage", help="folder holding runs (default: runs/)")
+    run.add_argument("--storage", help="folder holding runs (default: runs/), or an object "
+                     "store for the checkpoints, e.g. s3://bucket/prefix (credentials from "
+                     "the environment)")
+    run.add_argument("--local-dir", help="with an object-store --storage: the local folder "
+                     "for the run folder and the default MLflow store (default: runs/)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite at "
                      "<storage>/mlflow.db, or the spec's tracking.uri)")
     run.add_argument("--address", help="run on an existing Ray cluster: auto, or HOST:PORT of "
@@ -125,13 +129,16 @@ def _crossval(args) -> int:
 def _dry_run(spec, args) -> None:
     from search.api import run_paths, tracking_target
     from search.space import describe, preview
+    from search.storage import is_uri, join
 
-    name, storage, run_dir = run_paths(args.spec, args.name, args.storage)
+    name, storage, run_dir = run_paths(args.spec, args.name, args.storage, args.local_dir)
     uri, experiment = tracking_target(spec, storage, name, args.tracking_uri)
     searched = spec.searched()
     print(f"spec {args.spec}: valid")
     print(f"run folder: {run_dir}" + ("  (exists: the run would be refused)"
                                       if run_dir.exists() else ""))
+    if is_uri(args.storage):
+        print(f"checkpoints: {join(args.storage, name)}")
     print(f"MLflow: {uri}  experiment {experiment!r}")
     print("\nfixed settings:")
     for key, value in spec.flat().items():
@@ -185,13 +192,14 @@ def _run(args) -> int:
     if args.dry_run:
         _dry_run(spec, args)
         return 0
-    from search.api import run_search
+    from search.api import run_paths, run_search
 
     summary = run_search(spec, args.spec, name=args.name, storage=args.storage,
                          tracking_uri=args.tracking_uri, resume=args.resume,
-                         ray_init={"address": args.address} if args.address else None)
-    _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri,
-               args.storage or "runs")
+                         ray_init={"address": args.address} if args.address else None,
+                         local_dir=args.local_dir)
+    _, local, _ = run_paths(args.spec, args.name, args.storage, args.local_dir)
+    _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri, local)
     return 0
 
 
@@ -258,13 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     from search.api import Interrupted
     from search.compare import CompareError
     from search.soup import SoupError
+    from search.storage import StorageError
     from train_fn.datasets import DataError
 
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
                     "repeat": _repeat, "crossval": _crossval, "compare": _compare}
         return commands[args.command](args)
-    except (SpecError, SoupError, DataError, CompareError) as err:
+    except (SpecError, SoupError, DataError, CompareError, StorageError) as err:
         if args.debug:
             raise
         print(f"segtune: error: {err}", file=sys.stderr)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from search.soup import SoupError, write_json
+from search.storage import experiment_location, join, load_run_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +28,16 @@ MODELS = ("best", "greedy", "uniform")
 SPLITS = ("test", "val", "train")
 
 
-def weights_path(run_dir: Path, model: str) -> tuple[str, Path]:
-    """(name, checkpoint file) of `best`, a soup, or a checkpoint file/folder path."""
+def weights_path(run_dir: Path, model: str) -> tuple[str, Path | str]:
+    """(name, checkpoint file) of `best`, a soup, or a checkpoint file/folder path. The best
+    trial's checkpoint is a URI when the run keeps its checkpoints in an object store."""
     if model == "best":
         summary = _read(run_dir / "summary.json", "a finished segtune run folder")
         if not summary.get("best"):
             raise SoupError(f"{run_dir}: the run has no best trial yet (summary.json 'best' is "
                             "empty: the search did not finish)")
-        return "best", run_dir / summary["best"]["checkpoint"] / "checkpoint.pt"
+        return "best", join(experiment_location(run_dir), summary["best"]["checkpoint"],
+                            "checkpoint.pt")
     if model in ("greedy", "uniform"):
         path = run_dir / "soup" / model / "checkpoint.pt"
         if not path.is_file():
@@ -80,7 +83,11 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
     run = _read(run_dir / "run.json", "a segtune run folder")
     spec = load_spec(run_dir / "spec.yaml")
     name, path = weights_path(run_dir, model)
-    state = load_checkpoint(path.parent)
+    if name == "best":  # downloaded first when in an object store
+        best = _read(run_dir / "summary.json", "a finished segtune run folder")["best"]
+        state = load_run_checkpoint(run_dir, best["checkpoint"])
+    else:
+        state = load_checkpoint(Path(path).parent)
     ds = open_dataset(spec.data, run["data_root"])
     cases = ds.subset(run["split"][split])
     out = Path(out_dir) if out_dir else run_dir / "eval" / f"{name}-{split}"

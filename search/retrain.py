@@ -21,6 +21,7 @@ from typing import Any
 
 from search.soup import SoupError, write_json, write_text
 from search.spec import Spec
+from search.storage import load_run_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +119,26 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     from ray import tune
 
     from search.spec import load_spec
+    from search.storage import (
+        experiment_location,
+        is_uri,
+        join,
+        newest_experiment_state,
+        relative,
+    )
     from search.tracking import Tracker
     from search.tuner import JobCallback
 
     run_dir = Path(run_dir)
     out = run_dir / name
-    if out.exists():
-        raise SoupError(f"{out}: exists (these jobs ran already); remove it to run them again")
+    # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object
+    # store, `<storage>/<run>/<name>`.
+    location = experiment_location(run_dir)
+    stored = is_uri(location) and newest_experiment_state(join(location, name)) is not None
+    if out.exists() or stored:
+        where = join(location, name) if stored else out
+        raise SoupError(f"{where}: exists (these jobs ran already); remove it to run them "
+                        "again")
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     tracker = Tracker(run["tracking_uri"], run["experiment"], run["name"], run_dir)
@@ -136,7 +150,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent,
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(run_dir.resolve()), verbose=0,
+            name=name, storage_path=location, verbose=0,
             callbacks=[JobCallback(tracker, spec, jobs, kind)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures)))
@@ -151,8 +165,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
             metrics = result.metrics or {}
             records[job] = {**{k: v for k, v in jobs[job].items() if k != "split"},
                             "status": "error" if result.error else "finished",
-                            "checkpoint": (str(Path(result.checkpoint.path).resolve()
-                                               .relative_to(run_dir.resolve()))
+                            "checkpoint": (relative(result.checkpoint.path, location)
                                            if result.checkpoint else None),
                             "scores": {k: v for k, v in metrics.items()
                                        if k.startswith("final/")}}
@@ -189,7 +202,6 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     """Retrain the `top_k` best configurations (or a named one) on each of `folds` folds of
     the run's train and validation cases; score each fold's models on that fold's validation
     cases (and the held-out test cases); with several configurations, soup them per fold."""
-    from train_fn.checkpoint import load_checkpoint
     from train_fn.datasets import fold_splits
 
     run_dir = Path(run_dir)
@@ -215,7 +227,7 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     results["test_dice"] = aggregate(single, "final/test_dice")
     if len(chosen) > 1:
         candidates = {k: [(r["trial"], r["scores"]["final/val_dice"],
-                           (lambda p=run_dir / r["checkpoint"]: load_checkpoint(p)["model"]))
+                           (lambda p=r["checkpoint"]: load_run_checkpoint(run_dir, p)["model"]))
                           for r in records.values() if r["fold"] == k
                           and r["status"] == "finished" and r["checkpoint"]]
                       for k in range(folds)}
@@ -228,7 +240,6 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
     checkpoint) and its fold models' test scores, as mean and std over folds; with top_k > 1,
     uniform and greedy soups per fold of the top_k trials that ran every fold."""
     from search.spec import load_spec
-    from train_fn.checkpoint import load_checkpoint
     from train_fn.data import load_volumes, open_dataset
     from train_fn.datasets import fold_splits
     from train_fn.loop import pick_device
@@ -246,7 +257,7 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
     if not full:
         raise SoupError(f"{run_dir}: no trial ran every fold")
     chosen = full[:top_k]
-    best = load_checkpoint(run_dir / chosen[0]["checkpoint"])
+    best = load_run_checkpoint(run_dir, chosen[0]["checkpoint"])
     val = [{f"final/{k}": v for k, v in f["metrics"].items()
             if k.startswith(("val_dice", "val_hd95"))} for f in best["folds"]]
     ds = open_dataset(spec.data, run["data_root"])
@@ -272,10 +283,10 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
         for k in range(spec.cv.folds):
             candidates[k] = []
             for t in chosen:
-                path = run_dir / t["checkpoint"]
-                score = load_checkpoint(path)["folds"][k]["metrics"]["val_dice"]
+                path = t["checkpoint"]
+                score = load_run_checkpoint(run_dir, path)["folds"][k]["metrics"]["val_dice"]
                 candidates[k].append((t["trial_id"], score, (
-                    lambda p=path, k=k: load_checkpoint(p)["folds"][k]["model"])))
+                    lambda p=path, k=k: load_run_checkpoint(run_dir, p)["folds"][k]["model"])))
         results["soups"] = fold_soups(run_dir, candidates, splits)
     return _finish(run_dir, "crossval-every", results, "val")
 
@@ -336,7 +347,7 @@ def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> di
     from search.tracking import Tracker
 
     out = run_dir / name
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # Ray made it, unless its jobs went to a bucket
     write_json(out / "results.json", results)
     table = format_results(results, split)
     write_text(out / "results.md", table + "\n")

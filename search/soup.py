@@ -145,7 +145,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     import torch
 
     from search.spec import load_spec
-    from train_fn.checkpoint import load_checkpoint, save_checkpoint
+    from search.storage import load_run_checkpoint
+    from train_fn.checkpoint import save_checkpoint
     from train_fn.data import PatchSampler, load_volumes, open_dataset
     from train_fn.loop import BN_EPOCH, pick_device
     from train_fn.metrics import evaluate
@@ -197,7 +198,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         return evaluate(model, volumes, spec.train, device, ds.regions, with_hd95=hd)
 
     best = ranked[0]
-    best_state = load_checkpoint(run_dir / best["checkpoint"])
+    best_state = load_run_checkpoint(run_dir, best["checkpoint"])
     test_dice, test_per_class, test_hd95 = judge(best_state["model"], test, hd=True)
     summary["best"] = {
         "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
@@ -215,13 +216,13 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         # Lineage first (one checkpoint in memory at a time), then weights on demand.
         lineages = {}
         for t in chosen:
-            state = load_checkpoint(run_dir / t["checkpoint"], mmap=True)  # no tensor read
+            state = load_run_checkpoint(run_dir, t["checkpoint"], mmap=True)  # no tensor read
             lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
             del state
         check_ingredients(lineages)
-        paths = {t["trial_id"]: run_dir / t["checkpoint"] for t in chosen}
-        # Mapped: only the weights' pages are read, never the optimizer state beside them.
-        weights = [(tid, (lambda p=path: load_checkpoint(p, mmap=True)["model"]))
+        # From an object store, each is downloaded when needed and its copy deleted after.
+        paths = {t["trial_id"]: t["checkpoint"] for t in chosen}
+        weights = [(tid, (lambda p=path: load_run_checkpoint(run_dir, p, mmap=True)["model"]))
                    for tid, path in paths.items()]
         lineage = {k: lineages[best["trial_id"]][k] for k in LINEAGE_KEYS}
         out = run_dir / "soup"

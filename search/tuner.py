@@ -172,12 +172,13 @@ class JobCallback(MlflowCallback):
         self.tracker.end_trial(trial.trial_id, "FINISHED", note="completed")
 
 
-def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, run_dir: Path
+def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, location: str
                   ) -> tune.Tuner:
-    """The interrupted search in `run_dir`, to continue: finished trials stay, unfinished and
-    errored ones resume from their last checkpoint (errored ones count against
-    `search.max_failures` again). Its MLflow callback comes back from Ray's saved state."""
-    return tune.Tuner.restore(str(run_dir.resolve()), _trial_fn(spec, split, data_root),
+    """The interrupted search whose Ray experiment is at `location` (the run folder, or a
+    URI in an object store), to continue: finished trials stay, unfinished and errored ones
+    resume from their last checkpoint (errored ones count against `search.max_failures`
+    again). Its MLflow callback comes back from Ray's saved state."""
+    return tune.Tuner.restore(location, _trial_fn(spec, split, data_root),
                               resume_unfinished=True, resume_errored=True)
 
 
@@ -192,11 +193,14 @@ def _trial_name(trial) -> str:
 
 
 def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: str,
-               storage: Path, callbacks: list[Callback]) -> tune.Tuner:
+               storage: str | Path, callbacks: list[Callback]) -> tune.Tuner:
     """The `Tuner` for a spec: OptunaSearch over `define_by_run(spec)` with the spec's seeded
-    sampler, ASHA (or FIFO) on epochs, a concurrency limit and per-trial resources."""
+    sampler, ASHA (or FIFO) on epochs, a concurrency limit and per-trial resources. `storage`
+    is a local folder or an object-store URI (`s3://bucket/prefix`)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from search.storage import is_uri
 
     s = spec.search
     if s.scheduler == "asha":
@@ -223,7 +227,8 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage.resolve()), callbacks=callbacks, verbose=0,
+            name=name, callbacks=callbacks, verbose=0,
+            storage_path=str(storage) if is_uri(storage) else str(Path(storage).resolve()),
             # With cv.mode every the last checkpoint holds every fold: keep the latest.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if spec.cv.every else
             tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s.metric,
@@ -241,8 +246,12 @@ def searched_config(config: dict[str, Any], spec: Spec) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k in keys}
 
 
-def trial_records(results: tune.ResultGrid, run_dir: Path, spec: Spec) -> list[dict[str, Any]]:
-    """One record per trial: id, status, config, the best epoch's metrics and checkpoint."""
+def trial_records(results: tune.ResultGrid, location: str | Path, spec: Spec
+                  ) -> list[dict[str, Any]]:
+    """One record per trial: id, status, config, the best epoch's metrics and checkpoint
+    (relative to the experiment `location`: the run folder or its object-store URI)."""
+    from search.storage import relative
+
     epochs = budget(spec)
     records = []
     for result in results:
@@ -275,8 +284,7 @@ def trial_records(results: tune.ResultGrid, run_dir: Path, spec: Spec) -> list[d
             "val_hd95_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
                                    if k.startswith("val_hd95/")},
             "best_epoch": best.get("epoch"),
-            "checkpoint": (str(Path(best_path).resolve().relative_to(run_dir.resolve()))
-                           if best_path else None),
+            "checkpoint": relative(best_path, str(location)) if best_path else None,
             "error": _error_line(result.error),
         })
     records.sort(key=lambda r: -1 if r["val_dice"] is None else r["val_dice"], reverse=True)

@@ -33,3 +33,33 @@ def phantom_root():
     from train_fn.phantom import write_phantom_dataset
 
     return write_phantom_dataset(Path(os.environ["SEGTUNE_CACHE"]) / "unit-n6", 6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """An in-process S3 server (moto) on a free loopback port; the environment variables that
+    point pyarrow, boto3 and Ray's workers at it (no real credentials needed)."""
+    import socket
+
+    server_mod = pytest.importorskip("moto.server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_env, monkeypatch):
+    """A fresh, empty bucket on the test S3 server, with its environment set; its name."""
+    import uuid
+
+    boto3 = pytest.importorskip("boto3")
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    name = f"segtune-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,143 @@
+"""Where a run's files live. segtune's own files (spec, run.json, summary, soups, eval) are
+always in a local run folder; Ray's experiment (trial checkpoints, experiment state) is in
+that folder too, or, with an object-store `--storage` such as `s3://bucket/prefix`, at
+`<storage>/<name>` in the store, read and written through `pyarrow.fs`.
+
+Credentials and endpoints come from the environment as for any pyarrow user
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` for MinIO or Ceph, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class StorageError(ValueError):
+    """An object store that cannot be reached or written."""
+
+
+def is_uri(storage: str | Path | None) -> bool:
+    """True for `s3://...`, `gs://...` and any other `scheme://` location."""
+    return storage is not None and bool(_URI.match(str(storage)))
+
+
+def _filesystem(location: str | Path):
+    """(pyarrow filesystem, path inside it) of a URI or a local path."""
+    from pyarrow import fs
+
+    if is_uri(location):
+        return fs.FileSystem.from_uri(str(location))
+    return fs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def check_storage(uri: str) -> None:
+    """Fail early, in one line, when the bucket of `uri` is missing or unreachable."""
+    try:
+        filesystem, path = _filesystem(uri)
+        bucket = path.split("/", 1)[0]
+        info = filesystem.get_file_info(bucket)
+    except Exception as err:  # pyarrow raises OSError or ArrowInvalid, with the cause
+        message = " ".join(str(err).split())
+        raise StorageError(f"--storage {uri}: cannot reach the object store ({message}); "
+                           "check the credentials and endpoint in the environment "
+                           "(AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)") from None
+    from pyarrow import fs
+
+    if info.type == fs.FileType.NotFound:
+        raise StorageError(f"--storage {uri}: bucket {bucket!r} does not exist (create it "
+                           "first; segtune does not create buckets)")
+
+
+def experiment_location(run_dir: str | Path) -> str:
+    """Ray's experiment of a run: `<storage URI>/<name>` when run.json records an
+    object-store storage, else the run folder itself."""
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if info.get("storage_uri"):
+        return join(info["storage_uri"], info["name"])
+    return str(run_dir.resolve())
+
+
+def join(location: str, *parts: str) -> str:
+    """`location/part/...` for a URI or a local path."""
+    if is_uri(location):
+        return "/".join([location.rstrip("/"), *parts])
+    return str(Path(location, *parts))
+
+
+def relative(path: str, location: str) -> str:
+    """`path` (as Ray reports a checkpoint: local, or inside the store without the scheme)
+    relative to the experiment `location`."""
+    if is_uri(location):
+        return str(PurePosixPath(path).relative_to(_path_in_store(location)))
+    return str(Path(path).resolve().relative_to(Path(location).resolve()))
+
+
+def _path_in_store(uri: str) -> str:
+    """The path pyarrow gives to `uri` inside its filesystem, without asking the store (for
+    buckets, `bucket/prefix`; for others, the path after the host)."""
+    parts = urlsplit(uri)
+    path = parts.netloc + parts.path if parts.scheme in BUCKET_SCHEMES else parts.path
+    return path.strip("/")
+
+
+def newest_experiment_state(location: str) -> dict[str, Any] | None:
+    """The newest `experiment_state-*.json` of a Ray experiment (newest by the timestamp in
+    the name: after a restore Ray writes a new file and still touches the old one)."""
+    from pyarrow import fs
+
+    filesystem, root = _filesystem(location)
+    try:
+        infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return None
+    states = sorted((i.path for i in infos if i.type == fs.FileType.File
+                     and PurePosixPath(i.path).name.startswith("experiment_state-")
+                     and i.path.endswith(".json")), key=lambda p: PurePosixPath(p).name)
+    if not states:
+        return None
+    with filesystem.open_input_stream(states[-1]) as stream:
+        return json.loads(stream.read().decode())
+
+
+@contextmanager
+def checkpoint_folder(run_dir: str | Path, checkpoint: str) -> Iterator[Path]:
+    """A local folder holding a run's checkpoint (`checkpoint` relative to its experiment):
+    the folder itself on local storage; a temporary download from an object store (deleted
+    on exit, so a soup holds one ingredient on disk and in memory at a time)."""
+    location = experiment_location(run_dir)
+    if not is_uri(location):
+        yield Path(location) / checkpoint
+        return
+    from pyarrow import fs
+
+    source = join(location, checkpoint)
+    with tempfile.TemporaryDirectory(prefix="segtune-ckpt-") as folder:
+        try:
+            fs.copy_files(source, folder)
+        except Exception as err:
+            raise FileNotFoundError(f"{source}: no checkpoint "
+                                    f"({' '.join(str(err).split())})") from None
+        yield Path(folder)
+
+
+def load_run_checkpoint(run_dir: str | Path, checkpoint: str, mmap: bool = False
+                        ) -> dict[str, Any]:
+    """Load a run's checkpoint (relative to its experiment) wherever it is stored. `mmap`
+    maps a local file (only the tensors touched are read); a download is read whole."""
+    from train_fn.checkpoint import load_checkpoint
+
+    with checkpoint_folder(run_dir, checkpoint) as folder:
+        local = not is_uri(experiment_location(run_dir))
+        return load_checkpoint(folder, mmap=mmap and local)

@@ -1,0 +1,134 @@
+"""The real CLI with `--storage s3://...`: checkpoints and Ray's experiment state in an S3
+bucket (moto's server, in-process), segtune's own files in a local run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args, env):
+    # --address local: a Ray of our own, whose workers inherit the S3 environment, even when
+    # another Ray runs on this machine.
+    return subprocess.run([sys.executable, "-m", "search", *args, *(
+        ["--address", "local"] if args[0] == "run" else [])], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=900)
+
+
+def keys(bucket, prefix):
+    import boto3
+
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                         Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+@pytest.fixture(scope="module")
+def s3_run(tmp_path_factory, s3_env):
+    import boto3
+
+    os.environ.update(s3_env)  # for boto3 here; the subprocesses get it explicitly
+    boto3.client("s3").create_bucket(Bucket="segtune")
+    local = tmp_path_factory.mktemp("local")
+    env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled"}
+    proc = cli("run", "spaces/smoke.yaml", "--storage", "s3://segtune/runs", "--local-dir",
+               str(local), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return local / "smoke", env, proc
+
+
+def test_checkpoints_go_to_the_bucket_and_results_to_the_local_folder(s3_run):
+    run_dir, _, proc = s3_run
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["storage_uri"] == "s3://segtune/runs"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert len(summary["trials"]) == 2
+    stored = keys("segtune", "runs/smoke/")
+    for trial in summary["trials"]:
+        assert trial["checkpoint"].startswith(f"trial_{trial['trial_id']}/checkpoint_")
+        assert f"runs/smoke/{trial['checkpoint']}/checkpoint.pt" in stored
+        assert not (run_dir / trial["checkpoint"]).exists()  # nothing of Ray's locally
+    assert any(k.startswith("runs/smoke/experiment_state-") for k in stored)
+    assert not list(run_dir.glob("experiment_state-*"))
+    # The soups were made from the downloaded checkpoints and saved locally.
+    for kind in ("uniform", "greedy"):
+        assert 0 <= summary["soups"][kind]["test_dice"] <= 1
+        assert (run_dir / summary["soups"][kind]["weights"]).is_file()
+    assert len(summary["soups"]["uniform"]["ingredients"]) == 2
+    assert summary["best"]["test_dice"] >= 0
+    assert (run_dir.parent / "mlflow.db").is_file()  # the default MLflow store is local
+    assert "checkpoints in s3://segtune/runs/smoke" in proc.stderr
+
+
+def test_evaluate_and_soup_read_checkpoints_from_the_bucket(s3_run):
+    run_dir, env, _ = s3_run
+    proc = cli("evaluate", str(run_dir), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "eval" / "best-test" / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert result["segtune"]["checkpoint"] == \
+        f"s3://segtune/runs/smoke/{summary['best']['checkpoint']}/checkpoint.pt"
+    assert len(list((run_dir / "eval" / "best-test" / "predictions").glob("*.nii.gz"))) == \
+        len(result["segtune"]["cases"]) > 0
+    proc = cli("soup", str(run_dir), "--top-k", "1", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["soups"]["uniform"]["ingredients"] == [summary["best"]["trial_id"]]
+    assert summary["soups"]["uniform"]["test_dice"] == pytest.approx(summary["best"]["test_dice"])
+
+
+def test_crossval_jobs_checkpoint_to_the_bucket_and_soup_from_it(s3_run):
+    run_dir, env, _ = s3_run
+    proc = cli("crossval", str(run_dir), "--folds", "2", "--top-k", "2", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "crossval-2folds-top2" / "results.json").read_text())
+    assert len(results["jobs"]) == 4
+    stored = keys("segtune", "runs/smoke/crossval-2folds-top2/")
+    for job in results["jobs"].values():
+        assert job["status"] == "finished"
+        assert job["checkpoint"].startswith("crossval-2folds-top2/")
+        assert f"runs/smoke/{job['checkpoint']}/checkpoint.pt" in stored
+    # The per-fold soups were averaged from checkpoints downloaded from the bucket.
+    assert results["soups"]["greedy"]["val_dice"]["mean"]["n"] == 2
+    assert "greedy soup" in proc.stdout
+
+
+def test_an_interrupted_s3_search_resumes(tmp_path, s3_env, bucket):
+    local = tmp_path / "local"
+    args = ["spaces/smoke.yaml", "--storage", f"s3://{bucket}/runs", "--local-dir", str(local),
+            "--name", "resumed", "--set", "train.epochs=4", "--set", "search.scheduler=fifo",
+            "--set", "search.num_trials=3", "--set", "lr_finder.enabled=false"]
+    env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "search", "run", *args, "--address", "local"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    started = []
+    for line in proc.stderr:  # interrupt once the third trial starts (a slot came free)
+        if "search.tuner: trial " in line:
+            trial_id = line.split("trial ")[1].split()[0]
+            if trial_id not in started:
+                started.append(trial_id)
+            if len(started) == 3:
+                break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=300) == 130
+    assert f"--storage s3://{bucket}/runs --local-dir {local} --resume" in rest
+    assert not (local / "resumed" / "summary.json").exists()
+
+    again = cli("run", *args, "--resume", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((local / "resumed" / "summary.json").read_text())
+    assert len(summary["trials"]) == 3
+    assert {t["status"] for t in summary["trials"]} == {"completed"}
+    stored = keys(bucket, "runs/resumed/")
+    for trial in summary["trials"]:
+        assert f"runs/resumed/{trial['checkpoint']}/checkpoint.pt" in stored

@@ -1,0 +1,156 @@
+"""search.storage against a local folder and an in-process S3 server (moto)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT
+
+from search.cli import main
+from search.storage import (
+    StorageError,
+    check_storage,
+    experiment_location,
+    is_uri,
+    join,
+    load_run_checkpoint,
+    newest_experiment_state,
+    relative,
+)
+from train_fn.checkpoint import save_checkpoint
+
+SMOKE = str(ROOT / "spaces" / "smoke.yaml")
+
+
+@pytest.mark.parametrize("storage, expected", [
+    ("s3://bucket/runs", True), ("gs://bucket", True), ("hdfs://host:9000/x", True),
+    ("runs", False), ("/abs/runs", False), ("./s3:/x", False), (None, False),
+])
+def test_is_uri(storage, expected):
+    assert is_uri(storage) is expected
+
+
+def test_join_and_relative():
+    assert join("s3://b/runs/", "smoke", "trial_1") == "s3://b/runs/smoke/trial_1"
+    # Ray reports checkpoint paths inside the store without the scheme.
+    assert relative("b/runs/smoke/trial_1/checkpoint_000002", "s3://b/runs/smoke") == \
+        "trial_1/checkpoint_000002"
+    with pytest.raises(ValueError):
+        relative("other/runs/smoke/trial_1", "s3://b/runs/smoke")
+
+
+def write_run(run_dir, storage_uri=None):
+    run_dir.mkdir(parents=True)
+    info = {"name": run_dir.name, **({"storage_uri": storage_uri} if storage_uri else {})}
+    (run_dir / "run.json").write_text(json.dumps(info))
+
+
+def test_local_run_reads_its_own_folder(tmp_path):
+    run_dir = tmp_path / "smoke"
+    write_run(run_dir)
+    assert experiment_location(run_dir) == str(run_dir.resolve())
+    save_checkpoint(run_dir / "trial_a" / "checkpoint_000001", {"epoch": 3})
+    assert load_run_checkpoint(run_dir, "trial_a/checkpoint_000001") == {"epoch": 3}
+    assert newest_experiment_state(str(run_dir)) is None
+    for stamp, status in (("2026-01-01_10-00-00", "RUNNING"), ("2026-01-02_10-00-00", "DONE")):
+        (run_dir / f"experiment_state-{stamp}.json").write_text(json.dumps({"s": status}))
+    assert newest_experiment_state(str(run_dir)) == {"s": "DONE"}
+
+
+def test_object_store_run_downloads_checkpoints_and_reads_state(tmp_path, bucket):
+    import boto3
+
+    client = boto3.client("s3")
+    ckpt = tmp_path / "upload"
+    save_checkpoint(ckpt, {"model": {"w": torch.ones(2)}, "epoch": 2})
+    client.upload_file(str(ckpt / "checkpoint.pt"), bucket,
+                       "runs/smoke/trial_a/checkpoint_000001/checkpoint.pt")
+    for stamp, status in (("2026-01-02_10-00-00", "new"), ("2026-01-01_10-00-00", "old")):
+        client.put_object(Bucket=bucket, Key=f"runs/smoke/experiment_state-{stamp}.json",
+                          Body=json.dumps({"s": status}).encode())
+    run_dir = tmp_path / "local" / "smoke"
+    write_run(run_dir, f"s3://{bucket}/runs")
+    location = experiment_location(run_dir)
+    assert location == f"s3://{bucket}/runs/smoke"
+    state = load_run_checkpoint(run_dir, "trial_a/checkpoint_000001")
+    assert state["epoch"] == 2 and torch.equal(state["model"]["w"], torch.ones(2))
+    assert newest_experiment_state(location) == {"s": "new"}
+    assert newest_experiment_state(f"s3://{bucket}/nothing/here") is None
+    with pytest.raises(FileNotFoundError, match="trial_b/checkpoint_000001: no checkpoint"):
+        load_run_checkpoint(run_dir, "trial_b/checkpoint_000001")
+
+
+def test_check_storage_accepts_a_bucket_and_names_a_missing_one(bucket):
+    check_storage(f"s3://{bucket}/runs")  # the prefix need not exist yet
+    with pytest.raises(StorageError, match=r"^--storage s3://no-such-bucket/runs: bucket "
+                       r"'no-such-bucket' does not exist"):
+        check_storage("s3://no-such-bucket/runs")
+
+
+def test_check_storage_names_an_unreachable_endpoint(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with pytest.raises(StorageError) as err:
+        check_storage("s3://bucket/runs")
+    message = str(err.value)
+    assert message.startswith("--storage s3://bucket/runs: cannot reach the object store (")
+    assert "Could not connect" in message and "\n" not in message
+
+
+def test_cli_refuses_a_missing_bucket_before_anything_runs(tmp_path, bucket, capsys):
+    local = tmp_path / "local"
+    assert main(["run", SMOKE, "--storage", "s3://no-such-bucket/runs",
+                 "--local-dir", str(local)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("segtune: error: --storage s3://no-such-bucket/runs: bucket "
+                   "'no-such-bucket' does not exist (create it first; segtune does not create "
+                   "buckets)\n")
+    assert not local.exists()  # nothing prepared, nothing written
+
+
+def test_local_dir_needs_an_object_store(tmp_path, capsys):
+    assert main(["run", SMOKE, "--storage", str(tmp_path), "--local-dir", "x"]) == 2
+    assert "--local-dir x: only with an object-store --storage" in capsys.readouterr().err
+
+
+def test_dry_run_shows_both_places(tmp_path, capsys):
+    assert main(["run", SMOKE, "--storage", "s3://b/runs", "--local-dir", str(tmp_path),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"run folder: {tmp_path / 'smoke'}" in out
+    assert "checkpoints: s3://b/runs/smoke" in out
+    assert f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}" in out
+
+
+def test_cli_refuses_an_experiment_already_in_the_store(tmp_path, bucket, capsys):
+    import boto3
+
+    boto3.client("s3").put_object(Bucket=bucket, Body=b"{}",
+                                  Key="runs/smoke/experiment_state-2026-01-01_10-00-00.json")
+    local = tmp_path / "local"
+    assert main(["run", SMOKE, "--storage", f"s3://{bucket}/runs", "--local-dir", str(local)]) \
+        == 2
+    assert (f"s3://{bucket}/runs/smoke: a Ray experiment named 'smoke' is already in the "
+            "store; pick another --name or --storage") in capsys.readouterr().err
+    assert not local.exists()
+
+
+def test_retrain_refuses_jobs_already_in_the_store(tmp_path, bucket):
+    import boto3
+
+    from search.retrain import run_jobs
+    from search.soup import SoupError
+
+    boto3.client("s3").put_object(
+        Bucket=bucket, Body=b"{}",
+        Key="runs/smoke/repeat-a-seeds-1-2/experiment_state-2026-01-01_10-00-00.json")
+    run_dir = tmp_path / "local" / "smoke"
+    write_run(run_dir, f"s3://{bucket}/runs")
+    with pytest.raises(SoupError, match=rf"^s3://{bucket}/runs/smoke/repeat-a-seeds-1-2: exists "
+                       r"\(these jobs ran already\)"):
+        run_jobs(run_dir, "repeat", {}, "repeat-a-seeds-1-2")
+    assert not (run_dir / "repeat-a-seeds-1-2").exists()
