@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -130,6 +131,12 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
             if getattr(context, "dashboard_url", None):
                 logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>)",
                             context.dashboard_url, context.dashboard_url)
+        try:
+            check_resources(spec)
+        except SpecError:
+            if not resume:  # nothing ran: leave no run folder behind to block a rerun
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         if resume:
             tuner = restore_tuner(spec, split, str(data_root), location)
         else:
@@ -165,6 +172,32 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
         raise
     finally:
         tracker.close_all(status)
+
+
+def check_resources(spec: Spec) -> None:
+    """Refuse a search whose trials no node of the Ray cluster can host: Ray Tune would keep
+    them pending forever, with a warning a minute. On an autoscaling cluster the nodes may
+    still come: then only warn."""
+    import ray
+
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+        return
+    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes)
+    text = (f"resources: each trial asks for {need['CPU']:g} CPUs (resources.cpu) and "
+            f"{need['GPU']:g} GPUs (resources.gpu), but no node of the Ray cluster has as "
+            f"many ({len(nodes)} node(s): {have or 'none'})")
+    try:
+        from ray.tune.execution.cluster_info import _is_ray_cluster  # Tune's own test
+
+        autoscaling = _is_ray_cluster()
+    except ImportError:
+        autoscaling = False
+    if autoscaling:
+        logger.warning("%s; waiting for the autoscaler to add one", text)
+        return
+    raise SpecError(f"{text}: lower them, or start Ray on nodes that have them")
 
 
 def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,

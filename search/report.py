@@ -46,6 +46,9 @@ def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
     short = [k.rsplit(".", 1)[-1] for k in searched]
     out = ["Trials (validation Dice of each trial's best epoch):"]
     out += _table(["trial", "status", "epochs", "val_dice", *classes, *short], rows)
+    errors = [t for t in summary["trials"] if t.get("error")]
+    if errors:
+        out += ["", "Errors:"] + [f"  {t['trial_id']}: {t['error']}" for t in errors]
     best = summary.get("best")
     if best:
         out += ["", "Held-out test split (not used for any selection):"]

@@ -165,8 +165,10 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     ranked = [t for t in summary["trials"] if t.get("status") != "error"
               and t.get("checkpoint") and t.get("val_dice") is not None]
     if not ranked:
+        errors = sorted({t["error"] for t in summary["trials"] if t.get("error")})
         raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint without "
-                        "erroring")
+                        "erroring" + (f"; the trials' errors: {' | '.join(errors)}"
+                                      if errors else ""))
     ranked.sort(key=lambda t: t["val_dice"], reverse=True)
 
     ds = open_dataset(spec.data, run["data_root"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -151,8 +152,9 @@ def test_a_failing_trial_is_retried_from_its_checkpoint(tmp_path):
 
 
 def test_a_trial_that_keeps_failing_is_failed_and_the_search_goes_on(tmp_path):
+    # It keeps running out of memory: a clear error of that trial, never a hang.
     storage = tmp_path / "runs"
-    env_fault = f"epoch=2,times=9,dir={tmp_path / 'faults'},trials=1"
+    env_fault = f"epoch=2,times=9,dir={tmp_path / 'faults'},trials=1,kind=oom"
     proc = subprocess.run(
         [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage", str(storage),
          "--name", "failing", "--set", "search.max_failures=1",
@@ -163,14 +165,31 @@ def test_a_trial_that_keeps_failing_is_failed_and_the_search_goes_on(tmp_path):
     summary = json.loads((storage / "failing" / "summary.json").read_text())
     by_status = {t["status"]: t for t in summary["trials"]}
     assert set(by_status) == {"completed", "error"}
-    assert by_status["error"]["error"] == "RuntimeError: injected fault at epoch 2 (SEGTUNE_FAULT)"
+    error = ("OutOfMemory: out of memory in epoch 2 (training): lower train.batch_size (2), "
+             "train.patch_size ([32, 32, 16]), or run fewer trials at a time "
+             "(search.max_concurrent 2) [injected out of memory at epoch 2 (SEGTUNE_FAULT)]")
+    assert by_status["error"]["error"] == error
     assert summary["best"]["trial_id"] == by_status["completed"]["trial_id"]
     _, parents, children, _ = runs_by_trial(storage, "failing")
     assert children[by_status["error"]["trial_id"]].info.status == "FAILED"
     assert children[by_status["error"]["trial_id"]].data.tags["segtune.retries"] == "1"
     assert children[by_status["completed"]["trial_id"]].info.status == "FINISHED"
     assert parents[0].info.status == "FINISHED"
-    assert "error" in proc.stdout  # the table lists the failed trial
+    assert f"Errors:\n  {by_status['error']['trial_id']}: {error}" in proc.stdout
+
+
+def test_trials_no_node_can_host_are_refused_not_left_pending(tmp_path):
+    # Ray Tune would keep them pending forever; the local Ray here has no GPU.
+    storage = tmp_path / "runs"
+    proc = cli("run", "spaces/smoke.yaml", "--storage", str(storage), "--name", "gpu",
+               "--set", "resources.gpu=0.5", "--set", "lr_finder.enabled=false")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert re.fullmatch(
+        r"segtune: error: resources: each trial asks for 1 CPUs \(resources.cpu\) and 0.5 GPUs "
+        r"\(resources.gpu\), but no node of the Ray cluster has as many \(1 node\(s\): "
+        r"\d+ CPUs, 0 GPUs\): lower them, or start Ray on nodes that have them",
+        proc.stderr.strip().splitlines()[-1])
+    assert not (storage / "gpu").exists()  # a rerun with the fix may use the same name
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])

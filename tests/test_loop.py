@@ -169,3 +169,38 @@ def test_fault_injection_only_for_the_first_trials(tmp_path, monkeypatch):
         inject_fault(1)
     monkeypatch.setenv("SEGTUNE_TRIAL_ID", "second")
     inject_fault(1)  # not one of the faulty trials
+
+
+def test_running_out_of_memory_is_a_clear_trial_error(phantom_root, split, tmp_path,
+                                                      monkeypatch):
+    from train_fn.loop import OutOfMemory
+
+    # The error torch raises when an allocation fails, at the end of epoch 1's training steps.
+    monkeypatch.setenv("SEGTUNE_FAULT", f"epoch=1,times=1,dir={tmp_path},kind=oom")
+    reports = []
+    with pytest.raises(OutOfMemory, match=r"^out of memory in epoch 1 \(training\): lower "
+                       r"train.batch_size \(2\), train.patch_size \(\[32, 32, 16\]\), or run "
+                       r"fewer trials at a time \(search.max_concurrent 2\) \[injected out of "
+                       r"memory at epoch 1"):
+        train(Spec.model_validate(TINY), split, phantom_root,
+              report=lambda m, s: reports.append(m))
+    assert reports == []  # the epoch that ran out is not reported as if it had finished
+
+
+def test_out_of_gpu_memory_names_the_trials_share_and_what_to_change():
+    from train_fn.loop import oom_message
+
+    err = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    shared = Spec.model_validate({**TINY, "resources": {"gpu": 0.25}})
+    text = oom_message(shared, 3, "validation", (80.0, 19.7), err)
+    assert text == (
+        "out of GPU memory in epoch 3 (validation): this trial's share of the GPU is "
+        "resources.gpu 0.25 (20.0 of 80.0 GiB, up to 4 trials per GPU), and the trial had "
+        "19.7 GiB allocated at its peak; run fewer trials per GPU (resources.gpu 0.5) or lower "
+        "train.batch_size (2), train.patch_size ([32, 32, 16]) or train.sw_batch_size (4) "
+        "[CUDA out of memory. Tried to allocate 2.00 GiB]")
+    whole = Spec.model_validate({**TINY, "resources": {"gpu": 1}})
+    assert oom_message(whole, 1, "training", (80.0, 79.5), err).startswith(
+        "out of GPU memory in epoch 1 (training): the GPU has 80.0 GiB, and the trial had "
+        "79.5 GiB allocated at its peak; lower train.batch_size (2), train.patch_size "
+        "([32, 32, 16]) [CUDA")

@@ -52,6 +52,53 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+class OutOfMemory(RuntimeError):
+    """A trial ran out of (GPU) memory: a clear failure of that trial, with what to change."""
+
+
+def share_gpu(spec: Spec, device: torch.device) -> None:
+    """With a fractional `resources.gpu`, cap this process's CUDA allocator at that fraction of
+    the GPU's memory: trials sharing a GPU then cannot starve each other, and the one that
+    needs more than its share fails itself (with `OutOfMemory`), not a random neighbour."""
+    share = spec.resources.gpu
+    if device.type == "cuda" and 0 < share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, device)
+
+
+def out_of_memory(spec: Spec, device: torch.device, epoch: int, phase: str,
+                  err: BaseException) -> OutOfMemory:
+    """`err` (torch's out-of-memory error) as an `OutOfMemory` naming the settings to change."""
+    gib = None
+    if device.type == "cuda":
+        gib = (torch.cuda.get_device_properties(device).total_memory / 2**30,
+               torch.cuda.max_memory_allocated(device) / 2**30)
+    return OutOfMemory(oom_message(spec, epoch, phase, gib, err))
+
+
+def oom_message(spec: Spec, epoch: int, phase: str, gib: tuple[float, float] | None,
+                err: BaseException) -> str:
+    """What ran out, where, and what to change; `gib`: (GPU memory, the trial's peak) in GiB,
+    None on the CPU."""
+    t = spec.train
+    sizes = (f"train.batch_size ({t.batch_size}), train.patch_size ({list(t.patch_size)})"
+             + (f" or train.sw_batch_size ({t.sw_batch_size})" if phase == "validation" else ""))
+    if gib is None:
+        return (f"out of memory in epoch {epoch} ({phase}): lower {sizes}, or run fewer "
+                f"trials at a time (search.max_concurrent {spec.search.max_concurrent}) "
+                f"[{err}]")
+    total, peak = gib
+    share = spec.resources.gpu
+    if 0 < share < 1:
+        where = (f"this trial's share of the GPU is resources.gpu {share:g} ({share * total:.1f} "
+                 f"of {total:.1f} GiB, up to {int(1 / share)} trials per GPU)")
+        fix = f"run fewer trials per GPU (resources.gpu {min(1.0, 2 * share):g}) or lower {sizes}"
+    else:
+        where = f"the GPU has {total:.1f} GiB"
+        fix = f"lower {sizes}"
+    return (f"out of GPU memory in epoch {epoch} ({phase}): {where}, and the trial had "
+            f"{peak:.1f} GiB allocated at its peak; {fix} [{str(err)[:300]}]")
+
+
 def warmup_steps(spec: Spec) -> tuple[int, int]:
     """(warmup steps, total steps): warmup is a fraction of the whole training budget."""
     total = spec.train.epochs * spec.train.steps_per_epoch
@@ -71,10 +118,11 @@ def build_schedule(optimizer: torch.optim.Optimizer, spec: Spec):
 
 
 def inject_fault(epoch: int) -> None:
-    """Test hook for the failure path. With SEGTUNE_FAULT="epoch=E,times=N,dir=D[,trials=K]"
-    the first N attempts of a trial raise at the end of epoch E; with `trials`, only the first
-    K trials to get there are faulty. Attempts and claims are files in D. Unset in normal use.
-    """
+    """Test hook for the failure path. With SEGTUNE_FAULT="epoch=E,times=N,dir=D[,trials=K]
+    [,kind=oom]" the first N attempts of a trial raise at the end of epoch E (a RuntimeError,
+    or with `kind=oom` the error torch raises when memory runs out); with `trials`, only the
+    first K trials to get there are faulty. Attempts and claims are files in D. Unset in
+    normal use."""
     import os
 
     setting = os.environ.get("SEGTUNE_FAULT")
@@ -92,6 +140,9 @@ def inject_fault(epoch: int) -> None:
         return
     if len(list(folder.glob(f"{key}.attempt.*"))) < int(opts["times"]):
         (folder / f"{key}.attempt.{uuid.uuid4().hex}").touch()
+        if opts.get("kind") == "oom":
+            raise torch.OutOfMemoryError(f"injected out of memory at epoch {epoch} "
+                                         "(SEGTUNE_FAULT)")
         raise RuntimeError(f"injected fault at epoch {epoch} (SEGTUNE_FAULT)")
 
 
@@ -145,6 +196,7 @@ def train(
     t_start = time.perf_counter()
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
     device = pick_device(spec.train.device)
+    share_gpu(spec, device)
     amp = autocast_dtype(spec.train.precision, device)
     ds = data if isinstance(data, Dataset) else open_dataset(spec.data, data)
     shape = (len(ds.channels), ds.num_classes)
@@ -189,76 +241,85 @@ def train(
     logger.info("setup took %.1fs", time.perf_counter() - t_start)
 
     metrics: dict[str, Any] = {}
-    for epoch in range(start_epoch, spec.train.epochs):
-        model.train()
-        if kind.schedule_free:
-            optimizer.train()  # weights to y, the point gradients are taken at
-        # Accumulate on the device: no host sync per step.
-        loss_sum = torch.zeros((), device=device)
-        norm_sum = torch.zeros((), device=device)
-        for image, label in sampler.epoch(epoch, spec.train.steps_per_epoch,
-                                          spec.train.batch_size):
-            image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = deep_supervision_loss(loss_fn, net(image), label)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip and measure true gradients (no-op unless fp16)
-            # Measured before step(): Novograd divides p.grad in place.
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            # A step the fp16 scaler skips (inf/nan gradients) adds 0, not inf, to the mean.
-            norm_sum += norm.nan_to_num(0.0, 0.0, 0.0) if scaler.is_enabled() else norm
-            scaler.step(optimizer)
-            scaler.update()
-            if schedule is not None:
-                schedule.step()
-            loss_sum += loss.detach()
-        inject_fault(epoch + 1)
-        if not bool(torch.isfinite(loss_sum)):
-            # Diverged: the weights are no longer worth validating or saving. Report why and
-            # end the trial (one host sync per epoch, not per step).
-            metrics = {"epoch": epoch + 1, "loss": float(loss_sum) / spec.train.steps_per_epoch,
-                       "val_dice": 0.0, "stop_reason": "non-finite loss"}
-            logger.warning("epoch %d: non-finite training loss; stopping", epoch + 1)
+    epoch, phase = start_epoch, "training"
+    try:
+        for epoch in range(start_epoch, spec.train.epochs):
+            phase = "training"
+            model.train()
+            if kind.schedule_free:
+                optimizer.train()  # weights to y, the point gradients are taken at
+            # Accumulate on the device: no host sync per step.
+            loss_sum = torch.zeros((), device=device)
+            norm_sum = torch.zeros((), device=device)
+            for image, label in sampler.epoch(epoch, spec.train.steps_per_epoch,
+                                              spec.train.batch_size):
+                image = image.to(device, non_blocking=True)
+                label = label.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = deep_supervision_loss(loss_fn, net(image), label)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip and measure true gradients (no-op unless fp16)
+                # Measured before step(): Novograd divides p.grad in place.
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                # A step the fp16 scaler skips (inf/nan gradients) adds 0, not inf, to the mean.
+                norm_sum += norm.nan_to_num(0.0, 0.0, 0.0) if scaler.is_enabled() else norm
+                scaler.step(optimizer)
+                scaler.update()
+                if schedule is not None:
+                    schedule.step()
+                loss_sum += loss.detach()
+            inject_fault(epoch + 1)
+            if not bool(torch.isfinite(loss_sum)):
+                # Diverged: the weights are no longer worth validating or saving. Report why
+                # and end the trial (one host sync per epoch, not per step).
+                metrics = {"epoch": epoch + 1,
+                           "loss": float(loss_sum) / spec.train.steps_per_epoch,
+                           "val_dice": 0.0, "stop_reason": "non-finite loss"}
+                logger.warning("epoch %d: non-finite training loss; stopping", epoch + 1)
+                if report is not None:
+                    report(metrics, None)
+                return metrics
+            if kind.schedule_free:
+                # Weights to x, the averaged point: what is validated, saved and souped. Model and
+                # optimizer state are saved together in this mode.
+                optimizer.eval()
+                refresh_batchnorm(model, (x for x, _ in sampler.epoch(BN_EPOCH, bn_batches,
+                                                                      spec.train.batch_size)),
+                                  device)
+            phase = "validation"
+            val_dice, per_class, per_hd95 = evaluate(model, val_vols, spec.train, device,
+                                                     ds.regions, spec.train.val_hd95)
+            steps = spec.train.steps_per_epoch
+            metrics = {
+                "epoch": epoch + 1,
+                "loss": float(loss_sum) / steps,
+                "grad_norm": float(norm_sum) / steps,
+                "val_dice": val_dice,
+                **{f"val_dice/{name}": value for name, value in per_class.items()},
+                **{f"val_hd95/{name}": value for name, value in per_hd95.items()},
+                **{f"lr/{group['name']}": group.get("scheduled_lr", group["lr"])
+                   for group in optimizer.param_groups},
+            }
+            state = {
+                "format": 1,
+                "epoch": epoch + 1,
+                # Copies, not views of the live tensors: training goes on after the report.
+                "model": {k: v.detach().to("cpu", copy=True)
+                          for k, v in model.state_dict().items()},
+                "optimizer": copy.deepcopy(optimizer.state_dict()),
+                "scheduler": schedule.state_dict() if schedule is not None else {},
+                "scaler": scaler.state_dict(),
+                "metrics": metrics,
+                "config": spec.flat(),
+                "architecture": architecture(spec.model, *shape),
+                "init_seed": spec.model.init_seed,
+                "init_fingerprint": init_fingerprint,
+            }
             if report is not None:
-                report(metrics, None)
-            return metrics
-        if kind.schedule_free:
-            # Weights to x, the averaged point: what is validated, saved and souped. Model and
-            # optimizer state are saved together in this mode.
-            optimizer.eval()
-            refresh_batchnorm(model, (x for x, _ in sampler.epoch(BN_EPOCH, bn_batches,
-                                                                  spec.train.batch_size)),
-                              device)
-        val_dice, per_class, per_hd95 = evaluate(model, val_vols, spec.train, device,
-                                                 ds.regions, spec.train.val_hd95)
-        steps = spec.train.steps_per_epoch
-        metrics = {
-            "epoch": epoch + 1,
-            "loss": float(loss_sum) / steps,
-            "grad_norm": float(norm_sum) / steps,
-            "val_dice": val_dice,
-            **{f"val_dice/{name}": value for name, value in per_class.items()},
-            **{f"val_hd95/{name}": value for name, value in per_hd95.items()},
-            **{f"lr/{group['name']}": group.get("scheduled_lr", group["lr"])
-               for group in optimizer.param_groups},
-        }
-        state = {
-            "format": 1,
-            "epoch": epoch + 1,
-            # Copies, not views of the live tensors: training goes on after the report.
-            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "scheduler": schedule.state_dict() if schedule is not None else {},
-            "scaler": scaler.state_dict(),
-            "metrics": metrics,
-            "config": spec.flat(),
-            "architecture": architecture(spec.model, *shape),
-            "init_seed": spec.model.init_seed,
-            "init_fingerprint": init_fingerprint,
-        }
-        if report is not None:
-            report(metrics, state)
+                report(metrics, state)
+    except torch.OutOfMemoryError as err:
+        raise out_of_memory(spec, device, epoch + 1, phase, err) from err
     return metrics
 
 
