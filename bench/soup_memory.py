@@ -11,7 +11,7 @@ Files are in the page cache (written just before). Methods:
 
 - naive: `[load_checkpoint(p)["model"] for p in paths]`, then one `torch.stack(...).mean(0)`
   per tensor (what a hand-written script does);
-- stream: `search.soup.average` over `load_checkpoint(p)["model"]` loaders: a float64
+- stream: `search.soup.average` over `load_checkpoint(p)["model"]` loaders: a float32
   running sum, one checkpoint in memory at a time (optimizer state included, then dropped);
 - stream-mmap: the same with `load_checkpoint(p, mmap=True)`: only the weights' pages of each
   checkpoint are read (what `search.soup.finish` uses).

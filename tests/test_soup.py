@@ -87,3 +87,16 @@ def test_the_cli_and_driver_modules_start_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_running_sum_in_float32_matches_a_float64_mean_and_keeps_each_dtype():
+    gen = torch.Generator().manual_seed(0)
+    models = [{"w": torch.randn(4096, generator=gen) * 0.05 + 0.3,
+               "h": torch.randn(64, generator=gen).to(torch.bfloat16)} for _ in range(32)]
+    soup = average(models)
+    exact = torch.stack([m["w"].double() for m in models]).mean(0)
+    assert soup["w"].dtype == torch.float32 and soup["h"].dtype == torch.bfloat16
+    assert float((soup["w"].double() - exact).abs().max()) < 1e-6
+    exact_h = torch.stack([m["h"].double() for m in models]).mean(0)
+    # bf16 inputs are summed in float32: only the final rounding to bf16 remains.
+    torch.testing.assert_close(soup["h"], exact_h.to(torch.bfloat16), rtol=0, atol=0)
