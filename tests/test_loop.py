@@ -204,3 +204,24 @@ def test_out_of_gpu_memory_names_the_trials_share_and_what_to_change():
         "out of GPU memory in epoch 1 (training): the GPU has 80.0 GiB, and the trial had "
         "79.5 GiB allocated at its peak; lower train.batch_size (2), train.patch_size "
         "([32, 32, 16]) [CUDA")
+
+
+def test_fault_injection_per_trial_times_and_kinds(tmp_path, monkeypatch):
+    import torch
+
+    from train_fn.loop import inject_fault
+
+    monkeypatch.setenv("SEGTUNE_FAULT",
+                       f"epoch=1,times=1/2,kind=error/oom,dir={tmp_path},trials=2")
+    monkeypatch.setenv("SEGTUNE_TRIAL_ID", "first")
+    with pytest.raises(RuntimeError, match="injected fault") as caught:
+        inject_fault(1)
+    assert not isinstance(caught.value, torch.OutOfMemoryError)
+    inject_fault(1)  # the first trial fails once
+    monkeypatch.setenv("SEGTUNE_TRIAL_ID", "second")
+    for _ in range(2):
+        with pytest.raises(torch.OutOfMemoryError, match="injected out of memory"):
+            inject_fault(1)
+    inject_fault(1)
+    monkeypatch.setenv("SEGTUNE_TRIAL_ID", "third")
+    inject_fault(1)  # not one of the 2 faulty trials

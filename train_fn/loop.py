@@ -121,7 +121,8 @@ def inject_fault(epoch: int) -> None:
     """Test hook for the failure path. With SEGTUNE_FAULT="epoch=E,times=N,dir=D[,trials=K]
     [,kind=oom]" the first N attempts of a trial raise at the end of epoch E (a RuntimeError,
     or with `kind=oom` the error torch raises when memory runs out); with `trials`, only the
-    first K trials to get there are faulty. Attempts and claims are files in D. Unset in
+    first K trials to get there are faulty, and `times` and `kind` may give one value per
+    such trial (`times=1/9,kind=error/oom`). Attempts and claims are files in D. Unset in
     normal use."""
     import os
 
@@ -136,18 +137,22 @@ def inject_fault(epoch: int) -> None:
     folder = Path(opts["dir"])
     folder.mkdir(parents=True, exist_ok=True)
     key = os.environ.get("SEGTUNE_TRIAL_ID", "plain")
-    if "trials" in opts and not _claim(folder, key, int(opts["trials"])):
-        return
-    if len(list(folder.glob(f"{key}.attempt.*"))) < int(opts["times"]):
+    slot = 0
+    if "trials" in opts:
+        slot = _claim(folder, key, int(opts["trials"]))
+        if slot is None:
+            return
+    times, kinds = opts["times"].split("/"), opts.get("kind", "error").split("/")
+    if len(list(folder.glob(f"{key}.attempt.*"))) < int(times[min(slot, len(times) - 1)]):
         (folder / f"{key}.attempt.{uuid.uuid4().hex}").touch()
-        if opts.get("kind") == "oom":
+        if kinds[min(slot, len(kinds) - 1)] == "oom":
             raise torch.OutOfMemoryError(f"injected out of memory at epoch {epoch} "
                                          "(SEGTUNE_FAULT)")
         raise RuntimeError(f"injected fault at epoch {epoch} (SEGTUNE_FAULT)")
 
 
-def _claim(folder: Path, key: str, slots: int) -> bool:
-    """Whether `key` holds (or now takes) one of `slots` claim files."""
+def _claim(folder: Path, key: str, slots: int) -> int | None:
+    """The claim file of `slots` that `key` holds (or now takes), None if all are taken."""
     import os
 
     for i in range(slots):
@@ -156,12 +161,12 @@ def _claim(folder: Path, key: str, slots: int) -> bool:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             if path.read_text() == key:
-                return True
+                return i
             continue
         with os.fdopen(fd, "w") as f:
             f.write(key)
-        return True
-    return False
+        return i
+    return None
 
 
 def deep_supervision_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
