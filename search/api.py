@@ -178,10 +178,19 @@ def check_resources(spec: Spec) -> None:
     """Refuse a search whose trials no node of the Ray cluster can host: Ray Tune would keep
     them pending forever, with a warning a minute. On an autoscaling cluster the nodes may
     still come: then only warn."""
+    if spec.train.device == "cuda" and not spec.resources.gpu:
+        raise SpecError("train.device is cuda but resources.gpu is 0: a trial that asks Ray "
+                        "for no GPU may not use one (Ray would not count it, and every trial "
+                        "would land on the first GPU); set resources.gpu (1 per trial, or 0.5 "
+                        "/ 0.25 to share a GPU), or train.device auto or cpu")
     import ray
 
     need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    gpus = sum(node.get("GPU", 0) for node in nodes)
+    if gpus and not spec.resources.gpu and spec.train.device == "auto":
+        logger.warning("the Ray cluster has %g GPU(s) but resources.gpu is 0: trials train on "
+                       "CPU; set resources.gpu to train on GPUs (0.25: 4 trials per GPU)", gpus)
     if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
         return
     have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes)

@@ -56,11 +56,21 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
             save_checkpoint(folder, state)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    spec = granted_device(spec)
     if spec.cv.every:
         return _run_folds(spec, split, data_root, resume, report)
     if resume is None or resume["epoch"] < spec.train.epochs:
         train(spec, split, data_root, report=report, resume=resume)
     return last["state"]
+
+
+def granted_device(spec: Spec) -> Spec:
+    """`train.device: auto` in a trial that asked Ray for no GPU means the CPU: Ray leaves
+    CUDA_VISIBLE_DEVICES alone then, and every such trial would land, uncounted, on the first
+    GPU."""
+    if spec.train.device != "auto" or spec.resources.gpu:
+        return spec
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"device": "cpu"})})
 
 
 def budget(spec: Spec) -> int:

@@ -87,9 +87,31 @@ def test_soup_with_only_failed_trials(tmp_path, capsys):
 
     (tmp_path / "summary.json").write_text(json.dumps({"trials": [
         {"trial_id": "a", "status": "error", "checkpoint": "trial_a/checkpoint_000000",
-         "val_dice": 0.5}]}))
+         "val_dice": 0.5, "error": "OutOfMemory: out of GPU memory in epoch 1"}]}))
     (tmp_path / "run.json").write_text("{}")
     (tmp_path / "spec.yaml").write_text((ROOT / "spaces" / "smoke.yaml").read_text())
     with pytest.raises(SoupError, match="no trial finished an epoch with a checkpoint "
-                                        "without erroring"):
+                                        "without erroring; the trials' errors: OutOfMemory: "
+                                        "out of GPU memory in epoch 1$"):
         finish(tmp_path)
+
+
+def test_a_gpu_device_needs_a_gpu_share():
+    from search.api import check_resources
+    from search.spec import Spec, SpecError
+
+    spec = Spec.model_validate({"train": {"device": "cuda"}})
+    with pytest.raises(SpecError, match=r"^train.device is cuda but resources.gpu is 0: a "
+                                        r"trial that asks Ray for no GPU may not use one"):
+        check_resources(spec)
+
+
+def test_auto_device_means_the_cpu_in_a_trial_without_a_gpu_share():
+    from search.spec import Spec
+    from search.tuner import granted_device
+
+    assert granted_device(Spec()).train.device == "cpu"
+    shared = Spec.model_validate({"resources": {"gpu": 0.25}})
+    assert granted_device(shared).train.device == "auto"
+    assert granted_device(Spec.model_validate({"train": {"device": "cpu"}})).train.device \
+        == "cpu"
