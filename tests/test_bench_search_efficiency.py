@@ -60,3 +60,23 @@ def test_grid_orderings_replays_each_trial_curve(bench, tmp_path):
     two = bench.grid_orderings(run, 0.5, n=200, workers=2)
     assert (two["p10"], two["p90"]) == (3, 4)  # side by side: 1 + 1 + its slot
     assert bench.grid_orderings(run, 0.6, n=10)["median_epochs_to_target"] == math.inf
+
+
+@pytest.mark.parametrize("setup", ["small", "wide"])
+def test_each_setup_gives_valid_specs_with_the_same_space(bench, tmp_path, setup):
+    from search.spec import load_spec
+
+    chosen = bench.SETUPS[setup]
+    path = tmp_path / "base.yaml"
+    path.write_text(bench.base_spec(chosen))
+    specs = {name: load_spec(path, [*overrides, "search.seed=3"])
+             for name, overrides in bench.strategies(chosen).items()}
+    size = math.prod(len(v) for v in chosen["grid"].values())
+    assert specs["grid"].search.num_trials == specs["random"].search.num_trials == size
+    assert specs["grid"].grid() == {k: v for k, v in chosen["grid"].items()}
+    assert specs["tpe_asha"].search.scheduler == "asha"
+    assert specs["tpe_asha"].search.grace_period == chosen["grace_period"]
+    # Random search and TPE search the same continuous box the grid's points lie in.
+    assert set(specs["random"].searched()) == set(chosen["grid"]) \
+        == set(specs["tpe_asha"].searched())
+    assert specs["random"].train.epochs == chosen["epochs"]
