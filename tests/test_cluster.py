@@ -58,7 +58,8 @@ def test_search_on_a_two_process_ray_cluster(tmp_path):
                        env=ENV, check=True, capture_output=True, timeout=120)
         proc = subprocess.run(
             [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage",
-             str(tmp_path), "--address", f"127.0.0.1:{port}"],
+             str(tmp_path), "--address", f"127.0.0.1:{port}", "--set",
+             "lr_finder.enabled=false"],
             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     finally:
         subprocess.run([*ray, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
