@@ -105,6 +105,7 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
 
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
+    check_device(spec)
     if uri:
         check_storage(uri)
     if resume:
@@ -174,15 +175,19 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
         tracker.close_all(status)
 
 
-def check_resources(spec: Spec) -> None:
-    """Refuse a search whose trials no node of the Ray cluster can host: Ray Tune would keep
-    them pending forever, with a warning a minute. On an autoscaling cluster the nodes may
-    still come: then only warn."""
+def check_device(spec: Spec) -> None:
+    """Refuse CUDA trials that ask Ray for no GPU (checked before anything is written)."""
     if spec.train.device == "cuda" and not spec.resources.gpu:
         raise SpecError("train.device is cuda but resources.gpu is 0: a trial that asks Ray "
                         "for no GPU may not use one (Ray would not count it, and every trial "
                         "would land on the first GPU); set resources.gpu (1 per trial, or 0.5 "
                         "/ 0.25 to share a GPU), or train.device auto or cpu")
+
+
+def check_resources(spec: Spec) -> None:
+    """Refuse a search whose trials no node of the Ray cluster can host: Ray Tune would keep
+    them pending forever, with a warning a minute. On an autoscaling cluster the nodes may
+    still come: then only warn."""
     import ray
 
     need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}

@@ -28,30 +28,34 @@ MODELS = ("best", "greedy", "uniform")
 SPLITS = ("test", "val", "train")
 
 
-def weights_path(run_dir: Path, model: str) -> tuple[str, Path | str]:
-    """(name, checkpoint file) of `best`, a soup, or a checkpoint file/folder path. The best
-    trial's checkpoint is a URI when the run keeps its checkpoints in an object store."""
+def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, Any]]:
+    """(name, checkpoint file, checkpoint state) of `best`, a soup, or a checkpoint file or
+    folder path. The best trial's checkpoint is a URI when the run keeps its checkpoints in an
+    object store (downloaded to be read)."""
+    from train_fn.checkpoint import load_checkpoint
+
     if model == "best":
         summary = _read(run_dir / "summary.json", "a finished segtune run folder")
         if not summary.get("best"):
             raise SoupError(f"{run_dir}: the run has no best trial yet (summary.json 'best' is "
                             "empty: the search did not finish)")
-        return "best", join(experiment_location(run_dir), summary["best"]["checkpoint"],
-                            "checkpoint.pt")
+        checkpoint = summary["best"]["checkpoint"]
+        return ("best", join(experiment_location(run_dir), checkpoint, "checkpoint.pt"),
+                load_run_checkpoint(run_dir, checkpoint))
     if model in ("greedy", "uniform"):
         path = run_dir / "soup" / model / "checkpoint.pt"
         if not path.is_file():
             raise SoupError(f"{path}: no {model} soup in this run (soup.enabled was off or the "
                             f"search did not finish; make one with: python -m search soup "
                             f"{run_dir})")
-        return model, path
+        return model, path, load_checkpoint(path.parent)
     path = Path(model)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise SoupError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
                         "file there")
-    return path.parent.name or "checkpoint", path
+    return path.parent.name or "checkpoint", path, load_checkpoint(path.parent)
 
 
 def _read(path: Path, what: str) -> dict[str, Any]:
@@ -70,7 +74,6 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
     from monai.transforms import Invertd
 
     from search.spec import load_spec
-    from train_fn.checkpoint import load_checkpoint
     from train_fn.data import preprocessing
     from train_fn.datasets import open_dataset
     from train_fn.loop import pick_device
@@ -82,12 +85,7 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
         raise SoupError(f"--split {split}: choose one of {', '.join(SPLITS)}")
     run = _read(run_dir / "run.json", "a segtune run folder")
     spec = load_spec(run_dir / "spec.yaml")
-    name, path = weights_path(run_dir, model)
-    if name == "best":  # downloaded first when in an object store
-        best = _read(run_dir / "summary.json", "a finished segtune run folder")["best"]
-        state = load_run_checkpoint(run_dir, best["checkpoint"])
-    else:
-        state = load_checkpoint(Path(path).parent)
+    name, path, state = load_weights(run_dir, model)
     ds = open_dataset(spec.data, run["data_root"])
     cases = ds.subset(run["split"][split])
     out = Path(out_dir) if out_dir else run_dir / "eval" / f"{name}-{split}"

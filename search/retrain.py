@@ -279,14 +279,12 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
         "test_dice": aggregate(test, "final/test_dice"),
         "test_hd95": aggregate(test, "final/test_hd95")}
     if len(chosen) > 1:
-        candidates = {}
-        for k in range(spec.cv.folds):
-            candidates[k] = []
-            for t in chosen:
-                path = t["checkpoint"]
-                score = load_run_checkpoint(run_dir, path)["folds"][k]["metrics"]["val_dice"]
-                candidates[k].append((t["trial_id"], score, (
-                    lambda p=path, k=k: load_run_checkpoint(run_dir, p)["folds"][k]["model"])))
+        # Each trial's fold scores, read once (memory-mapped: its weights are not loaded).
+        scores = {t["trial_id"]: [f["metrics"]["val_dice"] for f in load_run_checkpoint(
+            run_dir, t["checkpoint"], mmap=True)["folds"]] for t in chosen}
+        candidates = {k: [(t["trial_id"], scores[t["trial_id"]][k], (
+            lambda p=t["checkpoint"], k=k: load_run_checkpoint(run_dir, p)["folds"][k]["model"]))
+            for t in chosen] for k in range(spec.cv.folds)}
         results["soups"] = fold_soups(run_dir, candidates, splits)
     return _finish(run_dir, "crossval-every", results, "val")
 

@@ -112,11 +112,10 @@ def newest_experiment_state(location: str) -> dict[str, Any] | None:
 
 
 @contextmanager
-def checkpoint_folder(run_dir: str | Path, checkpoint: str) -> Iterator[Path]:
-    """A local folder holding a run's checkpoint (`checkpoint` relative to its experiment):
+def _checkpoint_folder(location: str, checkpoint: str) -> Iterator[Path]:
+    """A local folder holding the checkpoint `checkpoint` of the experiment at `location`:
     the folder itself on local storage; a temporary download from an object store (deleted
     on exit, so a soup holds one ingredient on disk and in memory at a time)."""
-    location = experiment_location(run_dir)
     if not is_uri(location):
         yield Path(location) / checkpoint
         return
@@ -138,6 +137,6 @@ def load_run_checkpoint(run_dir: str | Path, checkpoint: str, mmap: bool = False
     maps a local file (only the tensors touched are read); a download is read whole."""
     from train_fn.checkpoint import load_checkpoint
 
-    with checkpoint_folder(run_dir, checkpoint) as folder:
-        local = not is_uri(experiment_location(run_dir))
-        return load_checkpoint(folder, mmap=mmap and local)
+    location = experiment_location(run_dir)
+    with _checkpoint_folder(location, checkpoint) as folder:
+        return load_checkpoint(folder, mmap=mmap and not is_uri(location))

@@ -96,14 +96,13 @@ def test_soup_with_only_failed_trials(tmp_path, capsys):
         finish(tmp_path)
 
 
-def test_a_gpu_device_needs_a_gpu_share():
-    from search.api import check_resources
-    from search.spec import Spec, SpecError
-
-    spec = Spec.model_validate({"train": {"device": "cuda"}})
-    with pytest.raises(SpecError, match=r"^train.device is cuda but resources.gpu is 0: a "
-                                        r"trial that asks Ray for no GPU may not use one"):
-        check_resources(spec)
+def test_a_gpu_device_needs_a_gpu_share(tmp_path, capsys):
+    # Refused before anything is written or started.
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path), "--set",
+                            "train.device=cuda"])
+    assert err.startswith("segtune: error: train.device is cuda but resources.gpu is 0: a "
+                          "trial that asks Ray for no GPU may not use one")
+    assert not any(tmp_path.iterdir())
 
 
 def test_auto_device_means_the_cpu_in_a_trial_without_a_gpu_share():

@@ -79,13 +79,13 @@ def oom_message(spec: Spec, epoch: int, phase: str, gib: tuple[float, float] | N
                 err: BaseException) -> str:
     """What ran out, where, and what to change; `gib`: (GPU memory, the trial's peak) in GiB,
     None on the CPU."""
-    t = spec.train
+    t, detail = spec.train, str(err)[:300]
     sizes = (f"train.batch_size ({t.batch_size}), train.patch_size ({list(t.patch_size)})"
              + (f" or train.sw_batch_size ({t.sw_batch_size})" if phase == "validation" else ""))
     if gib is None:
         return (f"out of memory in epoch {epoch} ({phase}): lower {sizes}, or run fewer "
                 f"trials at a time (search.max_concurrent {spec.search.max_concurrent}) "
-                f"[{err}]")
+                f"[{detail}]")
     total, peak = gib
     share = spec.resources.gpu
     if 0 < share < 1:
@@ -96,7 +96,7 @@ def oom_message(spec: Spec, epoch: int, phase: str, gib: tuple[float, float] | N
         where = f"the GPU has {total:.1f} GiB"
         fix = f"lower {sizes}"
     return (f"out of GPU memory in epoch {epoch} ({phase}): {where}, and the trial had "
-            f"{peak:.1f} GiB allocated at its peak; {fix} [{str(err)[:300]}]")
+            f"{peak:.1f} GiB allocated at its peak; {fix} [{detail}]")
 
 
 def warmup_steps(spec: Spec) -> tuple[int, int]:
