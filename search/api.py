@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,17 +50,103 @@ def tracking_target(spec: Spec, storage: Path, name: str, uri: str | None) -> tu
 
 def prepare_data(spec: Spec) -> tuple[Path, dict[str, list[str]]]:
     """The dataset folder (phantoms are generated on first use), checked file by file before
-    anything trains, and the patient split."""
-    from train_fn.data import check_dataset, open_dataset, split_cases
+    anything trains (spread over Ray tasks when Ray is up), and the patient split."""
+    from train_fn.datasets import check_case, open_dataset, problems_error, split_cases
 
     dataset = open_dataset(spec.data)
     split = split_cases([c.case_id for c in dataset.cases], spec.data.val_fraction,
                         spec.data.test_fraction, spec.data.split_seed)
-    check_dataset(dataset)
+    problems = [p for p in parallel_map(check_case, [(c, dataset) for c in dataset.cases],
+                                        "data check", remote=_is_large(dataset.cases)) if p]
+    if problems:
+        raise problems_error(dataset, problems)
     logger.info("data %s: %d cases, channels %s, labels %s; split %s", dataset.root,
                 len(dataset.cases), list(dataset.channels), dataset.labels,
                 {k: len(v) for k, v in split.items()})
     return Path(dataset.root), split
+
+
+def build_cache(spec: Spec, data_root: str | Path, split: dict[str, list[str]]) -> None:
+    """Preprocess every case of the split that is not cached yet, once, before any trial
+    starts: spread over Ray tasks (every node of a cluster, the local cores otherwise), with
+    a progress line. Trials then only memory-map the cache. The cache folder must be shared
+    by the nodes (or each node builds what its trials miss, inside the trial)."""
+    from train_fn.data import build_entry, cache_root, missing_from_cache, open_dataset
+
+    ds = open_dataset(spec.data, data_root)
+    cases = ds.subset(sorted({c for part in split.values() for c in part}))
+    missing = missing_from_cache(cases, spec.data)
+    if not missing:
+        if spec.data.cache:
+            logger.info("cache: all %d cases preprocessed in %s", len(cases),
+                        cache_root(spec.data))
+        return
+    logger.info("cache: preprocessing %d of %d cases into %s", len(missing), len(cases),
+                cache_root(spec.data))
+    parallel_map(build_entry, [(c, spec.data) for c in missing], "cache",
+                 remote=_is_large(missing))
+
+
+# Below this much input, Ray tasks (a worker start and imports each) cost more than they save.
+LARGE_INPUT_BYTES = 256 * 2**20
+
+
+def _is_large(cases) -> bool:
+    return sum(os.path.getsize(c.image) + os.path.getsize(c.label) for c in cases) \
+        >= LARGE_INPUT_BYTES
+
+
+class Progress:
+    """`<what>: done/total, rate, ETA` on the log, at most every `every` seconds and at
+    the end."""
+
+    def __init__(self, what: str, total: int, every: float = 5.0):
+        self.what, self.total, self.every = what, total, every
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < self.every and self.done < self.total:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        tail = (f"ETA {(self.total - self.done) / rate:.0f}s" if self.done < self.total
+                else f"took {elapsed:.1f}s")
+        logger.info("%s: %d/%d cases (%.2f cases/s), %s", self.what, self.done, self.total,
+                    rate, tail)
+
+
+def parallel_map(fn, arg_tuples: list[tuple], what: str, remote: bool = True) -> list[Any]:
+    """`fn(*args)` for each tuple, in order: with `remote` and Ray up, as Ray tasks (one CPU
+    each, on any node); else here one by one. With a progress line either way."""
+    import ray
+
+    progress = Progress(what, len(arg_tuples))
+    if not remote or not ray.is_initialized() or len(arg_tuples) < 2:
+        out = []
+        for args in arg_tuples:
+            out.append(fn(*args))
+            progress.step()
+        return out
+    remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+    refs = [remote.remote(*args) for args in arg_tuples]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                results[index[ref]] = ray.get(ref)
+                progress.step()
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return results
 
 
 def _version() -> str:
@@ -110,34 +195,41 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
         check_storage(uri)
     if resume:
         spec, split, data_root, tracker = _reopen(spec, run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise SpecError(f"{run_dir}: a run named {name!r} already exists; continue it with "
+                        "--resume, or pick another --name or --storage")
+    elif uri and newest_experiment_state(join(uri, name)) is not None:
+        raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
+                        "in the store; pick another --name or --storage")
+    if not ray.is_initialized():
+        # Before the data: the data check and the cache build run as Ray tasks.
+        context = ray.init(**(ray_init or {}))
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
+                    ray.cluster_resources().get("CPU", 0),
+                    ray.cluster_resources().get("GPU", 0))
+        if getattr(context, "dashboard_url", None):
+            logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>)",
+                        context.dashboard_url, context.dashboard_url)
+    try:
+        check_resources(spec)
+    except SpecError:
+        if resume:
+            tracker.close_all("FAILED")
+        raise
+    if resume:
+        try:
+            build_cache(spec, data_root, split)
+        except BaseException:
+            tracker.close_all("FAILED")
+            raise
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise SpecError(f"{run_dir}: a run named {name!r} already exists; continue it with "
-                            "--resume, or pick another --name or --storage")
-        if uri and newest_experiment_state(join(uri, name)) is not None:
-            raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
-                            "in the store; pick another --name or --storage")
         spec, split, data_root, tracker = _start(spec, spec_path, name, local, run_dir,
                                                  tracking_uri, uri)
     location = experiment_location(run_dir)
 
     status = "FAILED"
     try:
-        if not ray.is_initialized():
-            context = ray.init(**(ray_init or {}))
-            nodes = [n for n in ray.nodes() if n.get("Alive")]
-            logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
-                        ray.cluster_resources().get("CPU", 0),
-                        ray.cluster_resources().get("GPU", 0))
-            if getattr(context, "dashboard_url", None):
-                logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>)",
-                            context.dashboard_url, context.dashboard_url)
-        try:
-            check_resources(spec)
-        except SpecError:
-            if not resume:  # nothing ran: leave no run folder behind to block a rerun
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
         if resume:
             tuner = restore_tuner(spec, split, str(data_root), location)
         else:
@@ -221,6 +313,7 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
 
     uri, experiment = tracking_target(spec, storage, name, tracking_uri)
     data_root, split = prepare_data(spec)
+    build_cache(spec, data_root, split)
     run_dir.mkdir(parents=True, exist_ok=True)
     input_spec = _plain(spec.flat())
     finder = None

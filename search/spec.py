@@ -21,6 +21,7 @@ from pydantic import (
     Discriminator,
     Field,
     StrictBool,
+    StrictInt,
     Tag,
     ValidationError,
     field_validator,
@@ -375,9 +376,14 @@ class TrainSpec(_Strict):
     seed: int = 0  # patch sampling; the same for every trial
     sw_batch_size: int = Field(4, ge=1)
     sw_overlap: float = Field(0.25, ge=0, lt=1)
-    val_hd95: StrictBool = True  # HD95 per region at every validation (mm; costs a little)
+    # HD95 per region: true at every validation, k every k epochs (and the last), false off;
+    # the post-search scoring and `evaluate` leave it out when false.
+    val_hd95: StrictBool | Annotated[StrictInt, Field(ge=1)] = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per trial; default: CPUs per trial
+    # threads cropping patches ahead of the training step (0: in the training thread);
+    # default one per 4 CPUs of the trial, 1 to 4
+    sample_workers: int | None = Field(None, ge=0, le=32)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 only on CUDA
     compile: StrictBool = False  # torch.compile the model for the training steps
 

@@ -127,6 +127,9 @@ class MlflowCallback(Callback):
         config = searched_config(trial.config, self.base)
         flat = self.base.resolve(config).flat()
         self.tracker.start_trial(trial.trial_id, flat, config)
+        logger.info("trial %s started: %s %s", trial.trial_id, ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()),
+            _counts(trials))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last_epoch[trial.trial_id] = int(result.get("epoch", 0))
@@ -140,9 +143,16 @@ class MlflowCallback(Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        done = self.last_epoch.get(trial.trial_id, 0) >= self.epochs
+        epoch = self.last_epoch.get(trial.trial_id, 0)
+        done = epoch >= self.epochs
         note = self.stop_reason.get(trial.trial_id) or ("completed" if done else "stopped early")
         self.tracker.end_trial(trial.trial_id, "FINISHED", note=note)
+        if note == "stopped early":
+            logger.info("trial %s stopped by the scheduler after epoch %d/%d %s",
+                        trial.trial_id, epoch, self.epochs, _counts(trials))
+        else:
+            logger.info("trial %s %s after epoch %d/%d %s", trial.trial_id, note, epoch,
+                        self.epochs, _counts(trials))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.tracker.end_trial(trial.trial_id, "FAILED", note="error")
@@ -156,6 +166,14 @@ class MlflowCallback(Callback):
 
     def on_experiment_end(self, trials, **info):
         self.tracker.close_trials("KILLED")  # only runs that no trial event closed
+
+
+def _counts(trials) -> str:
+    """`(N running, N ended, N pending)` of Ray's trial list."""
+    status = [getattr(t, "status", "") for t in trials or []]
+    return (f"({status.count('RUNNING')} running, "
+            f"{status.count('TERMINATED') + status.count('ERROR')} ended, "
+            f"{status.count('PENDING')} pending)")
 
 
 class JobCallback(MlflowCallback):

@@ -189,8 +189,8 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     finished, started = set(), []
     for line in proc.stderr:  # interrupt once a trial has finished and others have not
-        if "search.tuner: trial " not in line:
-            continue
+        if "search.tuner: trial " not in line or " epoch " not in line:
+            continue  # a trial counts as started once it reported (Ray saved it)
         trial_id = line.split("trial ")[1].split()[0]
         if "epoch 4/4" in line:
             finished.add(trial_id)

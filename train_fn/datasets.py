@@ -201,16 +201,17 @@ def check_dataset(dataset: Dataset, limit: int = 10) -> None:
     """Read every image and label once and raise `DataError` listing each bad file: unreadable
     or truncated files, image/label shape or affine mismatch, wrong channel count, label
     values outside the declared labels."""
-    problems = []
-    for case in dataset.cases:
-        problem = _check_case(case, dataset)
-        if problem:
-            problems.append(problem)
+    problems = [p for p in (check_case(c, dataset) for c in dataset.cases) if p]
     if problems:
-        shown = "\n  ".join(problems[:limit])
-        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-        raise DataError(f"{dataset.root}: {len(problems)} of {len(dataset.cases)} cases failed "
-                        f"the data check:\n  {shown}{more}")
+        raise problems_error(dataset, problems, limit)
+
+
+def problems_error(dataset: Dataset, problems: list[str], limit: int = 10) -> DataError:
+    """One error listing the cases that failed the data check (the first `limit`)."""
+    shown = "\n  ".join(problems[:limit])
+    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+    return DataError(f"{dataset.root}: {len(problems)} of {len(dataset.cases)} cases failed "
+                     f"the data check:\n  {shown}{more}")
 
 
 def _read(path: str):
@@ -220,7 +221,8 @@ def _read(path: str):
     return img, np.asanyarray(img.dataobj)  # reads (and decompresses) every byte
 
 
-def _check_case(case: Case, dataset: Dataset) -> str | None:
+def check_case(case: Case, dataset: Dataset) -> str | None:
+    """What is wrong with one case's files, or None."""
     try:
         image, _ = _read(case.image)
     except Exception as err:  # nibabel raises many kinds for a bad file

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
-from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset
+from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset, sample_workers
 from train_fn.metrics import evaluate
 from train_fn.models import (
     architecture,
@@ -169,6 +169,15 @@ def _claim(folder: Path, key: str, slots: int) -> int | None:
     return None
 
 
+def hd95_due(spec: Spec, epoch: int) -> bool:
+    """Whether validation after `epoch` (1-based) scores HD95: `train.val_hd95` true (every
+    epoch), k (every k-th epoch and the last), false (never)."""
+    every = spec.train.val_hd95
+    if isinstance(every, bool):
+        return every
+    return epoch % every == 0 or epoch == spec.train.epochs
+
+
 def deep_supervision_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
     """The loss of a network output, with deep supervision: DynUNet stacks its heads in dim 1
     (all at full size), MedNeXt returns a tuple at falling resolutions (upsampled here). Head i
@@ -239,7 +248,10 @@ def train(
     from monai.losses import DiceCELoss
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed, ds.num_classes)
+    # Patches are cropped ahead of the step by background threads (pinned for the GPU).
+    sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed, ds.num_classes,
+                           workers=sample_workers(spec.train, spec.resources),
+                           pin=device.type == "cuda")
     # BatchNorm statistics of the averaged weights come from these fixed training patches.
     bn_batches = 8 if has_batchnorm(model) else 0
     clip = spec.train.grad_clip if spec.train.grad_clip is not None else math.inf
@@ -294,7 +306,7 @@ def train(
                                   device)
             phase = "validation"
             val_dice, per_class, per_hd95 = evaluate(model, val_vols, spec.train, device,
-                                                     ds.regions, spec.train.val_hd95)
+                                                     ds.regions, hd95_due(spec, epoch + 1))
             steps = spec.train.steps_per_epoch
             metrics = {
                 "epoch": epoch + 1,
