@@ -201,8 +201,13 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     elif uri and newest_experiment_state(join(uri, name)) is not None:
         raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
                         "in the store; pick another --name or --storage")
+    if not resume:  # a wrong folder, layout or split fails at once, before Ray starts
+        from train_fn.datasets import open_dataset, split_cases
+
+        split_cases([c.case_id for c in open_dataset(spec.data).cases],
+                    spec.data.val_fraction, spec.data.test_fraction, spec.data.split_seed)
     if not ray.is_initialized():
-        # Before the data: the data check and the cache build run as Ray tasks.
+        # Before the data check and the cache build: they run as Ray tasks.
         context = ray.init(**(ray_init or {}))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),

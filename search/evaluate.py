@@ -111,11 +111,13 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
         if tuple(back.shape) != reference.shape:
             raise RuntimeError(f"{case.label}: prediction shape {tuple(back.shape)} after "
                                f"inverting the preprocessing, reference {reference.shape}")
-        pred_file = out / "predictions" / Path(case.label).name
+        # Named by case: SegTHOR's labels are all GT.nii.gz, and would overwrite each other.
+        pred_file = out / "predictions" / f"{case.case_id}.nii.gz"
         _save_atomic(nib.Nifti1Image(back.numpy(), nib.load(case.image).affine), pred_file)
         label = torch.as_tensor(np.asanyarray(reference.dataobj).round().astype(np.uint8))
         zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
-        scores = region_scores(back, label, ds.regions, zooms, empty=math.nan)
+        scores = region_scores(back, label, ds.regions,
+                               zooms if spec.train.val_hd95 else None, empty=math.nan)
         voxels = int(np.prod(reference.shape))
         for s in scores.values():
             s["TN"] = voxels - s["TP"] - s["FP"] - s["FN"]

@@ -80,7 +80,8 @@ def job_trainable(config: dict[str, Any], base: Spec, jobs: dict[str, dict[str, 
     model.to(device)
     for part in ("val", "test"):
         vols = load_volumes(ds.subset(job["split"][part]), spec.data, ds.num_classes)
-        mean, dice, hd = evaluate(model, vols, spec.train, device, ds.regions)
+        mean, dice, hd = evaluate(model, vols, spec.train, device, ds.regions,
+                                  bool(spec.train.val_hd95))
         final[f"final/{part}_dice"] = mean
         final.update({f"final/{part}_dice/{k}": v for k, v in dice.items()})
         final.update({f"final/{part}_hd95/{k}": v for k, v in hd.items()})

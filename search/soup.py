@@ -178,7 +178,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     ranked.sort(key=lambda t: t["val_dice"], reverse=True)
 
     ds = open_dataset(spec.data, run["data_root"])
-    val = load_volumes(ds.subset(run["split"]["val"]), spec.data, ds.num_classes)
+    # The validation cases only judge soups.
+    val = load_volumes(ds.subset(run["split"]["val"]), spec.data, ds.num_classes) if soup else []
     test = load_volumes(ds.subset(run["split"]["test"]), spec.data, ds.num_classes)
     device = pick_device(spec.train.device)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -207,7 +208,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
 
     best = ranked[0]
     best_state = load_run_checkpoint(run_dir, best["checkpoint"])
-    test_dice, test_per_class, test_hd95 = judge(best_state["model"], test, hd=True)
+    hd = bool(spec.train.val_hd95)  # off: the user turned HD95 off as too slow
+    test_dice, test_per_class, test_hd95 = judge(best_state["model"], test, hd=hd)
     summary["best"] = {
         "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
         "val_dice_per_class": best["val_dice_per_class"], "test_dice": test_dice,
@@ -247,7 +249,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         soups["greedy"] = {"ingredients": kept, "val_dice": val_g,
                            "val_dice_per_class": val_g_pc, "steps": steps}
         for kind, soup_w in (("uniform", uniform), ("greedy", greedy_w)):
-            t_dice, t_pc, t_hd = judge(soup_w, test, hd=True)
+            t_dice, t_pc, t_hd = judge(soup_w, test, hd=hd)
             soups[kind].update(test_dice=t_dice, test_dice_per_class=t_pc,
                                test_hd95_per_class=t_hd,
                                weights=f"soup/{kind}/checkpoint.pt")

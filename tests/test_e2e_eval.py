@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -43,6 +44,10 @@ def test_evaluate_writes_predictions_whose_scores_match_the_files(run):
     split = json.loads((run_dir / "split.json").read_text())
     assert summary["segtune"]["cases"] == split["test"]
     assert len(summary["metric_per_case"]) == len(split["test"])
+    # One file per case, named by it (SegTHOR's labels are all GT.nii.gz).
+    assert sorted(Path(c["prediction_file"]).name for c in summary["metric_per_case"]) == \
+        sorted(f"{case_id}.nii.gz" for case_id in split["test"])
+    assert len(list((out / "predictions").iterdir())) == len(split["test"])
     names = {1: "esophagus", 2: "heart", 3: "trachea", 4: "aorta"}
     for case in summary["metric_per_case"]:
         pred_img = nib.load(case["prediction_file"])

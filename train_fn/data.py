@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -170,7 +171,8 @@ def build_entry(case: Case, data: Any) -> Path:
         np.savez(tmp / "locations.npz", **{str(c): v for c, v in vol["locations"].items()})
         meta = {"case_id": case.case_id, "spacing": list(vol["spacing"]),
                 "shape": list(vol["image"].shape), "label_max": int(vol["label"].max()),
-                "image": case.image, "label": case.label}
+                "image": case.image, "label": case.label,
+                "built_by": f"{socket.gethostname()}:{os.getpid()}"}
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, entry)
