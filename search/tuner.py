@@ -57,11 +57,28 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     spec = granted_device(spec)
-    if spec.cv.every:
-        return _run_folds(spec, split, data_root, resume, report)
-    if resume is None or resume["epoch"] < spec.train.epochs:
-        train(spec, split, data_root, report=report, resume=resume)
-    return last["state"]
+    try:
+        if spec.cv.every:
+            return _run_folds(spec, split, data_root, resume, report)
+        if resume is None or resume["epoch"] < spec.train.epochs:
+            train(spec, split, data_root, report=report, resume=resume)
+        return last["state"]
+    finally:
+        release_memory()
+
+
+def release_memory() -> None:
+    """Hand what the trial freed back to the OS: with `reuse_actors` the worker process runs
+    the next trial, and glibc otherwise keeps a trial's freed heap (patches, validation
+    volumes) as the process's own."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def granted_device(spec: Spec) -> Spec:

@@ -65,3 +65,68 @@ def test_a_missed_organ_gets_the_volume_diagonal_never_nothing():
     assert missed["HD95"] == pytest.approx(diagonal) and missed["Dice"] == 0.0
     hallucinated = region_scores(ref, pred, {"organ": (1,)}, spacing)["organ"]
     assert hallucinated["HD95"] == pytest.approx(diagonal)
+
+
+def monai_hd95(pred: torch.Tensor, ref: torch.Tensor, spacing) -> float:
+    """The definition segtune's HD95 keeps: MONAI's whole-volume Hausdorff distance, 95th
+    percentile (the implementation segtune used before cropping and bounding)."""
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = compute_hausdorff_distance(pred[None, None].float(), ref[None, None].float(),
+                                           include_background=True, percentile=95,
+                                           spacing=list(spacing))
+    return float(value.reshape(-1)[0])
+
+
+def _masks(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shape = (40, 36, 24)
+    ref = torch.zeros(shape, dtype=torch.bool)
+    pred = torch.zeros(shape, dtype=torch.bool)
+    ref[10:22, 8:20, 6:14] = True
+    if kind == "shifted":
+        pred[12:25, 8:21, 7:15] = True
+    elif kind == "at_the_border":  # both touch the volume's faces
+        ref[:, :, :] = False
+        ref[0:9, 0:12, 0:5] = True
+        pred[0:11, 0:10, 0:7] = True
+    elif kind == "one_voxel":
+        pred[35, 30, 20] = True
+    elif kind == "scattered":  # an early prediction: noise all over plus the organ
+        pred[:] = torch.rand(shape, generator=g) > 0.7
+        pred[11:21, 9:19, 6:13] = True
+    elif kind == "thin":  # a thin, broken esophagus-like tube against a full one
+        ref[:] = False
+        ref[18:21, 16:19, :] = True
+        pred[18:21, 17:20, 2:10] = True
+        pred[19:22, 16:19, 13:22] = True
+    return pred, ref
+
+
+@pytest.mark.parametrize("bounded", [False, True], ids=["exact", "bounded"])
+@pytest.mark.parametrize("kind", ["shifted", "at_the_border", "one_voxel", "scattered",
+                                  "thin"])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.9, 0.9, 2.5)])
+def test_cropped_hd95_equals_monais_whole_volume_hd95(kind, spacing, bounded, monkeypatch):
+    import train_fn.metrics as metrics
+
+    if bounded:  # the path taken by >100k edge voxels, here on small masks
+        monkeypatch.setattr(metrics, "EXACT_BELOW", 10)
+    pred, ref = _masks(kind)
+    expected = monai_hd95(pred, ref, spacing)
+    assert hd95(pred, ref, spacing) == pytest.approx(expected, rel=1e-6, abs=1e-6)
+    assert hd95(ref, pred, spacing) == pytest.approx(monai_hd95(ref, pred, spacing),
+                                                     rel=1e-6, abs=1e-6)
+
+
+def test_hd95_of_misses_and_of_nothing_keeps_the_conventions():
+    pred, ref = _masks("shifted")
+    empty = torch.zeros_like(ref)
+    spacing = (1.0, 1.0, 2.5)
+    assert hd95(empty, ref, spacing) == pytest.approx(miss_penalty(ref.shape, spacing))
+    assert hd95(pred, empty, spacing) == pytest.approx(miss_penalty(ref.shape, spacing))
+    assert hd95(empty, empty, spacing) == 0.0
