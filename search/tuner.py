@@ -160,7 +160,10 @@ class MlflowCallback(Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        epoch = self.last_epoch.get(trial.trial_id, 0)
+        # A trial restored at its last epoch reports nothing in this session: Ray's saved
+        # result tells how far it got.
+        epoch = self.last_epoch.get(trial.trial_id) or int(
+            (getattr(trial, "last_result", None) or {}).get("epoch", 0))
         done = epoch >= self.epochs
         note = self.stop_reason.get(trial.trial_id) or ("completed" if done else "stopped early")
         self.tracker.end_trial(trial.trial_id, "FINISHED", note=note)

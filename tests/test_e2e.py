@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -199,6 +200,12 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
         if len(started) == 3:  # the third trial starts only once a slot is free
             break
     assert finished, "no trial finished before the third started"
+    # Kill once Ray's saved experiment state holds the third trial (a kill -9 in the instant
+    # before that save loses the trial from Ray's state: its MLflow run would be an orphan).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(
+            started[-1] in p.read_text() for p in (storage / "resumed").glob("experiment_state*")):
+        time.sleep(0.05)
     proc.send_signal(sig)
     rest = proc.stderr.read()
     code = proc.wait(timeout=300)
