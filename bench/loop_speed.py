@@ -56,7 +56,8 @@ def draw_patches(spec, volumes, device, cached: bool):
     """Every epoch's batches, drawn once (cached: on the device), or a live sampler."""
     from train_fn.data import PatchSampler
 
-    sampler = PatchSampler(volumes, spec.train.patch_size, spec.train.seed)
+    sampler = PatchSampler(volumes, spec.train.patch_size, spec.train.seed, num_classes=5,
+                           workers=spec.train.sample_workers or 0)
     if not cached:
         return sampler
     return [[(x.to(device), y.to(device))
@@ -91,13 +92,13 @@ def run_segtune(spec, split, root, batches, device):
 
     stamps = []
 
-    def stub_evaluate(model, volumes, train, dev):
+    def stub_evaluate(*args, **kwargs):
         sync(device)
         stamps.append(["end", time.perf_counter()])
-        return 0.0, {}
+        return 0.0, {}, {}
 
     saved = loop.PatchSampler, loop.evaluate
-    loop.PatchSampler = lambda vols, patch, seed: Replay(batches, stamps)
+    loop.PatchSampler = lambda *args, **kwargs: Replay(batches, stamps)
     loop.evaluate = stub_evaluate
     reports = []
     try:

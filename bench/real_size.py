@@ -92,6 +92,7 @@ class Monitor(threading.Thread):
         self.root, self.peak, self.kind = root, {}, {}
         self.stop = threading.Event()
         self.samples: list[dict[str, float]] = []
+        self.series: list[tuple[float, int, int]] = []  # (time, trial worker pid, RssAnon kB)
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -112,6 +113,7 @@ class Monitor(threading.Thread):
                     peak[k] = max(peak.get(k, 0), v)
                 if kind == "trial":
                     trials_pss += s.get("Pss", 0)
+                    self.series.append((time.monotonic(), pid, s.get("RssAnon", 0)))
             self.samples.append({"trials_pss": trials_pss})
             self.stop.wait(0.5)
 
@@ -140,15 +142,16 @@ def run_search(root: Path, work: Path, name: str, cache: Path, extra: list[str]
     monitor = Monitor(proc.pid)
     monitor.start()
     times: dict[str, float] = {}
-    lines = []
+    lines, starts = [], []
     for line in proc.stderr:
         lines.append(line)
         now = time.monotonic() - start
         m = re.search(r"(data check|cache): \d+/\d+ cases .* took ([\d.]+)s", line)
         if m:
             times[f"{m.group(1)}_s"] = float(m.group(2))
-        if "started:" in line and "first_trial_start_s" not in times:
-            times["first_trial_start_s"] = round(now, 1)
+        if "started:" in line:
+            starts.append(time.monotonic())
+            times.setdefault("first_trial_start_s", round(now, 1))
         if " epoch 1/" in line and "first_result_s" not in times:
             times["first_result_s"] = round(now, 1)
     code = proc.wait()
@@ -158,7 +161,14 @@ def run_search(root: Path, work: Path, name: str, cache: Path, extra: list[str]
     if code != 0:
         sys.stderr.write("".join(lines[-40:]))
         raise SystemExit(f"{name}: the search failed ({code})")
-    return {"times": times, "memory": monitor.summary()}
+    # Per trial (in start order): the peak private memory of the workers while it ran; with
+    # one trial at a time, a reused worker shows whether it kept the previous trial's data.
+    bounds = [*starts, float("inf")]
+    per_trial = [round(max((a for t, _, a in monitor.series if lo <= t < hi), default=0)
+                       / 2**20, 3) for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    pids = sorted({pid for _, pid, _ in monitor.series})
+    return {"times": times, "memory": monitor.summary(),
+            "trial_anon_peak_gib_in_start_order": per_trial, "trial_worker_pids": len(pids)}
 
 
 def view(data: Path, work: Path, n: int) -> Path:
@@ -236,12 +246,13 @@ def main() -> None:
         r["cache_to_input"] = round(size(cache) / input_bytes, 3)
         r.update(first_step_and_validation(root, cache, args.work / "runs" / name, n))
         if args.concurrency and n == max(args.cases):
-            for k in (1, 4):
+            for k in (1, 4):  # one at a time: three trials, one reused worker
                 c = run_search(root, args.work, f"n{n}-x{k}-{stamp}", cache,
-                               [f"search.num_trials={k}", f"search.max_concurrent={k}",
+                               [f"search.num_trials={max(k, 3)}", f"search.max_concurrent={k}",
                                 "resources.cpu=0.5", "train.steps_per_epoch=8"])
                 r[f"concurrent_{k}"] = c
-            one = r["concurrent_1"]["memory"]["trials_total_pss_peak_gib"]
+            one = max(r["concurrent_1"]["memory"]["per_process_peak_gib"]["trial"],
+                      key=lambda m: m["Pss"])["Pss"]
             four = r["concurrent_4"]["memory"]["trials_total_pss_peak_gib"]
             r["four_to_one_total_pss"] = round(four / one, 2) if one else None
         results[n] = r

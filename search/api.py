@@ -10,6 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from search.spec import Spec, SpecError, dump_spec
 from search.storage import (
     check_storage,
@@ -84,7 +86,18 @@ def build_cache(spec: Spec, data_root: str | Path, split: dict[str, list[str]]) 
     logger.info("cache: preprocessing %d of %d cases into %s", len(missing), len(cases),
                 cache_root(spec.data))
     parallel_map(build_entry, [(c, spec.data) for c in missing], "cache",
-                 remote=_is_large(missing))
+                 remote=_is_large(missing), memory=[_prep_memory(c) for c in missing])
+
+
+def _prep_memory(case) -> int:
+    """Bytes a preprocessing task may peak at, for Ray to place no more tasks on a node than
+    its memory holds: ~16 float32 copies of the image (measured: 3.0-3.4 GiB for
+    512 x 512 x ~200 voxels resampled to 1.5 x 1.5 x 2.5 mm; bench/RESULTS.md)."""
+    import nibabel as nib
+
+    shape = nib.load(case.image).shape  # the header only
+    voxels = int(np.prod(shape))
+    return max(2**29, 16 * 4 * voxels)
 
 
 # Below this much input, Ray tasks (a worker start and imports each) cost more than they save.
@@ -119,9 +132,11 @@ class Progress:
                     rate, tail)
 
 
-def parallel_map(fn, arg_tuples: list[tuple], what: str, remote: bool = True) -> list[Any]:
+def parallel_map(fn, arg_tuples: list[tuple], what: str, remote: bool = True,
+                 memory: list[int] | None = None) -> list[Any]:
     """`fn(*args)` for each tuple, in order: with `remote` and Ray up, as Ray tasks (one CPU
-    each, on any node); else here one by one. With a progress line either way."""
+    each, and `memory[i]` bytes of Ray's memory resource when given, on any node); else here
+    one by one. With a progress line either way."""
     import ray
 
     progress = Progress(what, len(arg_tuples))
@@ -132,7 +147,12 @@ def parallel_map(fn, arg_tuples: list[tuple], what: str, remote: bool = True) ->
             progress.step()
         return out
     remote = ray.remote(num_cpus=1, max_retries=0)(fn)
-    refs = [remote.remote(*args) for args in arg_tuples]
+    if memory:  # never more than the largest node has: that task would wait forever
+        largest = max(n.get("Resources", {}).get("memory", 0) for n in ray.nodes()
+                      if n.get("Alive"))
+        memory = [min(m, int(largest)) for m in memory]
+    refs = [(remote.options(memory=memory[i]) if memory else remote).remote(*args)
+            for i, args in enumerate(arg_tuples)]
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     pending = list(refs)
