@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from search.spec import SpecError, load_spec
+from search.errors import SegtuneError
+from search.spec import load_spec
 
 logger = logging.getLogger("search")
 
@@ -264,16 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from search.api import Interrupted
-    from search.compare import CompareError
-    from search.soup import SoupError
-    from search.storage import StorageError
-    from train_fn.datasets import DataError
 
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
                     "repeat": _repeat, "crossval": _crossval, "compare": _compare}
         return commands[args.command](args)
-    except (SpecError, SoupError, DataError, CompareError, StorageError) as err:
+    except SegtuneError as err:
         if args.debug:
             raise
         print(f"segtune: error: {err}", file=sys.stderr)

@@ -28,11 +28,12 @@ from pydantic import (
     model_validator,
 )
 
+from search.errors import SegtuneError
 from train_fn.models import MODELS
 from train_fn.optim import BANDS, MODES, OPTIMIZERS
 
 
-class SpecError(ValueError):
+class SpecError(SegtuneError, ValueError):
     """Bad user input in a spec or an override; the message is one line, ready to print."""
 
 

@@ -18,11 +18,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from search.errors import SegtuneError
+
 BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-class StorageError(ValueError):
+class StorageError(SegtuneError, ValueError):
     """An object store that cannot be reached or written."""
 
 
