@@ -31,6 +31,10 @@ def test_dry_run_prints_settings_and_space_and_writes_nothing(tmp_path, capsys):
     (["run", "{spec}", "--set", "model.name=vnet"], "unknown model 'vnet'"),
     (["run", "{spec}", "--name", "a/b"], "--name 'a/b': a run name is one folder name"),
     (["soup", "{tmp}"], "not a segtune run folder (no run.json)"),
+    (["run", "{spec}", "--dry-run", "--set", "optimizer.lr=.nan"],
+     "--set optimizer.lr: optimizer.lr: Input should be a finite number, got nan"),
+    (["run", "{spec}", "--dry-run", "--set", "train.patch_size=[0, 32, 16]"],
+     "train.patch_size[0]: Input should be greater than or equal to 1, got 0"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, write_spec, capsys, args, message):
     spec = write_spec("train:\n  epochs: 1\n")
