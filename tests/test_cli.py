@@ -31,6 +31,10 @@ def test_dry_run_prints_settings_and_space_and_writes_nothing(tmp_path, capsys):
     (["run", "{spec}", "--set", "model.name=vnet"], "unknown model 'vnet'"),
     (["run", "{spec}", "--name", "a/b"], "--name 'a/b': a run name is one folder name"),
     (["soup", "{tmp}"], "not a segtune run folder (no run.json)"),
+    (["repeat", "{tmp}", "--seeds", "99999999999999999999999,1"],
+     "--seeds 99999999999999999999999,1: seed 99999999999999999999999 is out of range; a seed "
+     "is an integer from 0 to 4294967295"),
+    (["repeat", "{tmp}", "--seeds", "1,-2"], "--seeds 1,-2: seed -2 is out of range"),
     (["run", "{spec}", "--dry-run", "--set", "optimizer.lr=.nan"],
      "--set optimizer.lr: optimizer.lr: Input should be a finite number, got nan"),
     (["run", "{spec}", "--dry-run", "--set", "train.patch_size=[0, 32, 16]"],
