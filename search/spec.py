@@ -62,9 +62,50 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_value(text: str) -> Any:
+MAX_SPEC_BYTES = 2**20
+# A spec nests a few levels (section, setting, search leaf, `when`); deeper is a mistake, and
+# far deeper would exhaust Python's recursion in the YAML composer and the validators.
+MAX_DEPTH = 32
+
+
+def parse_value(text: str, where: str = "value") -> Any:
     """Parse one scalar or flow value the way the spec loader would (used by `--set`)."""
-    return yaml.load(text, Loader=_Loader)
+    return _compose(text, where, lines=False)[1]
+
+
+def _compose(text: str, where: str, lines: bool = True) -> tuple[yaml.Node | None, Any]:
+    """(node tree, value) of one YAML document (errors name `where`, with the line when
+    `lines`). YAML syntax errors propagate as yaml.YAMLError."""
+    _check_events(text, where, lines)
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
+def _check_events(text: str, where: str, lines: bool) -> None:
+    """Refuse, from the parser's event stream (flat, before anything recurses), nesting beyond
+    MAX_DEPTH and aliases of mappings or lists: nested ones expand exponentially (a "billion
+    laughs"), in the line map and in validation alike."""
+    collections: set[str] = set()
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        line = f"{where}:{event.start_mark.line + 1}" if lines else where
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(f"{line}: YAML nested too deeply; a spec nests at most "
+                                f"{MAX_DEPTH} levels")
+            if event.anchor is not None:
+                collections.add(event.anchor)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent) and event.anchor in collections:
+            raise SpecError(f"{line}: *{event.anchor} is an alias of a mapping or a list; a "
+                            "spec takes aliases of single values only (write the mapping or "
+                            "list out)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -753,19 +794,29 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
-    text = path.read_text()
     try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            raw = loader.construct_document(node) if node is not None else {}
-        finally:
-            loader.dispose()
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {size} bytes; a spec file is at most 1 MiB "
+                            f"({MAX_SPEC_BYTES} bytes)")
+        data = path.read_bytes()
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read the spec file ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                        f"{err.start}); a spec is a UTF-8 YAML file") from None
+    try:
+        node, raw = _compose(text, str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(f"{where}: YAML syntax error: {problem}") from None
+    if raw is None or raw == {}:
+        raise SpecError(f"{path}: empty spec; a spec is a mapping of sections (data, model, "
+                        "optimizer, ...): an empty one would run every default")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a mapping of sections (data, model, ...), "
                         f"got {type(raw).__name__}")
@@ -775,7 +826,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     for item in overrides:
         key, value = _parse_override(item)
         _check_override_key(key)
-        _set(raw, key, value)
+        _set_override(raw, key, value)
         set_keys.add(key)
     try:
         return Spec.model_validate(raw)
@@ -788,7 +839,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SpecError(f"--set {item!r}: expected dotted.key=value, e.g. optimizer.lr=0.002")
     try:
-        return key.strip(), parse_value(text)
+        return key.strip(), parse_value(text, f"--set {key.strip()}")
     except yaml.YAMLError:
         raise SpecError(f"--set {item!r}: cannot parse the value {text!r}") from None
 
@@ -806,7 +857,34 @@ def _check_override_key(key: str) -> None:
         if isinstance(sub, type) and issubclass(sub, BaseModel) and i < len(parts) - 1:
             model = sub
         elif i < len(parts) - 1:
+            setting = ".".join(parts[:i + 1])
+            if not _has_keys(sub):
+                raise SpecError(f"--set {key}: {setting} is a single value, not a section; "
+                                f"set it with --set {setting}=VALUE")
             return  # into a search leaf: the leaf's own validation names what is wrong
+
+
+def _has_keys(annotation: Any) -> bool:
+    """Whether a setting's value can be a mapping (a search leaf, or a dict such as labels)."""
+    if typing.get_origin(annotation) is dict or (
+            isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return True
+    return any(_has_keys(a) for a in typing.get_args(annotation))
+
+
+def _set_override(tree: dict, key: str, value: Any) -> None:
+    """`_set` for `--set`, which may go into a search leaf only where the spec has one."""
+    *parents, last = key.split(".")
+    for i, part in enumerate(parents):
+        if tree.get(part) is None:  # unset, or an empty section (`train:` alone)
+            tree[part] = {}
+        tree = tree[part]
+        if not isinstance(tree, dict):
+            setting = ".".join(parents[:i + 1])
+            raise SpecError(f"--set {key}: {setting} is {tree!r} in the spec, not a search "
+                            f"leaf; give the whole leaf, e.g. --set '{setting}={{type: float, "
+                            "low: ..., high: ...}'")
+    tree[last] = value
 
 
 def _did_you_mean(word: str, valid: list[str]) -> str:

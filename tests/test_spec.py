@@ -166,3 +166,66 @@ def test_numbers_in_range_still_load(write_spec):
         "schedule.warmup_fraction=0"])
     assert spec.train.patch_size == (32, 32, 16) and spec.train.seed == 2**32 - 1
     assert spec.layers.middle == 0.0 and spec.optimizer.nesterov is True
+
+
+# Files that used to raise a raw exception, hang, or load as "valid" (issue 15, items 13, 14).
+EMPTY = (": empty spec; a spec is a mapping of sections (data, model, optimizer, ...): an "
+         "empty one would run every default")
+BOMB = "a: &a {x: 1, y: 1}\n" + "".join(  # 5^9 copies of `a` once expanded
+    f"{b}: &{b} {{v: *{a}, w: *{a}, x: *{a}, y: *{a}, z: *{a}}}\n"
+    for a, b in zip("abcdefghi", "bcdefghij", strict=True))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"train:\n  epochs: 3\xff\n", ": not UTF-8 text (byte 0xff at offset 18); a spec is a UTF-8 "
+                                  "YAML file"),
+    ("a: " + "[" * 20000 + "]" * 20000 + "\n",
+     ":1: YAML nested too deeply; a spec nests at most 32 levels"),
+    ("", EMPTY),
+    ("# only a comment\n", EMPTY),
+    ("{}\n", EMPTY),
+    (BOMB, ":2: *a is an alias of a mapping or a list; a spec takes aliases of single values "
+           "only (write the mapping or list out)"),
+    ("base: &b {epochs: 3}\ntrain:\n  <<: *b\n",
+     ":3: *b is an alias of a mapping or a list; a spec takes aliases of single values only "
+     "(write the mapping or list out)"),
+    ("train:\n  epochs: 3\n" + "#" * 2**20 + "\n",
+     ": 1048596 bytes; a spec file is at most 1 MiB (1048576 bytes)"),
+])
+def test_bad_spec_files_are_one_line(tmp_path, content, message):
+    import time
+
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    start = time.monotonic()
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert time.monotonic() - start < 1.0
+    assert str(err.value) == f"{path}{message}"
+
+
+def test_aliases_of_single_values_still_load(write_spec):
+    spec = load_spec(write_spec("optimizer:\n  lr: &lr 0.01\nlr_finder:\n  start_lr: *lr\n"))
+    assert spec.optimizer.lr == spec.lr_finder.start_lr == 0.01
+
+
+@pytest.mark.parametrize("text, override, message", [
+    ("train:\n  epochs: 3\n", "train.epochs.x=3",
+     "--set train.epochs.x: train.epochs is a single value, not a section; set it with "
+     "--set train.epochs=VALUE"),
+    ("train:\n  grad_clip: 2\n", "train.grad_clip.low=0.5",
+     "--set train.grad_clip.low: train.grad_clip is 2 in the spec, not a search leaf; give "
+     "the whole leaf, e.g. --set 'train.grad_clip={type: float, low: ..., high: ...}'"),
+    ("train:\n  epochs: 3\n", "optimizer.lr=[&a [1, 1], *a, *a]",
+     "--set optimizer.lr: *a is an alias of a mapping or a list; a spec takes aliases of "
+     "single values only (write the mapping or list out)"),
+])
+def test_set_into_a_value_is_one_line(write_spec, text, override, message):
+    with pytest.raises(SpecError) as err:
+        load_spec(write_spec(text), [override])
+    assert str(err.value) == message
+
+
+def test_set_into_a_dict_setting_and_an_empty_section(write_spec):
+    spec = load_spec(write_spec("train:\n"), ["data.labels.1=organ", "train.epochs=4"])
+    assert spec.data.labels == {1: "organ"} and spec.train.epochs == 4
