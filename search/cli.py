@@ -130,9 +130,10 @@ def _crossval(args) -> int:
 def _dry_run(spec, args) -> None:
     from search.api import run_paths, tracking_target
     from search.space import describe, preview
-    from search.storage import is_uri, join
+    from search.storage import check_local_folder, is_uri, join
 
     name, storage, run_dir = run_paths(args.spec, args.name, args.storage, args.local_dir)
+    check_local_folder(storage, "--local-dir" if is_uri(args.storage) else "--storage")
     uri, experiment = tracking_target(spec, storage, name, args.tracking_uri)
     searched = spec.searched()
     print(f"spec {args.spec}: valid")
