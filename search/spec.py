@@ -251,16 +251,18 @@ def Searchable(kind: Any) -> Any:  # noqa: N802 - reads as a type
     """A field that is a fixed `kind` value, a search leaf, or a list of conditional leaves
     (alternatives: each with its own `when`, e.g. one lr range per optimizer family). A leaf's
     bounds, choices and default must be valid `kind` values too (its range included)."""
-    fixed = TypeAdapter(kind)
+    fixed: list[TypeAdapter] = []  # built on first use: import stays cheap
 
     def within(value: Any) -> Any:
         for leaf in _alternatives(value):
+            if not fixed:
+                fixed.append(TypeAdapter(kind))
             for where, point in leaf.points():
                 if _is_bool_for(kind, point):
                     raise ValueError(f"{where}: expected a number, got {_bool_text(point)} "
                                      "(a boolean)")
                 try:
-                    fixed.validate_python(point)
+                    fixed[0].validate_python(point)
                 except ValidationError as err:
                     raise ValueError(f"{where}: {err.errors()[0]['msg']}, got {point!r}") \
                         from None
