@@ -151,6 +151,8 @@ def _bool_text(value: Any) -> str:
     return str(next(v for v in items if isinstance(v, bool))).lower()
 
 
+# ---------------------------------------------------------------------------------------------
+# Search leaves, validated by Optuna's own distribution constructors.
 class _Leaf(_Strict):
     when: dict[str, Scalar | list[Scalar]] | None = None
     default: Scalar | None = None
@@ -479,7 +481,7 @@ class ScheduleSpec(_Section):
     the warmup (as their own `warmup_steps`); the cosine keys do not apply to them."""
 
     warmup_fraction: Searchable(Fraction) = 0.1
-    warmup_multiplier: Searchable(Annotated[float, Field(ge=0, le=1)]) | None = None  # 0
+    warmup_multiplier: Searchable(Annotated[float, Field(ge=0, le=1)]) | None = None  # def. 0
     cycles: Searchable(Positive) | None = None  # default 0.5: a half cosine down to 0
 
 
