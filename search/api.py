@@ -14,6 +14,7 @@ import numpy as np
 
 from search.spec import Spec, SpecError, dump_spec
 from search.storage import (
+    check_local_folder,
     check_storage,
     experiment_location,
     is_uri,
@@ -25,14 +26,21 @@ from search.tracking import Tracker, default_uri
 logger = logging.getLogger(__name__)
 
 
+MAX_NAME = 128  # the run folder, the Ray experiment and the MLflow experiment are named by it
+
+
 def run_paths(spec_path: str | Path, name: str | None, storage: str | Path | None,
               local_dir: str | Path | None = None) -> tuple[str, Path, Path]:
     """(run name, local storage folder, run folder `<local storage>/<name>`). The local
     storage is `storage`, or `local_dir` (default `runs/`) when `storage` is an object-store
     URI, which then holds Ray's experiment only."""
-    name = name or Path(spec_path).stem
-    if not name or "/" in name or name.startswith("."):
-        raise SpecError(f"--name {name!r}: a run name is one folder name (no '/', no leading '.')")
+    name = Path(spec_path).stem if name is None else name
+    if (not name or "/" in name or name.startswith(".") or not name.isprintable()
+            or len(name) > MAX_NAME):
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
+        raise SpecError(f"--name {shown}: a run name is one folder name (no '/', no leading "
+                        f"'.', no line breaks or other control characters, at most {MAX_NAME} "
+                        "characters)")
     if is_uri(storage):
         local = Path(local_dir or "runs")
     elif local_dir is not None:
@@ -211,6 +219,7 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
     check_device(spec)
+    check_local_folder(local, "--local-dir" if uri else "--storage")
     if uri:
         check_storage(uri)
     if resume:

@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from search.spec import SpecError, load_spec
+from search.errors import SegtuneError
+from search.spec import load_spec
 
 logger = logging.getLogger("search")
 
@@ -129,9 +130,10 @@ def _crossval(args) -> int:
 def _dry_run(spec, args) -> None:
     from search.api import run_paths, tracking_target
     from search.space import describe, preview
-    from search.storage import is_uri, join
+    from search.storage import check_local_folder, is_uri, join
 
     name, storage, run_dir = run_paths(args.spec, args.name, args.storage, args.local_dir)
+    check_local_folder(storage, "--local-dir" if is_uri(args.storage) else "--storage")
     uri, experiment = tracking_target(spec, storage, name, args.tracking_uri)
     searched = spec.searched()
     print(f"spec {args.spec}: valid")
@@ -264,16 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from search.api import Interrupted
-    from search.compare import CompareError
-    from search.soup import SoupError
-    from search.storage import StorageError
-    from train_fn.datasets import DataError
 
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
                     "repeat": _repeat, "crossval": _crossval, "compare": _compare}
         return commands[args.command](args)
-    except (SpecError, SoupError, DataError, CompareError, StorageError) as err:
+    except SegtuneError as err:
         if args.debug:
             raise
         print(f"segtune: error: {err}", file=sys.stderr)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from search.errors import SegtuneError
+
 logger = logging.getLogger(__name__)
 
 METRICS = {"dice": "Dice", "hd95": "HD95"}  # our name -> nnU-Net's key and the shown name
@@ -27,7 +29,7 @@ CSV_COLUMNS = ("class", "mean", "std", "metric")
 CSV_HEADER = "class,mean[,std][,metric]"
 
 
-class CompareError(ValueError):
+class CompareError(SegtuneError, ValueError):
     """Input that cannot be compared: a missing baseline, a malformed file, no results."""
 
 

@@ -179,6 +179,10 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
 def repeat(run_dir: str | Path, seeds: list[int], trial: str | None = None) -> dict[str, Any]:
     """Retrain the best (or a named) trial's configuration once per seed; per-region mean and
     standard deviation of the test scores over seeds."""
+    out_of_range = [s for s in seeds if not 0 <= s < 2**32]
+    if out_of_range:  # numpy, torch and Optuna take 0 .. 2^32 - 1; checked before Ray starts
+        raise SoupError(f"--seeds {','.join(map(str, seeds))}: seed {out_of_range[0]} is out "
+                        f"of range; a seed is an integer from 0 to {2**32 - 1}")
     run_dir = Path(run_dir)
     summary = _summary(run_dir)
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.errors import SegtuneError
+
 if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI starts without it
     import torch
 
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 LINEAGE_KEYS = ("architecture", "init_fingerprint")
 
 
-class SoupError(ValueError):
+class SoupError(SegtuneError, ValueError):
     """Ingredients that cannot be averaged, or a run folder with nothing to soup."""
 
 

@@ -11,28 +11,34 @@ import copy
 import difflib
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     Tag,
+    TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from search.errors import SegtuneError
 from train_fn.models import MODELS
 from train_fn.optim import BANDS, MODES, OPTIMIZERS
 
 
-class SpecError(ValueError):
+class SpecError(SegtuneError, ValueError):
     """Bad user input in a spec or an override; the message is one line, ready to print."""
 
 
@@ -56,20 +62,97 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_value(text: str) -> Any:
+MAX_SPEC_BYTES = 2**20
+# A spec nests a few levels (section, setting, search leaf, `when`); deeper is a mistake, and
+# far deeper would exhaust Python's recursion in the YAML composer and the validators.
+MAX_DEPTH = 32
+
+
+def parse_value(text: str, where: str = "value") -> Any:
     """Parse one scalar or flow value the way the spec loader would (used by `--set`)."""
-    return yaml.load(text, Loader=_Loader)
+    return _compose(text, where, lines=False)[1]
+
+
+def _compose(text: str, where: str, lines: bool = True) -> tuple[yaml.Node | None, Any]:
+    """(node tree, value) of one YAML document (errors name `where`, with the line when
+    `lines`). YAML syntax errors propagate as yaml.YAMLError."""
+    _check_events(text, where, lines)
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
+
+
+def _check_events(text: str, where: str, lines: bool) -> None:
+    """Refuse, from the parser's event stream (flat, before anything recurses), nesting beyond
+    MAX_DEPTH and aliases of mappings or lists: nested ones expand exponentially (a "billion
+    laughs"), in the line map and in validation alike."""
+    collections: set[str] = set()
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        line = f"{where}:{event.start_mark.line + 1}" if lines else where
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise SpecError(f"{line}: YAML nested too deeply; a spec nests at most "
+                                f"{MAX_DEPTH} levels")
+            if event.anchor is not None:
+                collections.add(event.anchor)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent) and event.anchor in collections:
+            raise SpecError(f"{line}: *{event.anchor} is an alias of a mapping or a list; a "
+                            "spec takes aliases of single values only (write the mapping or "
+                            "list out)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers: every float is finite (`allow_inf_nan` below) and a boolean is never a number
+# (`_no_bool`); the ranges are the settings' own.
+Scalar = StrictBool | int | float | str
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # of 1: a share, a beta, a momentum
+Size = Annotated[int, Field(ge=1)]  # a count or a length in voxels
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what numpy, torch and Optuna all take
+
+
+def _mentions(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    return annotation in kinds or any(_mentions(a, kinds) for a in typing.get_args(annotation))
+
+
+def _is_bool_for(kind: Any, value: Any) -> bool:
+    """Whether `value` is (or lists) a boolean given for a number of a `kind` setting."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return (any(isinstance(v, bool) for v in items) and _mentions(kind, (int, float))
+            and not _mentions(kind, (bool,)))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class _Section(_Strict):
+    """A spec section: its settings refuse a boolean where a number belongs."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse `true`/`false` where a number belongs (pydantic would read true as 1)."""
+        if _is_bool_for(cls.model_fields[info.field_name].annotation, value):
+            raise ValueError(f"expected a number, got {_bool_text(value)} (a boolean)")
+        return value
+
+
+def _bool_text(value: Any) -> str:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return str(next(v for v in items if isinstance(v, bool))).lower()
 
 
 # ---------------------------------------------------------------------------------------------
 # Search leaves, validated by Optuna's own distribution constructors.
-Scalar = StrictBool | int | float | str
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class _Leaf(_Strict):
     when: dict[str, Scalar | list[Scalar]] | None = None
     default: Scalar | None = None
@@ -82,18 +165,35 @@ class _Leaf(_Strict):
                 return False
         return True
 
+    @field_validator("default", "choices", mode="before", check_fields=False)
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        # Said here: the Scalar union would report its first member, "a valid boolean".
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"Input should be a finite number, got {v!r}")
+        return value
+
     @model_validator(mode="after")
     def _check(self):
         self.distribution()  # Optuna checks low <= high, log > 0, step
         return self
 
+    def points(self) -> list[tuple[str, Any]]:
+        """(key, value) of every value the leaf can take or name: bounds or choices, default."""
+        if isinstance(self, CategoricalLeaf):
+            out = [(f"choices[{i}]", c) for i, c in enumerate(self.choices)]
+        else:
+            out = [("low", self.low), ("high", self.high)]
+        return out + ([("default", self.default)] if self.default is not None else [])
+
 
 class FloatLeaf(_Leaf):
     type: Literal["float"]
-    low: float
-    high: float
+    low: StrictFloat  # strict: a boolean is not a bound
+    high: StrictFloat
     log: StrictBool = False
-    step: float | None = None
+    step: StrictFloat | None = None
 
     def distribution(self):
         from optuna.distributions import FloatDistribution
@@ -110,10 +210,10 @@ class FloatLeaf(_Leaf):
 
 class IntLeaf(_Leaf):
     type: Literal["int"]
-    low: int
-    high: int
+    low: StrictInt
+    high: StrictInt
     log: StrictBool = False
-    step: int = 1
+    step: StrictInt = 1
 
     def distribution(self):
         from optuna.distributions import IntDistribution
@@ -151,11 +251,29 @@ def _which(value: Any) -> str:
 
 def Searchable(kind: Any) -> Any:  # noqa: N802 - reads as a type
     """A field that is a fixed `kind` value, a search leaf, or a list of conditional leaves
-    (alternatives: each with its own `when`, e.g. one lr range per optimizer family)."""
+    (alternatives: each with its own `when`, e.g. one lr range per optimizer family). A leaf's
+    bounds, choices and default must be valid `kind` values too (its range included)."""
+    fixed: list[TypeAdapter] = []  # built on first use: import stays cheap
+
+    def within(value: Any) -> Any:
+        for leaf in _alternatives(value):
+            if not fixed:
+                fixed.append(TypeAdapter(kind))
+            for where, point in leaf.points():
+                if _is_bool_for(kind, point):
+                    raise ValueError(f"{where}: expected a number, got {_bool_text(point)} "
+                                     "(a boolean)")
+                try:
+                    fixed[0].validate_python(point)
+                except ValidationError as err:
+                    raise ValueError(f"{where}: {err.errors()[0]['msg']}, got {point!r}") \
+                        from None
+        return value
+
     return Annotated[
         Annotated[kind, Tag("fixed")] | Annotated[Leaf, Tag("leaf")]
         | Annotated[list[Leaf], Tag("alternatives")],
-        Discriminator(_which),
+        Discriminator(_which), AfterValidator(within),
     ]
 
 
@@ -170,7 +288,7 @@ def _alternatives(value: Any) -> list:
 
 # ---------------------------------------------------------------------------------------------
 # Sections.
-class DataSpec(_Strict):
+class DataSpec(_Section):
     """Where the cases are, how they are preprocessed, and how they are split (see
     train_fn.datasets for the formats)."""
 
@@ -182,7 +300,7 @@ class DataSpec(_Strict):
     labels: dict[int, str] | None = None  # foreground label id -> name; default: the format's
     regions: dict[str, tuple[int, ...]] | None = None  # scored name -> label ids; default: each
     orientation: str | None = None  # e.g. RAS; default: as stored
-    spacing: tuple[float, float, float] | None = None  # resample to this (mm)
+    spacing: tuple[Positive, Positive, Positive] | None = None  # resample to this (mm)
     intensity: Literal["window", "zscore"] | None = None  # default: window (CT), zscore (MR)
     window: tuple[float, float] = (-1000.0, 1000.0)  # HU, mapped to [0, 1]
     crop_foreground: StrictBool = False  # crop to the bounding box of the non-air voxels
@@ -190,7 +308,7 @@ class DataSpec(_Strict):
     cache_dir: str | None = None  # default: $SEGTUNE_CACHE/preprocessed
     val_fraction: float = Field(0.2, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: int = 0
+    split_seed: Seed = 0
 
     @model_validator(mode="after")
     def _check(self):
@@ -218,13 +336,13 @@ class DataSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
+class ModelSpec(_Section):
     """The network. Only the keys the named model takes (unset: its default, see
     train_fn.models.MODELS); all trials share `init_seed`, so their weights can be souped."""
 
     name: str = "unet"
-    channels: tuple[int, ...] | None = None  # unet, dynunet (filters per level)
-    strides: tuple[int, ...] | None = None  # unet, dynunet (dynunet: first is usually 1)
+    channels: tuple[Size, ...] | None = None  # unet, dynunet (filters per level)
+    strides: tuple[Size, ...] | None = None  # unet, dynunet (dynunet: first is usually 1)
     num_res_units: int | None = Field(None, ge=0)  # unet
     kernel_size: int | None = Field(None, ge=1)  # dynunet, mednext
     res_block: StrictBool | None = None  # dynunet
@@ -236,7 +354,7 @@ class ModelSpec(_Strict):
     blocks_up: tuple[int, ...] | None = None  # segresnet, mednext
     blocks_bottleneck: int | None = Field(None, ge=1)  # mednext
     dropout: float | None = Field(None, ge=0, lt=1)  # unet, dynunet, segresnet
-    init_seed: int = 0  # one init per search: all trials start from the same weights
+    init_seed: Seed = 0  # one init per search: all trials start from the same weights
 
     @field_validator("name")
     @classmethod
@@ -267,19 +385,19 @@ class ModelSpec(_Strict):
         return self
 
 
-class OptimizerSpec(_Strict):
+class OptimizerSpec(_Section):
     """`lr` for every optimizer; the other keys only for the optimizers that take them (unset:
     the optimizer's own default, see train_fn.optim.OPTIMIZERS)."""
 
     name: Searchable(str) = "novograd"
-    lr: Searchable(float) = 1e-3
-    beta1: Searchable(float) | None = None
-    beta2: Searchable(float) | None = None
-    weight_decay: Searchable(float) | None = None
+    lr: Searchable(Positive) = 1e-3
+    beta1: Searchable(Fraction) | None = None
+    beta2: Searchable(Fraction) | None = None
+    weight_decay: Searchable(NonNegative) | None = None
     grad_averaging: Searchable(StrictBool) | None = None
-    momentum: Searchable(float) | None = None
+    momentum: Searchable(Fraction) | None = None
     nesterov: Searchable(StrictBool) | None = None
-    eps: float | None = None
+    eps: Positive | None = None
 
     @field_validator("name")
     @classmethod
@@ -329,19 +447,19 @@ def _names_for(value: Any, names: list[str]) -> list[str]:
     return out
 
 
-class LayersSpec(_Strict):
+class LayersSpec(_Section):
     """Layer-wise LR multipliers (see train_fn.optim). `mode: bands` takes the five band keys,
     `ramp` takes `start` and `end`, `geometric` takes `decay`; unset multipliers are 1."""
 
     mode: Literal["bands", "ramp", "geometric"] = "bands"
-    early_encoder: Searchable(float) | None = None
-    deep_encoder: Searchable(float) | None = None
-    middle: Searchable(float) | None = None
-    decoder: Searchable(float) | None = None
-    head: Searchable(float) | None = None
-    start: Searchable(float) | None = None  # ramp: multiplier at encoder level 0
-    end: Searchable(float) | None = None  # ramp: multiplier at the head
-    decay: Searchable(float) | None = None  # geometric: factor per step down from the head
+    early_encoder: Searchable(NonNegative) | None = None
+    deep_encoder: Searchable(NonNegative) | None = None
+    middle: Searchable(NonNegative) | None = None
+    decoder: Searchable(NonNegative) | None = None
+    head: Searchable(NonNegative) | None = None
+    start: Searchable(NonNegative) | None = None  # ramp: multiplier at encoder level 0
+    end: Searchable(NonNegative) | None = None  # ramp: multiplier at the head
+    decay: Searchable(Positive) | None = None  # geometric: factor per step down from the head
     no_decay_norm_bias: StrictBool = False  # no weight decay on biases and norm scales
 
     @model_validator(mode="after")
@@ -358,22 +476,22 @@ class LayersSpec(_Strict):
         return self
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(_Section):
     """Warmup then a cosine (MONAI WarmupCosineSchedule). Schedule-free optimizers take only
     the warmup (as their own `warmup_steps`); the cosine keys do not apply to them."""
 
-    warmup_fraction: Searchable(float) = 0.1
-    warmup_multiplier: Searchable(float) | None = None  # default 0
-    cycles: Searchable(float) | None = None  # default 0.5: a half cosine down to 0
+    warmup_fraction: Searchable(Fraction) = 0.1
+    warmup_multiplier: Searchable(Annotated[float, Field(ge=0, le=1)]) | None = None  # def. 0
+    cycles: Searchable(Positive) | None = None  # default 0.5: a half cosine down to 0
 
 
-class TrainSpec(_Strict):
+class TrainSpec(_Section):
     epochs: int = Field(10, ge=1)
     steps_per_epoch: int = Field(20, ge=1)
     batch_size: int = Field(2, ge=2)  # patches per step; batch 1 falls onto a slow conv3d path
-    patch_size: tuple[int, int, int] = (48, 48, 32)
-    grad_clip: Searchable(float) | None = 1.0
-    seed: int = 0  # patch sampling; the same for every trial
+    patch_size: tuple[Size, Size, Size] = (48, 48, 32)
+    grad_clip: Searchable(Positive) | None = 1.0
+    seed: Seed = 0  # patch sampling; the same for every trial
     sw_batch_size: int = Field(4, ge=1)
     sw_overlap: float = Field(0.25, ge=0, lt=1)
     # HD95 per region: true at every validation, k every k epochs (and the last), false off;
@@ -388,9 +506,9 @@ class TrainSpec(_Strict):
     compile: StrictBool = False  # torch.compile the model for the training steps
 
 
-class SearchSpec(_Strict):
+class SearchSpec(_Section):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
-    seed: int = 0
+    seed: Seed = 0
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)
     reduction_factor: int = Field(2, ge=2)
@@ -401,17 +519,17 @@ class SearchSpec(_Strict):
     trial_time_limit_s: float | None = Field(None, gt=0)  # checked after each epoch
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(_Section):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
 
 
-class SoupSpec(_Strict):
+class SoupSpec(_Section):
     enabled: StrictBool = True
     top_k: int = Field(4, ge=1)
 
 
-class CVSpec(_Strict):
+class CVSpec(_Section):
     """k-fold cross-validation over the train and validation cases (test cases stay held out).
     `best`: search on the train/val split, then retrain the `top_k` best configurations on each
     fold. `every`: each trial trains every fold in turn and is scored by its mean over folds
@@ -434,12 +552,12 @@ class CVSpec(_Strict):
         return self.mode == "every" and self.folds >= 2
 
 
-class TrackingSpec(_Strict):
+class TrackingSpec(_Section):
     uri: str | None = None  # default: sqlite:///<storage>/mlflow.db
     experiment: str | None = None  # default: the run name
 
 
-class LRFinderSpec(_Strict):
+class LRFinderSpec(_Section):
     """An exponential LR range test (MONAI LearningRateFinder) run once before the search when
     `enabled`, or by itself with `python -m search lr-find SPEC`."""
 
@@ -464,7 +582,7 @@ class LRFinderSpec(_Strict):
         return self
 
 
-class Spec(_Strict):
+class Spec(_Section):
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -680,19 +798,29 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
-    text = path.read_text()
     try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            raw = loader.construct_document(node) if node is not None else {}
-        finally:
-            loader.dispose()
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {size} bytes; a spec file is at most 1 MiB "
+                            f"({MAX_SPEC_BYTES} bytes)")
+        data = path.read_bytes()
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read the spec file ({err.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset "
+                        f"{err.start}); a spec is a UTF-8 YAML file") from None
+    try:
+        node, raw = _compose(text, str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise SpecError(f"{where}: YAML syntax error: {problem}") from None
+    if raw is None or raw == {}:
+        raise SpecError(f"{path}: empty spec; a spec is a mapping of sections (data, model, "
+                        "optimizer, ...): an empty one would run every default")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a mapping of sections (data, model, ...), "
                         f"got {type(raw).__name__}")
@@ -702,7 +830,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     for item in overrides:
         key, value = _parse_override(item)
         _check_override_key(key)
-        _set(raw, key, value)
+        _set_override(raw, key, value)
         set_keys.add(key)
     try:
         return Spec.model_validate(raw)
@@ -715,7 +843,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise SpecError(f"--set {item!r}: expected dotted.key=value, e.g. optimizer.lr=0.002")
     try:
-        return key.strip(), parse_value(text)
+        return key.strip(), parse_value(text, f"--set {key.strip()}")
     except yaml.YAMLError:
         raise SpecError(f"--set {item!r}: cannot parse the value {text!r}") from None
 
@@ -733,7 +861,34 @@ def _check_override_key(key: str) -> None:
         if isinstance(sub, type) and issubclass(sub, BaseModel) and i < len(parts) - 1:
             model = sub
         elif i < len(parts) - 1:
+            setting = ".".join(parts[:i + 1])
+            if not _has_keys(sub):
+                raise SpecError(f"--set {key}: {setting} is a single value, not a section; "
+                                f"set it with --set {setting}=VALUE")
             return  # into a search leaf: the leaf's own validation names what is wrong
+
+
+def _has_keys(annotation: Any) -> bool:
+    """Whether a setting's value can be a mapping (a search leaf, or a dict such as labels)."""
+    if typing.get_origin(annotation) is dict or (
+            isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return True
+    return any(_has_keys(a) for a in typing.get_args(annotation))
+
+
+def _set_override(tree: dict, key: str, value: Any) -> None:
+    """`_set` for `--set`, which may go into a search leaf only where the spec has one."""
+    *parents, last = key.split(".")
+    for i, part in enumerate(parents):
+        if tree.get(part) is None:  # unset, or an empty section (`train:` alone)
+            tree[part] = {}
+        tree = tree[part]
+        if not isinstance(tree, dict):
+            setting = ".".join(parents[:i + 1])
+            raise SpecError(f"--set {key}: {setting} is {tree!r} in the spec, not a search "
+                            f"leaf; give the whole leaf, e.g. --set '{setting}={{type: float, "
+                            "low: ..., high: ...}'")
+    tree[last] = value
 
 
 def _did_you_mean(word: str, valid: list[str]) -> str:

@@ -18,12 +18,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from search.errors import SegtuneError
+
 BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-class StorageError(ValueError):
-    """An object store that cannot be reached or written."""
+class StorageError(SegtuneError, ValueError):
+    """An object store, or a local folder, that cannot be reached or written."""
 
 
 def is_uri(storage: str | Path | None) -> bool:
@@ -56,6 +58,29 @@ def check_storage(uri: str) -> None:
     if info.type == fs.FileType.NotFound:
         raise StorageError(f"--storage {uri}: bucket {bucket!r} does not exist (create it "
                            "first; segtune does not create buckets)")
+
+
+def check_local_folder(folder: str | Path, flag: str) -> None:
+    """Fail early, in one line, when a local folder for runs cannot be made or written in: a
+    file on its path, or a read-only place. Leaves nothing behind (the probe file has no name
+    and is gone when closed)."""
+    folder = Path(folder)
+    existing = folder.absolute()
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as err:
+        raise StorageError(f"{flag} {folder}: cannot look at {existing} ({err.strerror})") \
+            from None
+    if not existing.is_dir():
+        raise StorageError(f"{flag} {folder}: {existing} is a file, not a folder; give a "
+                           "folder (it is created when missing)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise StorageError(f"{flag} {folder}: cannot write in {existing} ({err.strerror}); "
+                           "give a writable folder") from None
 
 
 def experiment_location(run_dir: str | Path) -> str:

@@ -144,6 +144,16 @@ def _break(kind: str, root):
         save(image, np.zeros((*SHAPE, 3), np.float32))
     elif kind == "float labels":
         save(label, case_arrays(1)[1].astype(np.float32) + 0.5)
+    elif kind == "nan":
+        bad = case_arrays(1)[0]
+        bad[0, 0, :2], bad[1, 1, 1] = np.nan, np.inf
+        save(image, bad)
+    elif kind == "nan label":
+        bad = case_arrays(1)[1].astype(np.float32)
+        bad[2, 2, 2] = np.nan
+        save(label, bad)
+    elif kind == "2d":
+        save(image, np.zeros((12, 10), np.float32))
 
 
 @pytest.mark.parametrize("kind, message", [
@@ -156,6 +166,11 @@ def _break(kind: str, root):
     ("values", "c1_seg.nii.gz: label values [7] outside the declared labels [0, 1, 2]"),
     ("channels", "c1_ct.nii.gz: 3 channel(s), expected 1 (channel0)"),
     ("float labels", "c1_seg.nii.gz: label values are not integers"),
+    ("nan", "c1_ct.nii.gz: 3 non-finite voxels (NaN or infinite); an image must hold finite "
+            "values"),
+    ("nan label", "c1_seg.nii.gz: 1 non-finite voxels (NaN or infinite); a label must hold "
+                  "finite values"),
+    ("2d", "c1_ct.nii.gz: image has 2 dimensions; expected 3 (or 4 with channels)"),
 ])
 def test_check_pass_names_each_bad_file(tmp_path, kind, message):
     spec = folder_dataset(tmp_path)
@@ -166,6 +181,22 @@ def test_check_pass_names_each_bad_file(tmp_path, kind, message):
     text = str(err.value)
     assert text.startswith(f"{tmp_path}: 1 of 4 cases failed the data check:")
     assert message in text, text
+
+
+@pytest.mark.parametrize("content, message", [
+    (np.zeros((12, 10), np.float32), "image has 2 dimensions; expected 3 (or 4 with channels)"),
+    (None, "unreadable image ("),
+])
+def test_a_folder_datasets_first_image_is_checked_for_its_channels(tmp_path, content, message):
+    spec = folder_dataset(tmp_path)
+    first = tmp_path / "images" / "c0_ct.nii.gz"
+    if content is None:
+        first.write_bytes(gzip.compress(b"not an image"))
+    else:
+        save(first, content)
+    with pytest.raises(DataError) as err:
+        open_dataset(spec)
+    assert str(err.value).startswith(f"{first}: {message}"), str(err.value)
 
 
 def test_bad_data_stops_the_cli_before_anything_runs(tmp_path, capsys):

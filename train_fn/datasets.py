@@ -25,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from search.errors import SegtuneError
+
 logger = logging.getLogger(__name__)
 
 SEGTHOR_LABELS = {1: "esophagus", 2: "heart", 3: "trachea", 4: "aorta"}
 
 
-class DataError(ValueError):
+class DataError(SegtuneError, ValueError):
     """Bad data: the message names the file and the problem."""
 
 
@@ -158,7 +160,13 @@ def _folder(root: Path, image_pattern: str, label_pattern: str) -> list[Case]:
 def _channels_of(image: str) -> int:
     import nibabel as nib
 
-    shape = nib.load(image).shape
+    try:
+        shape = nib.load(image).shape
+    except Exception as err:  # nibabel raises many kinds for a bad file
+        raise DataError(f"{image}: unreadable image ({_reason(err)})") from None
+    if len(shape) not in (3, 4):
+        raise DataError(f"{image}: image has {len(shape)} dimensions; expected 3 (or 4 with "
+                        "channels)")
     return 1 if len(shape) == 3 else int(shape[3])
 
 
@@ -224,16 +232,21 @@ def _read(path: str):
 def check_case(case: Case, dataset: Dataset) -> str | None:
     """What is wrong with one case's files, or None."""
     try:
-        image, _ = _read(case.image)
+        image, voxels = _read(case.image)
     except Exception as err:  # nibabel raises many kinds for a bad file
         return f"{case.image}: unreadable image ({_reason(err)})"
     try:
         label, values = _read(case.label)
     except Exception as err:
         return f"{case.label}: unreadable label ({_reason(err)})"
-    channels = 1 if image.ndim == 3 else image.shape[3]
+    for path, what, data in ((case.image, "an image", voxels), (case.label, "a label", values)):
+        bad = _non_finite(data)
+        if bad:
+            return (f"{path}: {bad} non-finite voxels (NaN or infinite); {what} must hold "
+                    "finite values")
     if image.ndim not in (3, 4):
         return f"{case.image}: image has {image.ndim} dimensions; expected 3 (or 4 with channels)"
+    channels = 1 if image.ndim == 3 else image.shape[3]
     if channels != len(dataset.channels):
         return (f"{case.image}: {channels} channel(s), expected {len(dataset.channels)} "
                 f"({', '.join(dataset.channels)})")
@@ -255,6 +268,13 @@ def check_case(case: Case, dataset: Dataset) -> str | None:
         return (f"{case.label}: label values {extra} outside the declared labels "
                 f"{[0, *sorted(dataset.labels)]}")
     return None
+
+
+def _non_finite(data: np.ndarray) -> int:
+    """How many voxels are NaN or infinite (integer volumes have none)."""
+    if not np.issubdtype(data.dtype, np.inexact):
+        return 0
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
 
 
 def _zooms(img) -> list[float]:
