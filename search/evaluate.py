@@ -53,9 +53,12 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
+        looks_like_path = path != Path(model) or len(path.parts) > 1 or path.suffix
         raise SoupError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
-                        "file there")
-    return path.parent.name or "checkpoint", path, load_checkpoint(path.parent)
+                        "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
+    # Exactly the file named: `DIR/mymodel.pt` is not `DIR/checkpoint.pt`.
+    name = path.parent.name if path.name == "checkpoint.pt" else path.stem
+    return name or "checkpoint", path, load_checkpoint(path)
 
 
 def _read(path: Path, what: str) -> dict[str, Any]:

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from search.evaluate import load_weights
+from search.soup import SoupError
+from train_fn.checkpoint import save_checkpoint
+
+
+def test_model_file_is_loaded_exactly(tmp_path):
+    folder = tmp_path / "models"
+    save_checkpoint(folder, {"model": {"w": torch.zeros(2)}})
+    torch.save({"model": {"w": torch.ones(2)}}, folder / "mymodel.pt")
+    name, path, state = load_weights(tmp_path, str(folder / "mymodel.pt"))
+    assert path == folder / "mymodel.pt"
+    assert name == "mymodel"
+    assert torch.equal(state["model"]["w"], torch.ones(2))
+    # The folder, or its checkpoint.pt, still means checkpoint.pt.
+    for model in (folder, folder / "checkpoint.pt"):
+        name, path, state = load_weights(tmp_path, str(model))
+        assert (name, path) == ("models", folder / "checkpoint.pt")
+        assert torch.equal(state["model"]["w"], torch.zeros(2))
+
+
+def test_missing_model_file_is_named(tmp_path):
+    missing = tmp_path / "models" / "other.pt"
+    with pytest.raises(SoupError) as err:
+        load_weights(tmp_path, str(missing))
+    assert str(err.value) == (f"--model {missing}: not one of best, greedy, uniform and no "
+                              f"checkpoint file there ({missing} does not exist)")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_model_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SoupError) as err:
+        load_weights(tmp_path, "nothing")
+    assert str(err.value) == ("--model nothing: not one of best, greedy, uniform and no "
+                              "checkpoint file there")
