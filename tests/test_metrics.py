@@ -130,3 +130,40 @@ def test_hd95_of_misses_and_of_nothing_keeps_the_conventions():
     assert hd95(empty, ref, spacing) == pytest.approx(miss_penalty(ref.shape, spacing))
     assert hd95(pred, empty, spacing) == pytest.approx(miss_penalty(ref.shape, spacing))
     assert hd95(empty, empty, spacing) == 0.0
+
+
+def test_hd95_is_the_larger_directed_percentile_not_the_pooled_one():
+    from pathlib import Path
+
+    import numpy as np
+    from scipy.ndimage import binary_erosion
+
+    import train_fn.metrics as metrics
+
+    # A small prediction in the corner of a large reference: the two directions differ a lot.
+    ref = torch.zeros((16, 16, 16), dtype=torch.bool)
+    ref[2:14, 2:14, 2:14] = True
+    pred = torch.zeros_like(ref)
+    pred[2:5, 2:5, 2:5] = True
+    spacing = (1.0, 1.0, 2.0)
+
+    def edge_points(mask):
+        m = mask.numpy()
+        return np.argwhere(m & ~binary_erosion(m)) * np.asarray(spacing)
+
+    p, r = edge_points(pred), edge_points(ref)
+    p_to_r = np.linalg.norm(p[:, None] - r[None], axis=-1).min(axis=1)
+    r_to_p = np.linalg.norm(r[:, None] - p[None], axis=-1).min(axis=1)
+    directed = max(np.percentile(p_to_r, 95), np.percentile(r_to_p, 95))
+    pooled = np.percentile(np.concatenate([p_to_r, r_to_p]), 95)
+    assert pooled < directed
+    assert hd95(pred, ref, spacing) == pytest.approx(directed, rel=1e-6)
+
+    # ... and where it is documented, it is stated so, not as "symmetric surface distances".
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    evaluation = readme.split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+    for text in (metrics.__doc__, evaluation):
+        flat = " ".join(text.split())
+        assert "the larger of the two directed 95th percentiles" in flat
+        assert "pooled" in flat
+        assert "symmetric surface distances" not in flat

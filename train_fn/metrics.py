@@ -7,8 +7,11 @@ Conventions, stated once:
 - Dice of a region absent from both prediction and reference: 1.0 in training and search
   metrics (nothing to find, nothing found); NaN in `evaluate`'s nnU-Net-style summary, whose
   means skip it as nnU-Net's do.
-- HD95 in millimetres from the voxel spacing (MONAI, 95th percentile of symmetric surface
-  distances). Both empty: 0. One empty (an organ missed, or predicted where there is none): the
+- HD95 in millimetres from the voxel spacing, MONAI's definition
+  (`compute_hausdorff_distance(percentile=95)`): the larger of the two directed 95th
+  percentiles, prediction edge voxels to the nearest reference edge voxel and back. Not the
+  95th percentile of both directions' distances pooled (medpy's `hd95`, usually lower). Both
+  empty: 0. One empty (an organ missed, or predicted where there is none): the
   diagonal of the volume in mm, the largest distance possible, never dropped from a mean.
 """
 
