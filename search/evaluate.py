@@ -5,7 +5,9 @@ per-region means; the foreground mean), so results compare with nnU-Net's direct
 
 Differences from nnU-Net's file, on purpose: regions are keyed by name (`heart`, `WT`) rather
 than label id, and HD95 (mm) is added. Dice of a region absent from both prediction and
-reference is NaN per case and skipped by the means, as nnU-Net does.
+reference is NaN per case and skipped by the per-region means, as nnU-Net does; the foreground
+mean is, as nnU-Net's, a plain mean of the region means: NaN if any region's mean is NaN (a
+region absent from every case).
 """
 
 from __future__ import annotations
@@ -139,17 +141,21 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
 
 def summarise(per_case: list[dict[str, Any]], regions: list[str]) -> dict[str, Any]:
     """nnU-Net's layout: `metric_per_case`, `mean` per region (NaN-skipping), and the
-    `foreground_mean` over regions."""
+    `foreground_mean` over regions (a plain mean, as nnU-Net's: NaN if a region mean is)."""
     keys = list(per_case[0]["metrics"][regions[0]]) if per_case else []
     mean = {r: {k: _nanmean([c["metrics"][r][k] for c in per_case]) for k in keys}
             for r in regions}
-    foreground = {k: _nanmean([mean[r][k] for r in regions]) for k in keys}
+    foreground = {k: _mean([mean[r][k] for r in regions]) for k in keys}
     return {"metric_per_case": per_case, "mean": mean, "foreground_mean": foreground}
 
 
 def _nanmean(values: list[float]) -> float:
     kept = [float(v) for v in values if not math.isnan(float(v))]
     return sum(kept) / len(kept) if kept else math.nan
+
+
+def _mean(values: list[float]) -> float:
+    return sum(float(v) for v in values) / len(values) if values else math.nan
 
 
 def _save_atomic(image, path: Path) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search.evaluate import load_weights
+from search.evaluate import load_weights, summarise
 from search.soup import SoupError
 from train_fn.checkpoint import save_checkpoint
 
@@ -38,3 +38,25 @@ def test_unknown_model_name(tmp_path, monkeypatch):
         load_weights(tmp_path, "nothing")
     assert str(err.value) == ("--model nothing: not one of best, greedy, uniform and no "
                               "checkpoint file there")
+
+
+def _case(**dice):
+    return {"metrics": {r: {"Dice": d, "HD95": 1.0} for r, d in dice.items()}}
+
+
+def test_summary_means_follow_nnunet():
+    import math
+
+    # "b" is absent from every case: its mean is NaN, and so is the foreground mean (nnU-Net:
+    # np.nanmean per region over cases, then np.mean over regions).
+    per_case = [_case(a=0.5, b=math.nan, c=0.9), _case(a=math.nan, b=math.nan, c=0.7),
+                _case(a=0.7, b=math.nan, c=0.8)]
+    summary = summarise(per_case, ["a", "b", "c"])
+    assert summary["mean"]["a"]["Dice"] == pytest.approx(0.6)
+    assert math.isnan(summary["mean"]["b"]["Dice"])
+    assert summary["mean"]["c"]["Dice"] == pytest.approx(0.8)
+    assert math.isnan(summary["foreground_mean"]["Dice"])
+    assert summary["foreground_mean"]["HD95"] == pytest.approx(1.0)
+    summary = summarise([{"metrics": {r: c["metrics"][r] for r in "ac"}} for c in per_case],
+                        ["a", "c"])
+    assert summary["foreground_mean"]["Dice"] == pytest.approx(0.7)
