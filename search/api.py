@@ -21,7 +21,7 @@ from search.storage import (
     join,
     newest_experiment_state,
 )
-from search.tracking import Tracker, default_uri
+from search.tracking import Tracker, check_tracking, default_uri
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +230,10 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     elif uri and newest_experiment_state(join(uri, name)) is not None:
         raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
                         "in the store; pick another --name or --storage")
+    if not resume:
+        # An unreachable server fails here, in seconds, before anything is written.
+        check_tracking(tracking_target(spec, local, name, tracking_uri)[0],
+                       "--tracking-uri" if tracking_uri else f"{spec_path}: tracking.uri")
     if not resume:  # a wrong folder, layout or split fails at once, before Ray starts
         from train_fn.datasets import open_dataset, split_cases
 
@@ -258,8 +262,13 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
             tracker.close_all("FAILED")
             raise
     else:
-        spec, split, data_root, tracker = _start(spec, spec_path, name, local, run_dir,
-                                                 tracking_uri, uri)
+        existed = run_dir.exists()
+        try:
+            spec, split, data_root, tracker = _start(spec, spec_path, name, local, run_dir,
+                                                     tracking_uri, uri)
+        except BaseException:
+            _discard(run_dir, existed)
+            raise
     location = experiment_location(run_dir)
 
     status = "FAILED"
@@ -294,11 +303,35 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
             write_json(run_dir / "summary.json", summary)
         status = "FINISHED"
         return summary
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            status = "KILLED"
+        if not resume and not _restorable(location):
+            _discard(run_dir, existed)
         raise
     finally:
         tracker.close_all(status)
+
+
+def _restorable(location: str | Path) -> bool:
+    from ray import tune
+
+    try:
+        return tune.Tuner.can_restore(str(location))
+    except Exception:  # noqa: BLE001 - an unreadable store: keep the folder, to be safe
+        return True
+
+
+def _discard(run_dir: Path, existed: bool) -> None:
+    """Remove what a new run wrote before its first trial was saved: a folder with a spec and
+    a split but no Ray Tune state can be neither resumed nor run again under its name."""
+    import shutil
+
+    if run_dir.exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        logger.info("removed %s: the run stopped before its first trial was saved", run_dir)
+    if existed:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def check_device(spec: Spec) -> None:
@@ -393,6 +426,7 @@ def _reopen(spec: Spec, run_dir: Path):
     if not tune.Tuner.can_restore(location):
         raise SpecError(f"{location}: no Ray Tune state to resume from (stopped before the "
                         "first trial); delete the folder and run again")
+    check_tracking(info["tracking_uri"], f"{info_path}: tracking_uri")
     tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
     tracker.reopen_parent(info["parent_run_id"])
     logger.info("resuming %s; MLflow %s", run_dir, info["tracking_uri"])

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from search.errors import SegtuneError
+
 logger = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -26,6 +28,38 @@ METRIC_PREFIXES = ("loss", "val_dice", "grad_norm", "lr/")
 def default_uri(storage: str | Path) -> str:
     """sqlite store next to the runs: `<storage>/mlflow.db`."""
     return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+class TrackingError(SegtuneError):
+    """The MLflow tracking store cannot be reached."""
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def check_tracking(uri: str, what: str) -> None:
+    """Refuse an http(s) tracking URI where no server answers, within seconds (MLflow's client
+    would retry for minutes). Any HTTP answer counts, even an error status (a proxy that asks
+    for a login is there); other stores (sqlite, file) are opened by MLflow itself. `what`
+    names where the URI came from (`--tracking-uri`, the spec's key, run.json)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            reason = f"no answer within {PROBE_TIMEOUT_S:g} s"
+        raise TrackingError(f"{what} {uri}: no MLflow tracking server answers there "
+                            f"({reason}); start the server, or pick another tracking URI "
+                            "(--tracking-uri, or tracking.uri in the spec)") from None
 
 
 def _str(value: Any) -> str:

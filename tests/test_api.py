@@ -114,3 +114,76 @@ def test_auto_device_means_the_cpu_in_a_trial_without_a_gpu_share():
     assert granted_device(shared).train.device == "auto"
     assert granted_device(Spec.model_validate({"train": {"device": "cpu"}})).train.device \
         == "cpu"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_fails_at_once_and_writes_nothing(tmp_path, capsys):
+    import time
+
+    import ray
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    start = time.monotonic()
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path / "runs"),
+                            "--tracking-uri", uri])
+    assert time.monotonic() - start < 30
+    assert f"--tracking-uri {uri}: no MLflow tracking server answers there (" in err
+    assert "start the server, or pick another tracking URI" in err
+    assert not (tmp_path / "runs" / "smoke").exists()
+    assert not ray.is_initialized()
+    # The same from the spec's tracking.uri, named by the spec file.
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path / "runs"),
+                            "--set", f"tracking.uri={uri}"])
+    assert f"{SMOKE}: tracking.uri {uri}: no MLflow tracking server answers there" in err
+
+
+def test_resume_checks_the_tracking_server_first(tmp_path, capsys, monkeypatch):
+    from ray import tune
+
+    from search.api import _plain
+    from search.spec import load_spec
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    run_json = tmp_path / "smoke" / "run.json"
+    run_json.parent.mkdir()
+    run_json.write_text(json.dumps({"input_spec": _plain(load_spec(SMOKE).flat()),
+                                    "tracking_uri": uri, "experiment": "smoke",
+                                    "name": "smoke", "parent_run_id": "0" * 32}))
+    monkeypatch.setattr(tune.Tuner, "can_restore", staticmethod(lambda path: True))
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path), "--resume"])
+    assert f"{run_json}: tracking_uri {uri}: no MLflow tracking server answers there" in err
+
+
+def test_a_run_that_fails_before_its_first_trial_leaves_no_folder(tmp_path, capsys,
+                                                                  monkeypatch):
+    import ray
+
+    import search.api as api
+
+    # No Ray needed up to the MLflow store: pretend it is up and large enough.
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(api, "check_resources", lambda spec: None)
+    runs = tmp_path / "runs"
+
+    class StoreDown:
+        def __init__(self, *args):
+            assert (runs / "smoke" / "spec.yaml").is_file()  # written by then
+            raise api.SpecError("the store went down")
+
+    monkeypatch.setattr(api, "Tracker", StoreDown)
+    argv = ["run", SMOKE, "--storage", str(runs), "--set", "lr_finder.enabled=false",
+            "--set", f"data.root={tmp_path / 'phantom'}", "--set", "data.cache=false"]
+    assert "the store went down" in error_of(capsys, argv)
+    assert not (runs / "smoke").exists()
+    # Neither "already exists" nor "nothing to resume": the name starts afresh.
+    assert "the store went down" in error_of(capsys, argv)
+    (runs / "smoke").mkdir()  # an empty folder given by the user stays
+    assert "the store went down" in error_of(capsys, argv)
+    assert (runs / "smoke").is_dir() and not any((runs / "smoke").iterdir())
