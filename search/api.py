@@ -6,12 +6,14 @@ import json
 import logging
 import os
 import time
+from contextlib import ExitStack
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from search.runlock import run_lock
 from search.spec import Spec, SpecError, dump_spec
 from search.storage import (
     check_local_folder,
@@ -207,7 +209,15 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     With `resume`, continue the interrupted run of the same name: finished trials are kept,
     unfinished and errored ones continue from their last checkpoint. An object-store
     `storage` (`s3://bucket/prefix`) holds Ray's experiment; the run folder is then
-    `<local_dir or runs>/<name>`."""
+    `<local_dir or runs>/<name>`. The run folder is held by this process throughout (a
+    second process with the same name is refused, see `search.runlock`)."""
+    with ExitStack() as held:
+        return _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume,
+                       local_dir, held)
+
+
+def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, local_dir,
+            held: ExitStack) -> dict[str, Any]:
     # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
     # Ray warns about it every time unless told not to.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -223,13 +233,11 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     if uri:
         check_storage(uri)
     if resume:
+        if run_dir.is_dir():  # else nothing to resume (said below), and nothing to create
+            held.enter_context(run_lock(run_dir))
         spec, split, data_root, tracker = _reopen(spec, run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise SpecError(f"{run_dir}: a run named {name!r} already exists; continue it with "
-                        "--resume, or pick another --name or --storage")
-    elif uri and newest_experiment_state(join(uri, name)) is not None:
-        raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
-                        "in the store; pick another --name or --storage")
+    else:
+        _check_new(run_dir, name, uri)
     if not resume:
         # An unreachable server fails here, in seconds, before anything is written.
         check_tracking(tracking_target(spec, local, name, tracking_uri)[0],
@@ -239,6 +247,10 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
 
         split_cases([c.case_id for c in open_dataset(spec.data).cases],
                     spec.data.val_fraction, spec.data.test_fraction, spec.data.split_seed)
+        # Taken before anything is written into the run folder, and the folder checked again
+        # under it: another process may have started this name since the check above.
+        held.enter_context(run_lock(run_dir))
+        _check_new(run_dir, name, uri)
     if not ray.is_initialized():
         # Before the data check and the cache build: they run as Ray tasks.
         context = ray.init(**(ray_init or {}))
@@ -311,6 +323,15 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
         raise
     finally:
         tracker.close_all(status)
+
+
+def _check_new(run_dir: Path, name: str, uri: str | None) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SpecError(f"{run_dir}: a run named {name!r} already exists; continue it with "
+                        "--resume, or pick another --name or --storage")
+    if uri and newest_experiment_state(join(uri, name)) is not None:
+        raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
+                        "in the store; pick another --name or --storage")
 
 
 def _restorable(location: str | Path) -> bool:

@@ -187,3 +187,48 @@ def test_a_run_that_fails_before_its_first_trial_leaves_no_folder(tmp_path, caps
     (runs / "smoke").mkdir()  # an empty folder given by the user stays
     assert "the store went down" in error_of(capsys, argv)
     assert (runs / "smoke").is_dir() and not any((runs / "smoke").iterdir())
+
+
+HOLD = """
+import sys, time
+from search.runlock import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(run_dir):
+    """A second process holding the run folder through the same function."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_run_folder_is_held_by_one_process(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    (runs / "smoke").mkdir(parents=True)
+    (runs / "smoke" / "run.json").write_text("{}")
+    holder = _holder(runs / "smoke")
+    try:
+        lock = runs / ".smoke.lock"
+        expected = (f"{runs / 'smoke'}: in use by another segtune process (pid {holder.pid}, "
+                    f"holding {lock}); wait for it to end, or pick another --name or --storage")
+        assert error_of(capsys, ["run", SMOKE, "--storage", str(runs), "--resume"]) == \
+            f"segtune: error: {expected}\n"
+        (runs / "smoke" / "run.json").unlink()  # a new run is refused the same way
+        assert expected in error_of(capsys, ["run", SMOKE, "--storage", str(runs),
+                                             "--set", f"data.root={tmp_path / 'phantom'}"])
+        assert not any((runs / "smoke").iterdir())
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock of a killed process is free: the run gets past it (to its own next error).
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(runs), "--resume"])
+    assert "nothing to resume (no run.json" in err

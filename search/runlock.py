@@ -1,0 +1,48 @@
+"""One process at a time per run folder: an exclusive `flock` on `<storage>/.<name>.lock`, next
+to the folder (so it can be taken before the folder exists, and survives the folder being
+removed). The kernel drops the lock when its process ends, however it ends: a lock left by a
+killed process is free again, and the file's stale pid is only shown, never trusted."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from search.errors import SegtuneError
+
+
+class RunInUse(SegtuneError):
+    """Another live process holds the run folder."""
+
+
+def lock_path(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold `run_dir` for this process until the block ends; raise `RunInUse` at once, naming
+    the holder's pid, when another process holds it. Creates the storage folder if needed."""
+    path = lock_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunInUse(f"{run_dir}: in use by another segtune process (pid {holder}, "
+                           f"holding {path}); wait for it to end, or pick another --name "
+                           "or --storage") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+__all__ = ["RunInUse", "lock_path", "run_lock"]
