@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
 def _evaluate(args) -> int:
     from search.evaluate import evaluate_run
 
-    summary = evaluate_run(args.run_dir, args.model, args.split, args.out)
+    with _held(args.run_dir):
+        summary = evaluate_run(args.run_dir, args.model, args.split, args.out)
     info = summary["segtune"]
     regions = list(summary["mean"])
     print(f"{info['model']} on the {info['split']} split ({len(info['cases'])} cases):")
@@ -113,18 +114,30 @@ def _repeat(args) -> int:
     except ValueError:
         raise SoupError(f"--seeds {args.seeds}: comma-separated integers, e.g. 42,43,44") \
             from None
-    print(repeat(args.run_dir, seeds, args.trial)["table"])
+    with _held(args.run_dir):
+        print(repeat(args.run_dir, seeds, args.trial)["table"])
     return 0
 
 
 def _crossval(args) -> int:
     from search.retrain import crossval
 
-    spec = load_spec(Path(args.run_dir) / "spec.yaml")
-    folds = args.folds or spec.cv.folds or 5
-    top_k = args.top_k or spec.cv.top_k
-    print(crossval(args.run_dir, folds, top_k, args.trial)["table"])
+    with _held(args.run_dir):
+        spec = load_spec(Path(args.run_dir) / "spec.yaml")
+        folds = args.folds or spec.cv.folds or 5
+        top_k = args.top_k or spec.cv.top_k
+        print(crossval(args.run_dir, folds, top_k, args.trial)["table"])
     return 0
+
+
+def _held(run_dir):
+    """The run folder held by this command (see search.runlock); a path that is no folder
+    gets the command's own error, and no lock file."""
+    from contextlib import nullcontext
+
+    from search.runlock import run_lock
+
+    return run_lock(run_dir) if Path(run_dir).is_dir() else nullcontext()
 
 
 def _dry_run(spec, args) -> None:
@@ -228,7 +241,8 @@ def _soup(args) -> int:
     from search.api import soup_run
     from search.report import format_summary
 
-    summary = soup_run(args.run_dir, args.top_k)
+    with _held(args.run_dir):
+        summary = soup_run(args.run_dir, args.top_k)
     searched = list(load_spec(Path(args.run_dir) / "spec.yaml").searched())
     print(format_summary(summary, searched))
     return 0

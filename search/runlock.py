@@ -19,7 +19,9 @@ class RunInUse(SegtuneError):
 
 
 def lock_path(run_dir: str | Path) -> Path:
-    run_dir = Path(run_dir)
+    """`<parent>/.<name>.lock` of the resolved folder: `runs/a`, `runs/a/` and `./a` from
+    inside `runs` (or a link to it) share one lock."""
+    run_dir = Path(run_dir).resolve()
     return run_dir.parent / f".{run_dir.name}.lock"
 
 

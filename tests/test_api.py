@@ -217,7 +217,7 @@ def test_a_run_folder_is_held_by_one_process(tmp_path, capsys):
     (runs / "smoke" / "run.json").write_text("{}")
     holder = _holder(runs / "smoke")
     try:
-        lock = runs / ".smoke.lock"
+        lock = (runs / ".smoke.lock").resolve()
         expected = (f"{runs / 'smoke'}: in use by another segtune process (pid {holder.pid}, "
                     f"holding {lock}); wait for it to end, or pick another --name or --storage")
         assert error_of(capsys, ["run", SMOKE, "--storage", str(runs), "--resume"]) == \
@@ -232,3 +232,21 @@ def test_a_run_folder_is_held_by_one_process(tmp_path, capsys):
     # The lock of a killed process is free: the run gets past it (to its own next error).
     err = error_of(capsys, ["run", SMOKE, "--storage", str(runs), "--resume"])
     assert "nothing to resume (no run.json" in err
+
+
+@pytest.mark.parametrize("argv", [["soup"], ["evaluate"], ["repeat", "--seeds", "1"],
+                                  ["crossval"]], ids=lambda argv: argv[0])
+def test_commands_on_a_run_folder_wait_for_its_holder(tmp_path, capsys, monkeypatch, argv):
+    run = tmp_path / "runs" / "smoke"
+    run.mkdir(parents=True)
+    holder = _holder(run)
+    try:
+        monkeypatch.chdir(run)  # "." is the same folder, and the same lock
+        err = error_of(capsys, [argv[0], ".", *argv[1:]])
+        assert f": in use by another segtune process (pid {holder.pid}, holding " \
+            f"{(run.parent / '.smoke.lock').resolve()})" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    # Free again: the command gets past the lock, to its own error (no run.json / spec.yaml).
+    assert "in use" not in error_of(capsys, [argv[0], ".", *argv[1:]])
