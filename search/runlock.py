@@ -1,7 +1,8 @@
 """One process at a time per run folder: an exclusive `flock` on `<storage>/.<name>.lock`, next
 to the folder (so it can be taken before the folder exists, and survives the folder being
 removed). The kernel drops the lock when its process ends, however it ends: a lock left by a
-killed process is free again, and the file's stale pid is only shown, never trusted."""
+killed process is free again, and the file's stale pid is only shown, never trusted. A process
+that ends normally removes the file."""
 
 from __future__ import annotations
 
@@ -31,20 +32,33 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     the holder's pid, when another process holds it. Creates the storage folder if needed."""
     path = lock_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise RunInUse(f"{run_dir}: in use by another segtune process (pid {holder}, "
                            f"holding {path}); wait for it to end, or pick another --name "
                            "or --storage") from None
+        # The holder before us removes the file as it ends: a lock on a removed file holds
+        # nothing, so take the one at the path now.
+        try:
+            held, there = os.fstat(fd), os.stat(path)
+            if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
-        os.close(fd)  # releases the lock
+        # Removed while still held (no one can take it in between), then released.
+        path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 __all__ = ["RunInUse", "lock_path", "run_lock"]
