@@ -29,8 +29,10 @@ def lock_path(run_dir: str | Path) -> Path:
 @contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[Path]:
     """Hold `run_dir` for this process until the block ends; raise `RunInUse` at once, naming
-    the holder's pid, when another process holds it. Creates the storage folder if needed."""
+    the holder's pid, when another process holds it. Creates the storage folder if needed
+    (and removes it again when it is left empty)."""
     path = lock_path(run_dir)
+    made = not path.parent.exists()  # a run that fails before writing leaves no folder
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -59,6 +61,11 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
         # Removed while still held (no one can take it in between), then released.
         path.unlink(missing_ok=True)
         os.close(fd)
+        if made:
+            try:
+                path.parent.rmdir()  # only if still empty
+            except OSError:
+                pass
 
 
 __all__ = ["RunInUse", "lock_path", "run_lock"]

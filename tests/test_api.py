@@ -181,10 +181,10 @@ def test_a_run_that_fails_before_its_first_trial_leaves_no_folder(tmp_path, caps
     argv = ["run", SMOKE, "--storage", str(runs), "--set", "lr_finder.enabled=false",
             "--set", f"data.root={tmp_path / 'phantom'}", "--set", "data.cache=false"]
     assert "the store went down" in error_of(capsys, argv)
-    assert not (runs / "smoke").exists()
+    assert not (runs / "smoke").exists() and not runs.exists()  # nothing left behind
     # Neither "already exists" nor "nothing to resume": the name starts afresh.
     assert "the store went down" in error_of(capsys, argv)
-    (runs / "smoke").mkdir()  # an empty folder given by the user stays
+    (runs / "smoke").mkdir(parents=True)  # an empty folder given by the user stays
     assert "the store went down" in error_of(capsys, argv)
     assert (runs / "smoke").is_dir() and not any((runs / "smoke").iterdir())
 
