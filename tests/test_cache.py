@@ -247,3 +247,26 @@ def test_sampling_threads_come_from_the_trials_cpus(cpu, setting, workers):
     spec = Spec.model_validate({"resources": {"cpu": cpu},
                                 "train": {"sample_workers": setting}})
     assert sample_workers(spec.train, spec.resources) == workers
+
+
+def test_label_values_beyond_the_classes_are_named(data_spec, phantom_root, tmp_path):
+    from train_fn.data import DataError
+
+    case = find_cases(phantom_root)[0]
+    with pytest.raises(DataError, match=r"GT.nii.gz: label values up to 4 outside 0\.\.2$"):
+        load_volumes([case], data_spec, num_classes=3)
+    # A label that does not fit the cache's uint8 (the data check refuses it first in a run).
+    import nibabel as nib
+
+    from train_fn.datasets import Case
+
+    root = tmp_path / "big-label"
+    root.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.eye(4)), root / "img.nii.gz")
+    label = np.zeros((8, 8, 4), np.int16)
+    label[2, 2, 2] = 300
+    nib.save(nib.Nifti1Image(label, np.eye(4)), root / "seg.nii.gz")
+    odd = Case("odd", str(root / "img.nii.gz"), str(root / "seg.nii.gz"))
+    with pytest.raises(DataError, match=r"seg.nii.gz: label values outside 0\.\.255 after "
+                                        r"preprocessing$"):
+        load_volumes([odd], data_spec)
