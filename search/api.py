@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from search import stopping
 from search.runlock import run_lock
 from search.spec import Spec, SpecError, dump_spec
+from search.stopping import Interrupted
 from search.storage import (
     check_local_folder,
     check_storage,
@@ -22,6 +24,7 @@ from search.storage import (
     is_uri,
     join,
     newest_experiment_state,
+    unfinished_trials,
 )
 from search.tracking import Tracker, check_tracking, default_uri
 
@@ -186,10 +189,6 @@ def _version() -> str:
         return "unknown"
 
 
-class Interrupted(Exception):
-    """The search stopped before its trials finished (Ctrl-C); it can be resumed."""
-
-
 def _plain(flat: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(flat, default=str))
 
@@ -254,6 +253,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     if not ray.is_initialized():
         # Before the data check and the cache build: they run as Ray tasks.
         context = ray.init(**(ray_init or {}))
+        stopping.install()  # after ray.init, which installs Ray's own SIGTERM handler
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
                     ray.cluster_resources().get("CPU", 0),
@@ -290,14 +290,14 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
                                [MlflowCallback(tracker, spec)])
-        results = tuner.fit()
-        unfinished = _unfinished(location)
+        where = f"--storage {uri} --local-dir {local}" if uri else f"--storage {local}"
+        again = f"python -m search run {spec_path} --name {name} {where} --resume"
+        results = stopping.tune_fit(tuner.fit)
+        unfinished = unfinished_trials(location)
         if unfinished:
             status = "KILLED"
-            where = f"--storage {uri} --local-dir {local}" if uri else f"--storage {local}"
             raise Interrupted(f"search interrupted with {unfinished} trial(s) unfinished; "
-                              f"continue it with: python -m search run {spec_path} "
-                              f"--name {name} {where} --resume")
+                              f"continue it with: {again}")
         summary = {"name": name, "metric": spec.search.metric, "run_dir": str(run_dir),
                    "trials": trial_records(results, location, spec),
                    "best": None, "soups": None}
@@ -316,10 +316,15 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         status = "FINISHED"
         return summary
     except BaseException as err:
+        kept = resume or _restorable(location)
+        if not kept:
+            _discard(run_dir, existed)
         if isinstance(err, KeyboardInterrupt):
             status = "KILLED"
-        if not resume and not _restorable(location):
-            _discard(run_dir, existed)
+            raise Interrupted(
+                f"search interrupted; the finished trials are kept: continue it with: {again}"
+                if kept else "search interrupted before its first trial was saved; nothing "
+                "was kept: run it again") from err
         raise
     finally:
         tracker.close_all(status)
@@ -452,19 +457,6 @@ def _reopen(spec: Spec, run_dir: Path):
     tracker.reopen_parent(info["parent_run_id"])
     logger.info("resuming %s; MLflow %s", run_dir, info["tracking_uri"])
     return (load_spec(run_dir / "spec.yaml"), info["split"], Path(info["data_root"]), tracker)
-
-
-def _unfinished(location: str | Path) -> int:
-    """Trials neither terminated nor errored in Ray Tune's last saved experiment state (in
-    the run folder or the object store). After a Ctrl-C, `Tuner.fit()` returns normally
-    (having saved that state): this tells the two apart. (ResultGrid has no public trial
-    status.)"""
-    state = newest_experiment_state(str(location))
-    if state is None:
-        return 0
-    trials = state.get("trial_data", [])
-    statuses = [json.loads(t[0]).get("status") for t in trials]
-    return sum(1 for status in statuses if status not in ("TERMINATED", "ERROR"))
 
 
 def lr_find(spec: Spec, data_root: Path, split: dict[str, list[str]], out_dir: str | Path

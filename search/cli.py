@@ -10,8 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+from search import stopping
 from search.errors import SegtuneError
 from search.spec import load_spec
+from search.stopping import Interrupted
 
 logger = logging.getLogger("search")
 
@@ -279,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from search.api import Interrupted
-
+    stopping.local_ray_on_loopback(getattr(args, "address", None))
+    stopping.install()
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
                     "repeat": _repeat, "crossval": _crossval, "compare": _compare}
@@ -292,11 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Interrupted as err:
         print(f"segtune: {err}", file=sys.stderr)
-        return 130
+        return stopping.exit_code()
     except KeyboardInterrupt:
-        print("segtune: interrupted; finished trials and checkpoints are kept (continue with "
-              "--resume)", file=sys.stderr)
-        return 130
+        print("segtune: interrupted", file=sys.stderr)
+        return stopping.exit_code()
     except Exception as err:  # noqa: BLE001 - one line for users, --debug for developers
         if args.debug or os.environ.get("SEGTUNE_DEBUG"):
             raise

@@ -45,7 +45,11 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
         return ("best", join(experiment_location(run_dir), checkpoint, "checkpoint.pt"),
                 load_run_checkpoint(run_dir, checkpoint))
     if model in ("greedy", "uniform"):
-        path = run_dir / "soup" / model / "checkpoint.pt"
+        # summary.json names the soup set in use (the `soup` link may lag it after a kill).
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        weights = ((summary.get("soups") or {}).get(model) or {}).get("weights")
+        path = run_dir / (weights or f"soup/{model}/checkpoint.pt")
         if not path.is_file():
             raise SoupError(f"{path}: no {model} soup in this run (soup.enabled was off or the "
                             f"search did not finish; make one with: python -m search soup "

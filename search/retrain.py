@@ -19,9 +19,11 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from search import stopping
 from search.soup import SoupError, write_json, write_text
 from search.spec import Spec
-from search.storage import load_run_checkpoint
+from search.stopping import Interrupted
+from search.storage import join, load_run_checkpoint, unfinished_trials
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +125,6 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     from search.storage import (
         experiment_location,
         is_uri,
-        join,
         newest_experiment_state,
         relative,
     )
@@ -157,9 +158,15 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures)))
     if not ray.is_initialized():
         ray.init()
+        stopping.install()  # after ray.init, which installs Ray's own SIGTERM handler
     status = "FAILED"
     try:
-        results = tuner.fit()
+        results = stopping.tune_fit(tuner.fit)
+        unfinished = unfinished_trials(join(location, name))
+        if unfinished:
+            status = "KILLED"
+            raise Interrupted(f"{kind} interrupted with {unfinished} job(s) unfinished; to "
+                              f"run it again, first remove {join(location, name)}")
         records = {}
         for result in results:
             job = (result.config or {}).get("job")
@@ -172,6 +179,10 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
                                        if k.startswith("final/")}}
         status = "FINISHED"
         return records
+    except KeyboardInterrupt as err:
+        status = "KILLED"
+        raise Interrupted(f"{kind} interrupted; to run it again, first remove "
+                          f"{join(location, name)}") from err
     finally:
         tracker.close_trials(status)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,69 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+SOUP_LINK = "soup"  # -> the soup set that summary.json names
+
+
+def soup_set(run_dir: Path) -> Path:
+    """A new, empty folder for one soup step's outputs, beside the run's current set."""
+    path = run_dir / f".soup-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    path.mkdir()
+    return path
+
+
+def switch_soups(run_dir: Path, summary: dict[str, Any], new_set: Path | None) -> None:
+    """Make `new_set` the run's soups, all at once. summary.json is the manifest: its one
+    atomic write switches from the old set to the new one (its `soups` name the new set's
+    files). The `soup` link then follows it and the old set goes. A kill at any point leaves
+    summary.json naming a complete set; `tidy` repairs the link and deletes the rest."""
+    summary["soup_set"] = new_set.name if new_set else None
+    write_json(run_dir / "summary.json", summary)
+    tidy(run_dir)
+
+
+def tidy(run_dir: Path) -> None:
+    """Bring a run folder back to what its summary.json names: the `soup` link points at the
+    named set, other soup sets and temporary files of dead processes are removed."""
+    import shutil
+
+    summary_path = run_dir / "summary.json"
+    named = json.loads(summary_path.read_text()).get("soup_set") if summary_path.is_file() \
+        else None
+    link = run_dir / SOUP_LINK
+    if named and (run_dir / named).is_dir():
+        if not (link.is_symlink() and os.readlink(link) == named):
+            tmp = run_dir / f".{SOUP_LINK}.link-{os.getpid()}"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(named)
+            if link.is_dir() and not link.is_symlink():  # a run of an older segtune
+                link.rename(run_dir / f".soup-old-{os.getpid()}")
+            os.replace(tmp, link)
+    elif link.is_symlink():
+        link.unlink()
+    for old in run_dir.glob(".soup-*"):
+        if old.name != named and old.is_dir() and _dead(old.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in run_dir.rglob(".*.tmp-*"):  # left by a kill inside an atomic write
+        if tmp.is_file() and _dead(tmp.name.rsplit("-", 1)[-1]):
+            tmp.unlink(missing_ok=True)
+
+
+def _dead(pid: str) -> bool:
+    """Whether the process that named a temporary file is gone (or it is this one's own
+    leftover from an earlier step: a soup step runs once per process at a time)."""
+    if not pid.isdigit():
+        return True
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
            tracker=None) -> dict[str, Any]:
     """Evaluate the best trial on the test split and, with `soup`, build, judge and save the
@@ -164,6 +228,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
         raise SoupError(f"{run_dir}: no summary.json (not a finished segtune run folder)")
+    tidy(run_dir)  # what a killed earlier step left
     summary = json.loads(summary_path.read_text())
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
@@ -237,8 +302,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         weights = [(tid, (lambda p=path: load_run_checkpoint(run_dir, p, mmap=True)["model"]))
                    for tid, path in paths.items()]
         lineage = {k: lineages[best["trial_id"]][k] for k in LINEAGE_KEYS}
-        out = run_dir / "soup"
-        out.mkdir(exist_ok=True)
+        # The new set is written beside the current one and switched to at the end.
+        out = soup_set(run_dir)
         soups: dict[str, Any] = {}
 
         uniform = with_bn_stats(average([w for _, w in weights]))
@@ -254,7 +319,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
             t_dice, t_pc, t_hd = judge(soup_w, test, hd=hd)
             soups[kind].update(test_dice=t_dice, test_dice_per_class=t_pc,
                                test_hd95_per_class=t_hd,
-                               weights=f"soup/{kind}/checkpoint.pt")
+                               weights=f"{out.name}/{kind}/checkpoint.pt")
             save_checkpoint(out / kind, {"model": soup_w, "config": spec.flat(),
                                          "ingredients": soups[kind]["ingredients"], **lineage})
             metrics[f"soup/{kind}/val_dice"] = soups[kind]["val_dice"]
@@ -265,9 +330,12 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
             {"trial_id": t["trial_id"], "val_dice": t["val_dice"]} for t in chosen],
             **soups})
         summary["soups"] = soups
-        artifacts.append(out / "soup.json")
+    else:
+        summary["soups"], out = None, None
 
-    write_json(summary_path, summary)
+    switch_soups(run_dir, summary, out)
+    if out is not None:
+        artifacts.append(run_dir / SOUP_LINK / "soup.json")
     if tracker is not None:
         tracker.log_parent(metrics, artifacts)
     return summary

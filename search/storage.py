@@ -165,3 +165,16 @@ def load_run_checkpoint(run_dir: str | Path, checkpoint: str, mmap: bool = False
     location = experiment_location(run_dir)
     with _checkpoint_folder(location, checkpoint) as folder:
         return load_checkpoint(folder, mmap=mmap and not is_uri(location))
+
+
+def unfinished_trials(location: str | Path) -> int:
+    """Trials neither terminated nor errored in Ray Tune's last saved experiment state (in
+    the run folder or the object store). After a Ctrl-C, `Tuner.fit()` returns normally
+    (having saved that state): this tells the two apart. (ResultGrid has no public trial
+    status.)"""
+    state = newest_experiment_state(str(location))
+    if state is None:
+        return 0
+    trials = state.get("trial_data", [])
+    statuses = [json.loads(t[0]).get("status") for t in trials]
+    return sum(1 for status in statuses if status not in ("TERMINATED", "ERROR"))

@@ -113,10 +113,37 @@ def test_soup_command_and_refusal_to_overwrite(smoke_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["soups"]["uniform"]["ingredients"] == [summary["best"]["trial_id"]]
+    # The new set replaced the old one at once: the link, the files and the summary agree.
+    assert os.readlink(run_dir / "soup") == summary["soup_set"]
+    assert [p.name for p in run_dir.glob(".soup-*")] == [summary["soup_set"]]
+    assert json.loads((run_dir / "soup" / "soup.json").read_text())["uniform"] == {
+        k: v for k, v in summary["soups"]["uniform"].items()}
     assert summary["soups"]["uniform"]["test_dice"] == pytest.approx(summary["best"]["test_dice"])
     again = cli("run", "spaces/smoke.yaml", "--storage", str(storage))
     assert again.returncode == 2
     assert "a run named 'smoke' already exists" in again.stderr
+
+    # kill -9 in the middle of a second soup step: the summary still names a whole set, the
+    # one it names is what `soup/` shows once the next step tidied up.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "search", "soup", str(run_dir)], cwd=ROOT,
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    for line in proc.stderr:
+        if "greedy soup: " in line:
+            break
+    proc.kill()
+    proc.wait(timeout=60)
+    after = json.loads((run_dir / "summary.json").read_text())
+    assert after == summary
+    for kind in ("uniform", "greedy"):
+        torch.load(run_dir / after["soups"][kind]["weights"], weights_only=True)
+    assert len(list(run_dir.glob(".soup-*"))) == 2  # the half-built one, until the next step
+    proc = cli("soup", str(run_dir), "--top-k", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads((run_dir / "summary.json").read_text())
+    assert [p.name for p in run_dir.glob(".soup-*")] == [final["soup_set"]]
+    assert not list(run_dir.rglob(".*.tmp-*"))
 
 
 def runs_by_trial(storage, experiment):

@@ -100,3 +100,47 @@ def test_running_sum_in_float32_matches_a_float64_mean_and_keeps_each_dtype():
     exact_h = torch.stack([m["h"].double() for m in models]).mean(0)
     # bf16 inputs are summed in float32: only the final rounding to bf16 remains.
     torch.testing.assert_close(soup["h"], exact_h.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_tidy_brings_a_killed_soup_step_back_to_what_summary_json_names(tmp_path):
+    import json
+    import os
+
+    from search.soup import switch_soups, tidy
+
+    dead = _dead_pid()
+    named, orphan = tmp_path / f".soup-1-{dead}", tmp_path / f".soup-2-{dead}"
+    for folder in (named, orphan):
+        (folder / "greedy").mkdir(parents=True)
+        (folder / "greedy" / "checkpoint.pt").write_bytes(b"x")
+    # Killed after summary.json named the new set and before the link followed it, with a
+    # temporary file of another killed write left over.
+    (tmp_path / "summary.json").write_text(json.dumps({"soup_set": named.name}))
+    (tmp_path / "soup").symlink_to(orphan.name)
+    stale = tmp_path / "eval" / f".summary.json.tmp-{dead}"
+    stale.parent.mkdir()
+    stale.write_text("{")
+    live = tmp_path / f".run.json.tmp-{os.getppid()}"  # a live writer's file is left alone
+    live.write_text("{")
+    tidy(tmp_path)
+    assert os.readlink(tmp_path / "soup") == named.name
+    assert named.is_dir() and not orphan.exists() and not stale.exists() and live.exists()
+
+    # A run folder of an older segtune has a real soup/ folder: switching replaces it.
+    (tmp_path / "soup").unlink()
+    (tmp_path / "soup" / "greedy").mkdir(parents=True)
+    switch_soups(tmp_path, {"soups": None}, named)
+    assert os.readlink(tmp_path / "soup") == named.name
+    assert [p.name for p in tmp_path.glob(".soup-*")] == [named.name]
+    switch_soups(tmp_path, {"soups": None}, None)  # no soups: no link, no set
+    assert not (tmp_path / "soup").is_symlink() and not named.exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["soup_set"] is None

@@ -1,0 +1,88 @@
+"""Ctrl-C and SIGTERM: stop within seconds, keep what finished, say how to continue.
+
+SLURM (and `kill`, Kubernetes, systemd) send SIGTERM before SIGKILL. Left to Ray, a SIGTERM
+runs Ray's own handler (`sys.exit` in the middle of whatever the driver does), which ended a
+search with exit 134, a C++ stack dump, no resume hint and runs marked FAILED. Here SIGTERM is
+handled as Ctrl-C is:
+
+- inside `Tuner.fit()` it calls Ray Tune's SIGINT handler: Tune saves the experiment state one
+  last time and `fit()` returns, and the caller sees unfinished trials;
+- anywhere else it raises `Stopped`, a `KeyboardInterrupt`, so every `except KeyboardInterrupt`
+  and `finally` on the way out runs (MLflow runs are closed KILLED).
+
+Ray Tune installs its SIGINT handler in `fit()` and leaves it installed after (it restores the
+previous one only once it has fired): a Ctrl-C during the post-search scoring printed "Stop
+signal received" and scoring went on. `tune_fit` restores the caller's handler.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+_received: list[int] = []
+
+
+class Interrupted(Exception):
+    """A search or its jobs stopped before they finished (Ctrl-C, SIGTERM); the message says
+    how to continue."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM arrived outside Ray Tune's run loop."""
+
+
+def received() -> int | None:
+    """The first stop signal this process got (SIGINT or SIGTERM), or None."""
+    return _received[0] if _received else None
+
+
+def exit_code(default: int = 130) -> int:
+    """128 + the signal, as a shell reports a process ended by it: 130 for Ctrl-C, 143 for
+    SIGTERM."""
+    sig = received()
+    return 128 + sig if sig else default
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _received.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler is not signal.default_int_handler:
+        handler(signal.SIGINT, frame)  # Ray Tune's: a graceful stop of `fit()`
+        return
+    raise Stopped(f"signal {signum}")
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """Handle SIGTERM as Ctrl-C in this (main) thread. Call it again after `ray.init`, which
+    installs Ray's own SIGTERM handler."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)  # the same, but remembers that it came
+
+
+def tune_fit(fit: Callable[[], Any]) -> Any:
+    """Run `Tuner.fit` and give SIGINT back to the caller's handler afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return fit()
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def local_ray_on_loopback(address: str | None) -> None:
+    """A Ray started by this process for itself listens on 127.0.0.1 only. Ray's GCS, raylet,
+    workers and agents otherwise listen on every interface (Ray does so for Linux only: on
+    macOS and Windows a local Ray uses the loopback address, through this same switch). Must
+    run before `ray` is imported; a cluster run (`--address`, `RAY_ADDRESS`) keeps Ray's
+    settings."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

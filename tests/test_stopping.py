@@ -1,0 +1,164 @@
+"""Ctrl-C and SIGTERM sent to the real CLI at the moments that matter, and what a local Ray
+exposes on the network: real processes, real signals, sockets read from /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from test_e2e import cli, runs_by_trial
+
+pytestmark = pytest.mark.e2e
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid` (pid -> its start time, to tell a reused pid apart)."""
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        child = int(stat.parent.name)
+        parents.setdefault(int(fields[1]), []).append(child)
+        starts[child] = fields[19]
+    found, todo = {}, [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found[child] = starts[child]
+            todo.append(child)
+    return found
+
+
+def alive(processes: dict[int, str]) -> list[int]:
+    left = []
+    for pid, start in processes.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[19] == start and fields[0] != "Z":
+            left.append(pid)
+    return left
+
+
+def listening(pids) -> list[tuple[int, str]]:
+    """(pid, local address) of every listening TCP socket of these processes."""
+    addresses = {}
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A":  # LISTEN
+                continue
+            host = cols[1].split(":")[0]
+            if v6:  # 32 hex digits, four little-endian words
+                raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, 32, 8))
+                import ipaddress
+
+                addr = ipaddress.IPv6Address(raw)
+                text = str(addr.ipv4_mapped or addr)
+            else:
+                text = ".".join(str(b) for b in bytes.fromhex(host)[::-1])
+            addresses[cols[9]] = text
+    found = []
+    for pid in pids:
+        try:
+            links = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        for link in links:
+            if link.startswith("socket:[") and link[8:-1] in addresses:
+                found.append((pid, addresses[link[8:-1]]))
+    return found
+
+
+def start(args, storage):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "search", "run", *args, "--storage",
+                             str(storage)], cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+
+
+def wait_for(proc, text: str) -> list[str]:
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"never saw {text!r}:\n" + "".join(seen[-40:]))
+
+
+def test_sigterm_mid_search_stops_cleanly_on_loopback_and_leaves_no_ray_process(tmp_path):
+    storage = tmp_path / "runs"
+    proc = start(["spaces/smoke.yaml", "--name", "term", "--set", "train.epochs=6",
+                  "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false"],
+                 storage)
+    wait_for(proc, " epoch 1/6")
+    ray_processes = descendants(proc.pid)
+    assert len(ray_processes) >= 3  # gcs_server, raylet, trial workers, agents
+    sockets = listening([proc.pid, *ray_processes])
+    assert sockets, "no listening socket found: the check would pass vacuously"
+    exposed = [(pid, a) for pid, a in sockets if a not in ("127.0.0.1", "::1")]
+    assert not exposed, f"a local run listens beyond loopback: {exposed}"
+
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    took = time.monotonic() - sent
+    assert code == 143, rest[-3000:]
+    assert took < 60, f"took {took:.0f} s to stop"
+    assert "segtune: search interrupted with" in rest
+    assert "continue it with: python -m search run spaces/smoke.yaml --name term" in rest
+    assert "Traceback" not in rest and "Stack trace" not in rest, rest[-3000:]
+    _, parents, children, runs = runs_by_trial(storage, "term")
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert len(parents) == 1 and children
+    deadline = time.monotonic() + 20
+    while alive(ray_processes) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in alive(ray_processes)}
+    assert not left, f"processes left 20 s after the CLI exited: {left}"
+
+
+def test_ctrl_c_during_the_post_search_scoring_stops_it_and_resume_finishes(tmp_path):
+    storage = tmp_path / "runs"
+    # More test cases and 4 soup candidates: the scoring after the search takes seconds.
+    args = ["spaces/smoke.yaml", "--name", "scoring", "--set", "data.cases=12",
+            "--set", "data.test_fraction=0.5", "--set", "search.num_trials=4",
+            "--set", "search.scheduler=fifo", "--set", "soup.top_k=4",
+            "--set", "train.epochs=1", "--set", "lr_finder.enabled=false"]
+    proc = start(args, storage)
+    wait_for(proc, "greedy soup: ")
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    assert code == 130, rest[-3000:]
+    assert "Stop signal received" not in rest
+    assert ("segtune: search interrupted; the finished trials are kept: continue it with: "
+            "python -m search run spaces/smoke.yaml --name scoring") in rest, rest[-2000:]
+    run_dir = storage / "scoring"
+    assert not (run_dir / "soup").exists()
+    summary = json.loads((run_dir / "summary.json").read_text()) if (
+        run_dir / "summary.json").exists() else {"best": None}
+    assert summary["best"] is None  # no half-done result passes as the run's
+    _, parents, _, _ = runs_by_trial(storage, "scoring")
+    assert parents[0].info.status == "KILLED"
+
+    again = cli("run", *args, "--storage", str(storage), "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best"]["test_dice_per_class"] and summary["soups"]["greedy"]
+    _, parents, children, runs = runs_by_trial(storage, "scoring")
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
