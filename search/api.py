@@ -26,7 +26,14 @@ from search.storage import (
     newest_experiment_state,
     unfinished_trials,
 )
-from search.tracking import Tracker, check_tracking, default_uri
+from search.tracking import (
+    Tracker,
+    TrackingError,
+    check_tracking,
+    default_uri,
+    rehome,
+    run_tracker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +241,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     if resume:
         if run_dir.is_dir():  # else nothing to resume (said below), and nothing to create
             held.enter_context(run_lock(run_dir))
-        spec, split, data_root, tracker = _reopen(spec, run_dir)
+        spec, split, data_root, tracker = _reopen(spec, run_dir, tracking_uri)
     else:
         _check_new(run_dir, name, uri)
     if not resume:
@@ -414,7 +421,8 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
         spec, finder = lr_find(spec, data_root, split, run_dir)
     write_text(run_dir / "spec.yaml", dump_spec(spec))
     write_json(run_dir / "split.json", split)
-    run_info = {"name": name, "spec_file": str(Path(spec_path).resolve()),
+    run_info = {"name": name, "home": str(run_dir.resolve()),
+                "spec_file": str(Path(spec_path).resolve()),
                 "data_root": str(Path(data_root).resolve()), "split": split,
                 "tracking_uri": uri, "experiment": experiment, "segtune": _version(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "input_spec": input_spec}
@@ -433,7 +441,7 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
     return spec, split, data_root, tracker
 
 
-def _reopen(spec: Spec, run_dir: Path):
+def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
     """Check that an interrupted run can continue with this spec; re-attach its MLflow run."""
     from search.spec import load_spec
 
@@ -452,9 +460,10 @@ def _reopen(spec: Spec, run_dir: Path):
     if not tune.Tuner.can_restore(location):
         raise SpecError(f"{location}: no Ray Tune state to resume from (stopped before the "
                         "first trial); delete the folder and run again")
+    if tracking_uri:
+        info = rehome(run_dir, tracking_uri)
     check_tracking(info["tracking_uri"], f"{info_path}: tracking_uri")
-    tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
-    tracker.reopen_parent(info["parent_run_id"])
+    tracker = run_tracker(run_dir, info, reopen=True)
     logger.info("resuming %s; MLflow %s", run_dir, info["tracking_uri"])
     return (load_spec(run_dir / "spec.yaml"), info["split"], Path(info["data_root"]), tracker)
 
@@ -493,8 +502,9 @@ def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
     info = json.loads(info_path.read_text())
     tracker = None
     try:
-        tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
-        tracker.attach_parent(info["parent_run_id"])
+        tracker = run_tracker(run_dir, info)
+    except TrackingError:
+        raise
     except Exception as err:  # the store may be gone or offline: the soup still runs
         logger.warning("MLflow store %s unavailable (%s); soup results go to files only",
                        info.get("tracking_uri"), err)

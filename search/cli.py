@@ -86,7 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--split", default="test", help="the split evaluated (default: test)")
     comp.add_argument("--baseline-model", choices=["best", "greedy", "uniform"],
                       help="the model of a baseline run folder (default: --model)")
+    for command in (soup, rep, cv, comp):
+        command.add_argument("--tracking-uri", help="log this folder's results to a new parent "
+                             "run in this MLflow store from now on (for a copied or moved run "
+                             "folder, which may not write into the original's)")
     return parser
+
+
+def _rehome(args) -> None:
+    if args.tracking_uri and (Path(args.run_dir) / "run.json").is_file():
+        from search.tracking import rehome
+
+        rehome(args.run_dir, args.tracking_uri)
 
 
 def _evaluate(args) -> int:
@@ -117,6 +128,7 @@ def _repeat(args) -> int:
         raise SoupError(f"--seeds {args.seeds}: comma-separated integers, e.g. 42,43,44") \
             from None
     with _held(args.run_dir):
+        _rehome(args)
         print(repeat(args.run_dir, seeds, args.trial)["table"])
     return 0
 
@@ -125,6 +137,7 @@ def _crossval(args) -> int:
     from search.retrain import crossval
 
     with _held(args.run_dir):
+        _rehome(args)
         spec = load_spec(Path(args.run_dir) / "spec.yaml")
         folds = args.folds or spec.cv.folds or 5
         top_k = args.top_k or spec.cv.top_k
@@ -244,6 +257,7 @@ def _soup(args) -> int:
     from search.report import format_summary
 
     with _held(args.run_dir):
+        _rehome(args)
         summary = soup_run(args.run_dir, args.top_k)
     searched = list(load_spec(Path(args.run_dir) / "spec.yaml").searched())
     print(format_summary(summary, searched))
@@ -253,6 +267,7 @@ def _soup(args) -> int:
 def _compare(args) -> int:
     from search.compare import compare_run
 
+    _rehome(args)
     result = compare_run(args.run_dir, args.baseline, args.model, args.split,
                          args.baseline_model)
     print(result.markdown, end="")

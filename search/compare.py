@@ -392,7 +392,7 @@ def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
 
 def _log(run_dir: Path, rows: list[Row], out: Path, prefix: str) -> str | None:
     """Log to the run's parent MLflow run; a missing or unreachable store only warns."""
-    from search.tracking import Tracker
+    from search.tracking import TrackingError, run_tracker
 
     info_path = run_dir / "run.json"
     info = _json(info_path) if info_path.is_file() else {}
@@ -401,10 +401,11 @@ def _log(run_dir: Path, rows: list[Row], out: Path, prefix: str) -> str | None:
                        "only", run_dir)
         return None
     try:
-        tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
-        tracker.attach_parent(info["parent_run_id"])
+        tracker = run_tracker(run_dir, info)
         tracker.log_parent(metrics_of(rows, prefix), [out / "compare.md", out / "compare.csv"],
                            artifact_path=prefix)
+    except TrackingError:
+        raise
     except Exception as err:  # the store may be gone or offline: the files are written
         logger.warning("MLflow store %s unavailable (%s); the comparison is in files only",
                        info["tracking_uri"], err)

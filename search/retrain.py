@@ -24,6 +24,7 @@ from search.soup import SoupError, write_json, write_text
 from search.spec import Spec
 from search.stopping import Interrupted
 from search.storage import join, load_run_checkpoint, unfinished_trials
+from search.tracking import TrackingError, run_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,6 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
         newest_experiment_state,
         relative,
     )
-    from search.tracking import Tracker
     from search.tuner import JobCallback
 
     run_dir = Path(run_dir)
@@ -143,8 +143,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
                         "again")
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
-    tracker = Tracker(run["tracking_uri"], run["experiment"], run["name"], run_dir)
-    tracker.attach_parent(run["parent_run_id"])
+    tracker = run_tracker(run_dir, run)
     fn = tune.with_parameters(job_trainable, base=spec, jobs=jobs, data_root=run["data_root"])
     fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     tuner = tune.Tuner(
@@ -358,7 +357,6 @@ def _summary(run_dir: Path) -> dict[str, Any]:
 
 def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> dict[str, Any]:
     """Write results.json and results.md; log the means and stds to the parent run."""
-    from search.tracking import Tracker
 
     out = run_dir / name
     out.mkdir(parents=True, exist_ok=True)  # Ray made it, unless its jobs went to a bucket
@@ -374,9 +372,10 @@ def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> di
                 metrics[f"{name}/{key}/{region}/mean"] = s["mean"]
                 metrics[f"{name}/{key}/{region}/std"] = s["std"]
     try:
-        tracker = Tracker(run["tracking_uri"], run["experiment"], run["name"], run_dir)
-        tracker.attach_parent(run["parent_run_id"])
+        tracker = run_tracker(run_dir, run)
         tracker.log_parent(metrics, [out / "results.json", out / "results.md"])
+    except TrackingError:
+        raise
     except Exception as err:  # the store may be offline: the files hold everything
         logger.warning("MLflow store %s unavailable (%s); results are in %s",
                        run.get("tracking_uri"), err, out)

@@ -9,6 +9,7 @@ trial's run again by its Ray trial id, and closes every run it opened with the t
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -232,3 +233,50 @@ class Tracker:
         while ms or ps or ts:
             self.client.log_batch(run_id, metrics=ms[:1000], params=ps[:100], tags=ts[:100])
             ms, ps, ts = ms[1000:], ps[100:], ts[100:]
+
+
+def _home_error(run_dir: Path, info: dict[str, Any]) -> TrackingError:
+    here = Path(run_dir).resolve()
+    return TrackingError(
+        f"{run_dir}: this run folder was made at {info['home']}, and its MLflow run (in "
+        f"{info['tracking_uri']}) belongs to that folder: a copied or moved folder does not "
+        "write into it; give this one an MLflow run of its own with --tracking-uri URI (e.g. "
+        f"--tracking-uri sqlite:///{here.parent / 'mlflow.db'})")
+
+
+def run_tracker(run_dir: str | Path, info: dict[str, Any], reopen: bool = False) -> Tracker:
+    """The tracker of an existing run folder (`info` is its run.json), on its parent run; with
+    `reopen` that run is RUNNING again (a resumed search). A folder that is not where it was
+    made is refused: its run.json still names the original's store, whose artifact paths are
+    absolute, so a re-soup of a copy overwrote the original's artifacts."""
+    if info.get("home") and Path(info["home"]) != Path(run_dir).resolve():
+        raise _home_error(Path(run_dir), info)
+    tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
+    (tracker.reopen_parent if reopen else tracker.attach_parent)(info["parent_run_id"])
+    return tracker
+
+
+def rehome(run_dir: str | Path, uri: str, what: str = "--tracking-uri") -> dict[str, Any]:
+    """Give an existing run folder a new parent run in the store `uri` (a copied or moved
+    folder, or a run whose store is gone) and record it in run.json; later results of the
+    folder go there. The earlier trials' runs stay where they were. No-op when the folder is
+    home and already logs to `uri`."""
+    from search.soup import write_json
+    from search.spec import load_spec
+
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    info = json.loads(info_path.read_text())
+    here = str(run_dir.resolve())
+    if info.get("tracking_uri") == uri and info.get("home", here) == here:
+        return info
+    check_tracking(uri, what)
+    spec = load_spec(run_dir / "spec.yaml")
+    tracker = Tracker(uri, info["experiment"], info["name"], run_dir)
+    tags = {"segtune.copied_from": info["home"]} if info.get("home", here) != here else {}
+    info.update(tracking_uri=uri, home=here, parent_run_id=tracker.start_parent(
+        spec.flat(), list(spec.searched()), tags=tags))
+    tracker.close_all("FINISHED")
+    write_json(info_path, info)
+    logger.info("%s now logs to MLflow %s (parent run %s)", run_dir, uri, info["parent_run_id"])
+    return info

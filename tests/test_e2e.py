@@ -146,6 +146,39 @@ def test_soup_command_and_refusal_to_overwrite(smoke_run):
     assert not list(run_dir.rglob(".*.tmp-*"))
 
 
+
+def test_a_copied_run_folder_never_writes_into_the_original_store(smoke_run, tmp_path):
+    import shutil
+
+    storage, run_dir, _ = smoke_run
+    copy = tmp_path / "elsewhere" / "smoke"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    artifacts = sorted((storage / "mlartifacts").rglob("*"))
+    before = {p: p.read_bytes() for p in artifacts if p.is_file()}
+    _, _, _, runs = runs_by_trial(storage, "smoke")
+
+    refused = cli("soup", str(copy), "--top-k", "1")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert (f"segtune: error: {copy}: this run folder was made at {run_dir.resolve()}, and its "
+            "MLflow run") in refused.stderr
+    assert f"--tracking-uri sqlite:///{copy.parent / 'mlflow.db'}" in refused.stderr
+
+    own = f"sqlite:///{copy.parent / 'mlflow.db'}"
+    proc = cli("soup", str(copy), "--top-k", "1", "--tracking-uri", own)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((copy / "run.json").read_text())
+    assert info["tracking_uri"] == own and info["home"] == str(copy.resolve())
+    _, parents, _, _ = runs_by_trial(copy.parent, "smoke")
+    assert [p.info.run_id for p in parents] == [info["parent_run_id"]]
+    assert parents[0].data.tags["segtune.copied_from"] == str(run_dir.resolve())
+    assert "soup/uniform/test_dice" in parents[0].data.metrics
+    # The original's store and artifacts are as they were.
+    assert {p: p.read_bytes() for p in sorted((storage / "mlartifacts").rglob("*"))
+            if p.is_file()} == before
+    assert len(runs_by_trial(storage, "smoke")[3]) == len(runs)
+    again = cli("soup", str(copy), "--top-k", "1")  # now at home: no option needed
+    assert again.returncode == 0, again.stderr[-3000:]
+
 def runs_by_trial(storage, experiment):
     from mlflow.tracking import MlflowClient
 

@@ -132,10 +132,10 @@ def test_sigterm_mid_search_stops_cleanly_on_loopback_and_leaves_no_ray_process(
 
 def test_ctrl_c_during_the_post_search_scoring_stops_it_and_resume_finishes(tmp_path):
     storage = tmp_path / "runs"
-    # More test cases and 4 soup candidates: the scoring after the search takes seconds.
+    # More test cases and 3 soup candidates: the scoring after the search takes seconds.
     args = ["spaces/smoke.yaml", "--name", "scoring", "--set", "data.cases=12",
-            "--set", "data.test_fraction=0.5", "--set", "search.num_trials=4",
-            "--set", "search.scheduler=fifo", "--set", "soup.top_k=4",
+            "--set", "data.test_fraction=0.5", "--set", "search.num_trials=3",
+            "--set", "search.scheduler=fifo", "--set", "soup.top_k=3",
             "--set", "train.epochs=1", "--set", "lr_finder.enabled=false"]
     proc = start(args, storage)
     wait_for(proc, "greedy soup: ")
@@ -159,6 +159,6 @@ def test_ctrl_c_during_the_post_search_scoring_stops_it_and_resume_finishes(tmp_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best"]["test_dice_per_class"] and summary["soups"]["greedy"]
     _, parents, children, runs = runs_by_trial(storage, "scoring")
-    assert len(parents) == 1 and len(children) == 4
+    assert len(parents) == 1 and len(children) == 3
     assert {r.info.status for r in runs} == {"FINISHED"}
 
