@@ -124,6 +124,8 @@ class Segmenter:
         with torch.no_grad():
             pred = predict(self.net, item["image"].as_tensor(), train.patch_size,
                            train.sw_batch_size, train.sw_overlap, self.device)
+        if not item["image"].applied_operations:  # no spatial step to undo
+            return pred[0].to(torch.uint8).numpy()
         # The label map takes the image's record of spatial steps, so inverting it undoes
         # them (nearest neighbour: labels stay labels).
         item["pred"] = MetaTensor(pred.float(), meta=item["image"].meta,
