@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="folder for the predictions, <name>.nii.gz per input")
     pr.add_argument("--model", default="best", help="best, greedy, uniform, or a checkpoint "
                     "file or folder (default: best)")
-    pr.add_argument("--device", help="cpu, cuda or auto (default: the spec's train.device)")
+    pr.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                    help="where to run the network (default: the spec's train.device)")
 
     rep = sub.add_parser("repeat", help="retrain the best (or a named) configuration with "
                          "several seeds; per-region mean and std")

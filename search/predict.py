@@ -262,7 +262,11 @@ def find_images(inputs: list[str | Path]) -> list[Path]:
     if not images:
         raise PredictError("--input: give a folder of NIfTI images or one or more .nii / "
                            ".nii.gz files")
-    return images
+    # A file named twice (also as part of a folder) is predicted once.
+    first: dict[Path, Path] = {}
+    for image in images:
+        first.setdefault(image.resolve(), image)
+    return list(first.values())
 
 
 def plan_outputs(images: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:

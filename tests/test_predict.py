@@ -128,6 +128,8 @@ def test_folder_and_files_give_one_output_each(run_dir, tmp_path):
     (inputs / "notes.txt").write_text("not an image")
     write_image(inputs / ".b.nii.gz.tmp-1.nii.gz")  # a half-written file: hidden, skipped
     assert [p.name for p in find_images([inputs])] == ["a.nii", "b.nii.gz"]
+    assert find_images([inputs / "b.nii.gz", inputs, inputs / "b.nii.gz"]) == \
+        [inputs / "b.nii.gz", inputs / "a.nii"]  # each file once, in the order first named
     out = tmp_path / "out"
     written = predict_files(run_dir, [inputs], out)
     assert written == [out / "a.nii.gz", out / "b.nii.gz"]
