@@ -1,6 +1,7 @@
-"""`python -m search run SPEC`, `soup RUN_DIR`, `lr-find SPEC` and `compare RUN_DIR --baseline
-B`: thin wrappers over `search.api` and `search.compare`. A user error is one line on stderr
-and exit code 2 (`--debug` shows the traceback)."""
+"""`python -m search run SPEC`, `soup RUN_DIR`, `lr-find SPEC`, `evaluate RUN_DIR`, `predict
+RUN_DIR --input ... --output DIR`, `repeat`, `crossval` and `compare RUN_DIR --baseline B`:
+thin wrappers over the importable API (`search.api`, `search.evaluate`, `search.predict`,
+...). A user error is one line on stderr and exit code 2 (`--debug` shows the traceback)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="test, val or train (default: test)")
     ev.add_argument("--out", help="output folder (default: RUN_DIR/eval/<model>-<split>)")
 
+    pr = sub.add_parser("predict", help="segment new images (no labels needed) with a "
+                        "finished run's model: one <name>.nii.gz per input, in its own grid")
+    pr.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
+    pr.add_argument("--input", "-i", nargs="+", required=True, metavar="DIR_OR_FILE",
+                    help="a folder (every *.nii / *.nii.gz in it) or one or more NIfTI files")
+    pr.add_argument("--output", "-o", required=True, metavar="DIR",
+                    help="folder for the predictions, <name>.nii.gz per input")
+    pr.add_argument("--model", default="best", help="best, greedy, uniform, or a checkpoint "
+                    "file or folder (default: best)")
+    pr.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                    help="where to run the network (default: the spec's train.device)")
+
     rep = sub.add_parser("repeat", help="retrain the best (or a named) configuration with "
                          "several seeds; per-region mean and std")
     rep.add_argument("run_dir", help="the run folder")
@@ -115,6 +128,17 @@ def _evaluate(args) -> int:
     fg = summary["foreground_mean"]
     print(f"{'foreground':<12}{fg['Dice']:.3f}   {fg['HD95']:.1f}")
     print(f"predictions and summary.json: {info['out_dir']}")
+    return 0
+
+
+def _predict(args) -> int:
+    from search.predict import predict_files
+
+    with _held(args.run_dir):
+        written = predict_files(args.run_dir, args.input, args.output, args.model, args.device)
+    for path in written:
+        print(path)
+    print(f"{len(written)} prediction(s) in {args.output}", file=sys.stderr)
     return 0
 
 
@@ -300,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     stopping.install()
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
-                    "repeat": _repeat, "crossval": _crossval, "compare": _compare}
+                    "predict": _predict, "repeat": _repeat, "crossval": _crossval,
+                    "compare": _compare}
         return commands[args.command](args)
     except SegtuneError as err:
         if args.debug:

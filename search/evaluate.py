@@ -76,53 +76,35 @@ def _read(path: Path, what: str) -> dict[str, Any]:
 def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
                  out_dir: str | Path | None = None) -> dict[str, Any]:
     """Predict every case of `split` with `model`; write `predictions/*.nii.gz` and
-    `summary.json` into `out_dir` (default `RUN_DIR/eval/<model>-<split>/`)."""
+    `summary.json` into `out_dir` (default `RUN_DIR/eval/<model>-<split>/`). The predictions
+    are `search.predict`'s, so `predict` gives the same labels for the same images."""
     import nibabel as nib
     import torch
-    from monai.data import MetaTensor
-    from monai.transforms import Invertd
 
-    from search.spec import load_spec
-    from train_fn.data import preprocessing
+    from search.predict import load_model, read_run
     from train_fn.datasets import open_dataset
-    from train_fn.loop import pick_device
-    from train_fn.metrics import predict, region_scores
-    from train_fn.models import build_model
+    from train_fn.metrics import region_scores
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
         raise SoupError(f"--split {split}: choose one of {', '.join(SPLITS)}")
-    run = _read(run_dir / "run.json", "a segtune run folder")
-    spec = load_spec(run_dir / "spec.yaml")
-    name, path, state = load_weights(run_dir, model)
+    run, spec = read_run(run_dir)
+    segmenter = load_model(run_dir, model)
     ds = open_dataset(spec.data, run["data_root"])
     cases = ds.subset(run["split"][split])
-    out = Path(out_dir) if out_dir else run_dir / "eval" / f"{name}-{split}"
+    out = Path(out_dir) if out_dir else run_dir / "eval" / f"{segmenter.name}-{split}"
     (out / "predictions").mkdir(parents=True, exist_ok=True)
-
-    device = pick_device(spec.train.device)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    net = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
-    net.load_state_dict(state["model"])
-    net.eval()
-    transform = preprocessing(spec.data, meta=True)
-    invert = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=True)
 
     per_case = []
     for case in cases:
-        item = transform({"image": case.image, "label": case.label})
-        pred = predict(net, item["image"].as_tensor(), spec.train.patch_size,
-                       spec.train.sw_batch_size, spec.train.sw_overlap, device)
-        item["pred"] = MetaTensor(pred.float(), meta=item["image"].meta,
-                                  applied_operations=item["image"].applied_operations)
-        back = invert(item)["pred"].as_tensor()[0].round().to(torch.uint8)
+        # Named by case: SegTHOR's labels are all GT.nii.gz, and would overwrite each other.
+        pred_file = out / "predictions" / f"{case.case_id}.nii.gz"
+        back = torch.as_tensor(segmenter.predict_file(case.image, pred_file))
         reference = nib.load(case.label)
         if tuple(back.shape) != reference.shape:
             raise RuntimeError(f"{case.label}: prediction shape {tuple(back.shape)} after "
                                f"inverting the preprocessing, reference {reference.shape}")
-        # Named by case: SegTHOR's labels are all GT.nii.gz, and would overwrite each other.
-        pred_file = out / "predictions" / f"{case.case_id}.nii.gz"
-        _save_atomic(nib.Nifti1Image(back.numpy(), nib.load(case.image).affine), pred_file)
         label = torch.as_tensor(np.asanyarray(reference.dataobj).round().astype(np.uint8))
         zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
         scores = region_scores(back, label, ds.regions,
@@ -136,7 +118,8 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
                     ", ".join(f"{k} {v['Dice']:.3f}" for k, v in scores.items()))
 
     summary = summarise(per_case, list(ds.regions))
-    summary["segtune"] = {"run_dir": str(run_dir), "model": name, "checkpoint": str(path),
+    summary["segtune"] = {"run_dir": str(run_dir), "model": segmenter.name,
+                          "checkpoint": segmenter.checkpoint,
                           "split": split, "cases": [c.case_id for c in cases],
                           "out_dir": str(out)}
     write_json(out / "summary.json", summary)
@@ -161,10 +144,3 @@ def _nanmean(values: list[float]) -> float:
 def _mean(values: list[float]) -> float:
     return sum(float(v) for v in values) / len(values) if values else math.nan
 
-
-def _save_atomic(image, path: Path) -> None:
-    import nibabel as nib
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.nii.gz")
-    nib.save(image, tmp)
-    os.replace(tmp, path)

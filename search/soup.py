@@ -295,10 +295,13 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
         for t in chosen:
             state = load_run_checkpoint(run_dir, t["checkpoint"], mmap=True)  # no tensor read
             lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
+            if t is best:
+                best_config = state["config"]  # the trial's resolved settings
             del state
         check_ingredients(lineages)
         # From an object store, each is downloaded when needed and its copy deleted after.
         paths = {t["trial_id"]: t["checkpoint"] for t in chosen}
+        by_id = {t["trial_id"]: t for t in chosen}
         weights = [(tid, (lambda p=path: load_run_checkpoint(run_dir, p, mmap=True)["model"]))
                    for tid, path in paths.items()]
         lineage = {k: lineages[best["trial_id"]][k] for k in LINEAGE_KEYS}
@@ -320,8 +323,15 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
             soups[kind].update(test_dice=t_dice, test_dice_per_class=t_pc,
                                test_hd95_per_class=t_hd,
                                weights=f"{out.name}/{kind}/checkpoint.pt")
-            save_checkpoint(out / kind, {"model": soup_w, "config": spec.flat(),
-                                         "ingredients": soups[kind]["ingredients"], **lineage})
+            # Settings as values, like a trial's checkpoint, not the run's search space: a
+            # soup is loaded (predict, evaluate) with the settings of its best ingredient,
+            # which every soup starts from; each ingredient's searched values are kept too.
+            save_checkpoint(out / kind, {
+                "model": soup_w, "config": best_config,
+                "ingredients": soups[kind]["ingredients"],
+                "ingredient_configs": {tid: by_id[tid]["config"]
+                                       for tid in soups[kind]["ingredients"]},
+                **lineage})
             metrics[f"soup/{kind}/val_dice"] = soups[kind]["val_dice"]
             metrics[f"soup/{kind}/test_dice"] = t_dice
             metrics[f"soup/{kind}/size"] = len(soups[kind]["ingredients"])

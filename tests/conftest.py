@@ -28,6 +28,27 @@ def write_spec(tmp_path):
     return write
 
 
+def cli(*args, cwd=None):
+    """`python -m search ARGS` as a user runs it, in a subprocess."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """A finished search of spaces/smoke.yaml (trials, soups, MLflow), made once for every
+    end-to-end test that only reads a finished run or adds to it: (storage, run folder, the
+    run's process)."""
+    storage = tmp_path_factory.mktemp("runs")
+    proc = cli("run", "spaces/smoke.yaml", "--storage", str(storage))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return storage, storage / "smoke", proc
+
+
 @pytest.fixture(scope="session")
 def phantom_root():
     from train_fn.phantom import write_phantom_dataset

@@ -12,24 +12,10 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, cli
 
 pytestmark = pytest.mark.e2e
 CLASSES = {"esophagus", "heart", "trachea", "aorta"}
-
-
-def cli(*args, cwd=None):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    storage = tmp_path_factory.mktemp("runs")
-    proc = cli("run", "spaces/smoke.yaml", "--storage", str(storage))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return storage, storage / "smoke", proc
 
 
 def test_run_writes_summary_split_and_soups(smoke_run):

@@ -39,10 +39,12 @@ def _above_min(x):
     return x > x.min()
 
 
-def preprocessing(data: Any, meta: bool = False):
+def preprocessing(data: Any, meta: bool = False, label: bool = True, load: bool = True):
     """The deterministic transforms from the spec: load (channels first), orientation,
     resampling, intensity (HU window or per-channel z-score), foreground crop. With `meta`,
-    MetaTensors are kept so the spatial steps can be inverted (predictions)."""
+    MetaTensors are kept so the spatial steps can be inverted (predictions). Without `label`
+    only the image is transformed (an image with no labels); without `load` the image comes
+    in as a channel-first MetaTensor carrying its affine instead of a file path."""
     from monai.transforms import (
         Compose,
         CropForegroundd,
@@ -55,12 +57,13 @@ def preprocessing(data: Any, meta: bool = False):
         Spacingd,
     )
 
-    keys = ["image", "label"]
-    steps = [LoadImaged(keys=keys, ensure_channel_first=True, image_only=True)]
+    keys = ["image", "label"] if label else ["image"]
+    steps = [LoadImaged(keys=keys, ensure_channel_first=True, image_only=True)] if load else []
     if data.orientation:
         steps.append(Orientationd(keys=keys, axcodes=data.orientation))
     if data.spacing:
-        steps.append(Spacingd(keys=keys, pixdim=data.spacing, mode=("bilinear", "nearest")))
+        steps.append(Spacingd(keys=keys, pixdim=data.spacing,
+                              mode=("bilinear", "nearest")[:len(keys)]))
     if intensity(data) == "window":
         steps.append(ScaleIntensityRanged(keys="image", a_min=data.window[0],
                                           a_max=data.window[1], b_min=0.0, b_max=1.0,

@@ -1,0 +1,316 @@
+"""`python -m search predict RUN_DIR --input ... --output DIR`: segment images that have no
+labels with a run's best trial or soup, as `nnUNetv2_predict` does: the run's preprocessing,
+sliding-window inference, the preprocessing inverted, one `<name>.nii.gz` per input in the
+input's own grid and affine, voxels holding the run's label ids.
+
+The same code predicts for `evaluate` (which then scores the files), so both give the same
+labels for the same image. From Python, two lines:
+
+    model = load_model("runs/novograd", "greedy")   # best | greedy | uniform | a .pt path
+    labels = model.predict("new_ct.nii.gz")           # or an array with its affine/spacing
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from search.errors import SegtuneError
+
+if TYPE_CHECKING:
+    import torch
+
+    from search.spec import Spec
+
+logger = logging.getLogger(__name__)
+
+SUFFIXES = (".nii.gz", ".nii")
+
+
+class PredictError(SegtuneError, ValueError):
+    """An input that cannot be segmented, or a run folder that cannot predict."""
+
+
+def image_name(path: str | Path) -> str:
+    """The file name without `.nii` / `.nii.gz`: `a/Patient_41.nii.gz` -> `Patient_41`."""
+    name = Path(path).name
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+@dataclass
+class Segmenter:
+    """A run's network with the run's preprocessing: `predict` an image file or array into a
+    label map on the input's own voxel grid."""
+
+    name: str  # best, greedy, uniform, or the checkpoint's name
+    checkpoint: str
+    spec: Spec  # the run's spec with the model's own searched values filled in
+    net: torch.nn.Module
+    device: torch.device
+    labels: dict[int, str]  # label id -> name, as the run was trained
+    channels: int  # input channels (modalities) the network takes
+
+    def __post_init__(self):
+        from train_fn.data import preprocessing
+
+        self.net.eval()
+        self._from_file = preprocessing(self.spec.data, meta=True, label=False)
+        self._from_array = preprocessing(self.spec.data, meta=True, label=False, load=False)
+
+    def predict(self, image: str | Path | np.ndarray, affine: np.ndarray | None = None,
+                spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+        """Labels (uint8, the shape of the image's first 3 axes) of a NIfTI file, or of an
+        array laid out as NIfTI stores it, (X, Y, Z) or (X, Y, Z, C), with its 4 x 4 affine
+        or, for an axis-aligned image, its voxel `spacing` in mm."""
+        if isinstance(image, (str, Path)):
+            check_image(Path(image), self.channels)
+            return self._segment(self._from_file, {"image": str(image)})
+        return self._segment(self._from_array, {"image": self._meta_tensor(image, affine,
+                                                                           spacing)})
+
+    def predict_file(self, src: str | Path, dst: str | Path) -> np.ndarray:
+        """Predict the NIfTI `src` and write its labels to `dst` (a `.nii.gz` with `src`'s
+        affine; written to a temporary file and renamed, so a kill leaves no half file).
+        Returns the labels."""
+        import nibabel as nib
+
+        labels = self.predict(src)
+        save_labels(labels, nib.load(src).affine, Path(dst))
+        return labels
+
+    def _meta_tensor(self, image: np.ndarray, affine, spacing):
+        import torch
+        from monai.data import MetaTensor
+
+        image = np.asarray(image)
+        if image.ndim not in (3, 4):
+            raise PredictError(f"image array of shape {image.shape}: expected (X, Y, Z), or "
+                               "(X, Y, Z, C) with channels last as NIfTI stores them")
+        if (affine is None) == (spacing is None):
+            raise PredictError("an image array needs its affine (4 x 4) or its spacing "
+                               "(3 values, mm), one of the two: the run's preprocessing "
+                               "works in mm")
+        if affine is None:
+            affine = np.diag([*(float(s) for s in spacing), 1.0])
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise PredictError(f"affine of shape {affine.shape}: expected 4 x 4")
+        # As LoadImaged(ensure_channel_first) gives a file: float32, channels first.
+        data = image[None] if image.ndim == 3 else np.moveaxis(image, -1, 0)
+        if data.shape[0] != self.channels:
+            raise PredictError(f"image array of shape {image.shape}: {data.shape[0]} "
+                               f"channel(s), the run's model takes {self.channels}")
+        return MetaTensor(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
+                          affine=torch.from_numpy(affine))
+
+    def _segment(self, transform, item: dict[str, Any]) -> np.ndarray:
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        from train_fn.metrics import predict
+
+        item = transform(item)
+        train = self.spec.train
+        with torch.no_grad():
+            pred = predict(self.net, item["image"].as_tensor(), train.patch_size,
+                           train.sw_batch_size, train.sw_overlap, self.device)
+        if not item["image"].applied_operations:  # no spatial step to undo
+            return pred[0].to(torch.uint8).numpy()
+        # The label map takes the image's record of spatial steps, so inverting it undoes
+        # them (nearest neighbour: labels stay labels).
+        item["pred"] = MetaTensor(pred.float(), meta=item["image"].meta,
+                                  applied_operations=item["image"].applied_operations)
+        invert = Invertd(keys="pred", transform=transform, orig_keys="image",
+                         nearest_interp=True)
+        return invert(item)["pred"].as_tensor()[0].round().to(torch.uint8).numpy()
+
+
+def save_labels(labels: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write a label map as NIfTI atomically: a kill leaves the old file or none."""
+    import nibabel as nib
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.nii.gz")
+    try:
+        nib.save(nib.Nifti1Image(labels, affine), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_run(run_dir: str | Path) -> tuple[dict[str, Any], Spec]:
+    """(run.json, spec) of a run folder, or one line saying why it is not one."""
+    from search.spec import load_spec
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PredictError(f"{run_dir}: no such run folder (give a segtune run folder, "
+                           "e.g. runs/novograd)")
+    for name in ("run.json", "spec.yaml"):
+        if not (run_dir / name).is_file():
+            raise PredictError(f"{run_dir}: not a segtune run folder (no {name}; a run "
+                               "folder holds run.json, spec.yaml and summary.json)")
+    return json.loads((run_dir / "run.json").read_text()), load_spec(run_dir / "spec.yaml")
+
+
+def model_spec(spec: Spec, state: dict[str, Any], run_dir: Path, name: str) -> Spec:
+    """The run's spec with each searched setting at the model's own value: from the
+    checkpoint's `config` (trials and soups record resolved values), else from the run's best
+    trial (soups made before soups recorded values, checkpoints without a config)."""
+    searched = spec.searched()
+    if not searched:
+        return spec
+    params: dict[str, Any] = {}
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        best = json.loads(summary.read_text()).get("best") or {}
+        params.update(best.get("config") or {})
+    config = state.get("config") or {}
+    # A search leaf is a dict ({type, low, high}); a resolved value never is.
+    params.update({k: v for k, v in config.items() if k in searched and not isinstance(v, dict)})
+    missing = [k for k in searched if k not in params]
+    if missing:
+        raise PredictError(f"--model {name}: the checkpoint's config has no value for the "
+                           f"searched {', '.join(missing)} and the run has no best trial to "
+                           "take one from")
+    return spec.resolve({k: params[k] for k in searched})
+
+
+def load_model(run_dir: str | Path, model: str = "best", device: str | None = None
+               ) -> Segmenter:
+    """A run's `best` trial, `greedy` or `uniform` soup, or a checkpoint file or folder, with
+    the run's preprocessing, ready to `predict`. `device` defaults to the spec's
+    `train.device` (auto: CUDA when there is one)."""
+    from search.evaluate import load_weights
+    from train_fn.datasets import DataError, open_dataset
+    from train_fn.loop import pick_device
+    from train_fn.models import build_model
+
+    run_dir = Path(run_dir)
+    run, spec = read_run(run_dir)
+    name, path, state = load_weights(run_dir, model)
+    spec = model_spec(spec, state, run_dir, model)
+    arch = state.get("architecture") or {}
+    try:  # the label names; the data may not be on this machine
+        ds = open_dataset(spec.data, run["data_root"])
+        labels, channels, classes = dict(ds.labels), len(ds.channels), ds.num_classes
+    except DataError:
+        if not arch:
+            raise
+        classes, channels = arch["out_channels"], arch["in_channels"]
+        labels = {int(k): str(v) for k, v in (spec.data.labels or {}).items()} or {
+            i: str(i) for i in range(1, classes)}
+    net = build_model(spec.model, channels, classes)
+    try:
+        net.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else "no 'model' weights"
+        raise PredictError(f"--model {model}: {path} does not fit this run's network "
+                           f"({first})") from None
+    chosen = pick_device(device or spec.train.device)
+    return Segmenter(name, str(path), spec, net.to(chosen), chosen, labels, channels)
+
+
+def check_image(path: Path, channels: int) -> None:
+    """Refuse, in one line, a file that is not a 3D (or 4D multi-channel) NIfTI image with
+    `channels` channels. Reads the header only."""
+    import nibabel as nib
+
+    if not path.name.endswith(SUFFIXES):
+        raise PredictError(f"{path}: not a NIfTI image (expected a .nii or .nii.gz file)")
+    if not path.is_file():
+        raise PredictError(f"{path}: no such file")
+    try:
+        shape = nib.load(path).shape
+    except Exception as err:  # nibabel raises many kinds for a bad file
+        text = str(err).splitlines()[0] if str(err) else ""
+        raise PredictError(f"{path}: not a readable NIfTI image ({type(err).__name__}"
+                           f"{': ' + text if text else ''})") from None
+    if len(shape) not in (3, 4):
+        raise PredictError(f"{path}: image has {len(shape)} dimensions {tuple(shape)}; "
+                           "expected 3 (or 4 with channels last)")
+    found = 1 if len(shape) == 3 else shape[3]
+    if found != channels:
+        raise PredictError(f"{path}: {found} channel(s), the run's model takes {channels}")
+
+
+def find_images(inputs: list[str | Path]) -> list[Path]:
+    """The images named: every `*.nii` / `*.nii.gz` in a folder (sorted; hidden files, such
+    as a half-written temporary file, skipped), or the files themselves."""
+    images: list[Path] = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            found = sorted(p for p in entry.iterdir() if p.is_file()
+                           and p.name.endswith(SUFFIXES) and not p.name.startswith("."))
+            if not found:
+                raise PredictError(f"--input {entry}: no NIfTI images (*.nii, *.nii.gz) in "
+                                   "this folder")
+            images.extend(found)
+        elif entry.exists():
+            images.append(entry)
+        else:
+            raise PredictError(f"--input {entry}: no such file or folder")
+    if not images:
+        raise PredictError("--input: give a folder of NIfTI images or one or more .nii / "
+                           ".nii.gz files")
+    # A file named twice (also as part of a folder) is predicted once.
+    first: dict[Path, Path] = {}
+    for image in images:
+        first.setdefault(image.resolve(), image)
+    return list(first.values())
+
+
+def plan_outputs(images: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs, refusing two inputs of one name and an output that would
+    overwrite its input."""
+    pairs, seen = [], {}
+    for image in images:
+        dst = out_dir / f"{image_name(image)}.nii.gz"
+        if dst in seen:
+            raise PredictError(f"--input: {seen[dst]} and {image} would both be written to "
+                               f"{dst}; predict them into separate --output folders")
+        if dst.resolve() == image.resolve():
+            raise PredictError(f"--output {out_dir}: {dst} would overwrite its input; "
+                               "choose another --output folder")
+        seen[dst] = image
+        pairs.append((image, dst))
+    return pairs
+
+
+def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | Path,
+                  model: str = "best", device: str | None = None) -> list[Path]:
+    """Segment each image of `inputs` (folders or files) into `out_dir/<name>.nii.gz`. Every
+    input is checked before anything is written. Returns the files written."""
+    import torch
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    read_run(run_dir)  # a wrong folder is named before the inputs are looked at
+    images = find_images(inputs)
+    segmenter = load_model(run_dir, model, device)
+    for image in images:
+        check_image(image, segmenter.channels)
+    pairs = plan_outputs(images, out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PredictError(f"--output {out_dir}: a file, not a folder")
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src, dst in pairs:
+        labels = segmenter.predict_file(src, dst)
+        found = sorted(int(v) for v in np.unique(labels) if v)
+        logger.info("%s -> %s (labels %s)", src, dst, found)
+        written.append(dst)
+    return written
+
+
+__all__ = ["PredictError", "Segmenter", "find_images", "image_name", "load_model",
+           "predict_files", "save_labels"]
