@@ -18,12 +18,17 @@ from search.runlock import run_lock
 from search.spec import Spec, SpecError, dump_spec
 from search.stopping import Interrupted
 from search.storage import (
+    DiskFullError,
+    StorageError,
     check_local_folder,
     check_storage,
+    disk_full,
+    disk_full_error,
     experiment_location,
     is_uri,
     join,
     newest_experiment_state,
+    remove_cut_checkpoints,
     unfinished_trials,
 )
 from search.tracking import (
@@ -291,15 +296,17 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     location = experiment_location(run_dir)
 
     status = "FAILED"
+    where = f"--storage {uri} --local-dir {local}" if uri else f"--storage {local}"
+    again = f"python -m search run {spec_path} --name {name} {where} --resume"
     try:
         if resume:
             tuner = restore_tuner(spec, split, str(data_root), location)
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
                                [MlflowCallback(tracker, spec)])
-        where = f"--storage {uri} --local-dir {local}" if uri else f"--storage {local}"
-        again = f"python -m search run {spec_path} --name {name} {where} --resume"
         results = stopping.tune_fit(tuner.fit)
+        if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
+            raise _disk_full(run_dir, again)
         unfinished = unfinished_trials(location)
         if unfinished:
             status = "KILLED"
@@ -326,6 +333,10 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         kept = resume or _restorable(location)
         if not kept:
             _discard(run_dir, existed)
+        # Also when the error is a file the full disk cut short (Ray's pickled trial error).
+        full = disk_full(err) or stopping.stop_reason() == "disk full"
+        if full and not isinstance(err, DiskFullError):
+            raise _disk_full(run_dir, again if kept else None) from None
         if isinstance(err, KeyboardInterrupt):
             status = "KILLED"
             raise Interrupted(
@@ -334,7 +345,19 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                 "was kept: run it again") from err
         raise
     finally:
-        tracker.close_all(status)
+        try:
+            tracker.close_all(status)
+        except Exception as err:
+            if not disk_full(err):
+                raise
+            logger.warning("MLflow could not mark the runs %s (no space left for its store); "
+                           "--resume closes them", status)
+
+
+def _disk_full(run_dir: Path, again: str | None) -> DiskFullError:
+    for cut in remove_cut_checkpoints(run_dir):  # whole or absent; frees space for MLflow
+        logger.warning("removed %s: a checkpoint copy the full disk cut short", cut)
+    return disk_full_error(run_dir, again)
 
 
 def _check_new(run_dir: Path, name: str, uri: str | None) -> None:
@@ -460,6 +483,13 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
     if not tune.Tuner.can_restore(location):
         raise SpecError(f"{location}: no Ray Tune state to resume from (stopped before the "
                         "first trial); delete the folder and run again")
+    try:
+        newest_experiment_state(location)
+    except ValueError:  # Ray would start the search over and leave the old trials' runs
+        raise StorageError(f"{location}: Ray's saved experiment state is cut short (the disk "
+                           "filled up or the machine stopped while it was written), so the "
+                           "search cannot continue; start it again under another --name") \
+            from None
     if tracking_uri:
         info = rehome(run_dir, tracking_uri)
     check_tracking(info["tracking_uri"], f"{info_path}: tracking_uri")

@@ -320,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # It logs each failed query with its traceback, then raises it: segtune reports that once.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     stopping.local_ray_on_loopback(getattr(args, "address", None))
     stopping.install()
     try:

@@ -210,6 +210,29 @@ def _dead(pid: str) -> bool:
     return False
 
 
+def readable(run_dir: Path, ranked: list[dict[str, Any]], need: int
+             ) -> list[dict[str, Any]]:
+    """The first `need` trials, best first, whose checkpoint loads; one that does not (cut
+    short by a full disk or a kill while Ray copied it) is skipped with a warning."""
+    from search.storage import load_run_checkpoint
+
+    kept = []
+    for trial in ranked:
+        try:
+            load_run_checkpoint(run_dir, trial["checkpoint"], mmap=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped alike
+            logger.warning("trial %s: checkpoint %s cannot be read (%s); skipped", trial[
+                "trial_id"], trial["checkpoint"], str(err).splitlines()[0][:200])
+            continue
+        kept.append(trial)
+        if len(kept) == need:
+            break
+    if not kept:
+        raise SoupError(f"{run_dir}: no trial's checkpoint can be read (each is cut short or "
+                        "missing)")
+    return kept
+
+
 def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
            tracker=None) -> dict[str, Any]:
     """Evaluate the best trial on the test split and, with `soup`, build, judge and save the
@@ -243,6 +266,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
                         "erroring" + (f"; the trials' errors: {' | '.join(errors)}"
                                       if errors else ""))
     ranked.sort(key=lambda t: t["val_dice"], reverse=True)
+    ranked = readable(run_dir, ranked, top_k if soup else 1)
 
     ds = open_dataset(spec.data, run["data_root"])
     # The validation cases only judge soups.

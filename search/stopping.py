@@ -17,12 +17,14 @@ signal received" and scoring went on. `tune_fit` restores the caller's handler.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Callable
 from typing import Any
 
 _received: list[int] = []
+_reasons: list[str] = []
 
 
 class Interrupted(Exception):
@@ -66,6 +68,27 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)  # the same, but remembers that it came
+
+
+def stop_search(reason: str) -> None:
+    """Stop Ray Tune's run loop from a driver-side callback as Ctrl-C does: Tune saves the
+    experiment state and `fit()` returns with the unfinished trials resumable. `reason` is
+    kept for the caller (`stop_reason`)."""
+    _reasons.append(reason)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler not in (signal.default_int_handler, _on_sigint):
+        tune_log = logging.getLogger("ray.tune.tune")
+        level = tune_log.level
+        tune_log.setLevel(logging.ERROR)  # its "Stop signal received (e.g. via SIGINT)"
+        try:
+            handler(signal.SIGINT, None)
+        finally:
+            tune_log.setLevel(level)
+
+
+def stop_reason() -> str | None:
+    """Why a callback stopped the search (`stop_search`), or None."""
+    return _reasons[0] if _reasons else None
 
 
 def tune_fit(fit: Callable[[], Any]) -> Any:

@@ -9,6 +9,7 @@ Credentials and endpoints come from the environment as for any pyarrow user
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import tempfile
@@ -178,3 +179,58 @@ def unfinished_trials(location: str | Path) -> int:
     trials = state.get("trial_data", [])
     statuses = [json.loads(t[0]).get("status") for t in trials]
     return sum(1 for status in statuses if status not in ("TERMINATED", "ERROR"))
+
+
+class DiskFullError(StorageError):
+    """The file system of the run (checkpoints, MLflow's sqlite store) has no space left."""
+
+
+_FULL = re.compile(r"No space left on device|\[Errno 28\]|database or disk is full")
+
+
+def disk_full(error: BaseException | str | None) -> bool:
+    """Whether an error, one of its causes, or an error text says a disk is full (an OSError
+    ENOSPC, sqlite's "database or disk is full", or Ray's wrapper around either)."""
+    seen: set[int] = set()
+    while isinstance(error, BaseException) and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if _FULL.search(str(error)):
+            return True
+        error = error.__cause__ or error.__context__ or getattr(error, "cause", None)
+    return isinstance(error, str) and bool(_FULL.search(error))
+
+
+def disk_full_error(path: str | Path, again: str | None) -> DiskFullError:
+    """The one line for a full disk: where, how much is free, and how to continue."""
+    import shutil
+
+    try:
+        free = f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    if again is None:  # nothing was kept to continue from
+        return DiskFullError(f"{path}: not enough space left on the device ({free}); free space "
+                             "and run the search again")
+    return DiskFullError(f"{path}: not enough space left on the device ({free}); the finished "
+                         f"trials and their last whole checkpoints are kept: free some space "
+                         f"and continue with: {again}")
+
+
+def remove_cut_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Delete the checkpoint copies a full disk cut short in a local run folder (Ray copies a
+    trial's checkpoint into storage and registers it only once the copy is whole, so a cut
+    one is never the one a trial resumes from). Frees their space; returns what went."""
+    import shutil
+
+    import torch
+
+    removed = []
+    for path in sorted(Path(run_dir).glob("*/checkpoint_*/checkpoint.pt")):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - unreadable in any way: cut short
+            shutil.rmtree(path.parent, ignore_errors=True)
+            removed.append(path.parent)
+    return removed

@@ -5,8 +5,10 @@ The only driver module that imports Ray (with `search.cli` for `ray.init`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,8 +16,10 @@ from typing import Any
 from ray import tune
 from ray.tune import Callback
 
+from search import stopping
 from search.space import define_by_run, make_sampler
 from search.spec import Spec
+from search.storage import disk_full
 from search.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -42,8 +46,13 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(folder)
+        try:
+            with checkpoint.as_directory() as folder:
+                resume = load_checkpoint(folder)
+        except Exception as err:  # noqa: BLE001 - truncated: a full disk during Ray's copy
+            logger.warning("trial %s: its last checkpoint (%s) cannot be read (%s); the "
+                           "trial starts again from its first epoch", trial_id,
+                           checkpoint.path, str(err).splitlines()[0][:200])
     last = {"state": resume}
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
@@ -129,6 +138,31 @@ def fold_means(per_fold: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(m[k] for m in per_fold) / len(per_fold) for k in keys}
 
 
+def _guarded(method):
+    """MLflow's sqlite store on a full disk: stop the search (resumable, as after Ctrl-C)
+    instead of crashing Ray Tune's loop with sqlite's error, retried once per event."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:
+            if not disk_full(err):
+                raise
+            stopping.stop_search("disk full")
+    return wrapper
+
+
+def _stop_if_disk_full(trial) -> None:
+    """A trial that failed because the disk is full would fail again on every retry (and
+    leave another truncated checkpoint copy): stop the search instead."""
+    try:
+        text = trial.get_error()
+    except Exception:  # noqa: BLE001 - the error file may itself be unwritten
+        text = None
+    if disk_full(text):
+        stopping.stop_search("disk full")
+
+
 class MlflowCallback(Callback):
     """Feeds trial events from Ray to the `Tracker` (driver side, batched)."""
 
@@ -139,7 +173,9 @@ class MlflowCallback(Callback):
         self.last_epoch: dict[str, int] = {}
         self.retries: dict[str, int] = {}
         self.stop_reason: dict[str, str] = {}
+        self.largest_checkpoint = 0
 
+    @_guarded
     def on_trial_start(self, iteration, trials, trial, **info):
         config = searched_config(trial.config, self.base)
         flat = self.base.resolve(config).flat()
@@ -148,17 +184,38 @@ class MlflowCallback(Callback):
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()),
             _counts(trials))
 
+    @_guarded
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last_epoch[trial.trial_id] = int(result.get("epoch", 0))
         if result.get("stop_reason"):
             self.stop_reason[trial.trial_id] = result["stop_reason"]
         self.tracker.log_result(trial.trial_id, result)
+        self._check_space(trial)
         logger.info(
             "trial %s epoch %d/%d: loss %.3f, val_dice %.3f", trial.trial_id,
             result.get("epoch", 0), self.epochs, result.get("loss", float("nan")),
             result.get("val_dice", float("nan")),
         )
 
+    def _check_space(self, trial) -> None:
+        """Stop the search (resumable, as after Ctrl-C) while the run folder's disk still has
+        room for what a stop writes: a disk that fills up cuts Ray's experiment state short,
+        and a resume then starts over. Room kept: 1 MiB plus three of the largest checkpoint
+        so far per concurrent trial."""
+        try:
+            for path in Path(trial.path).glob("checkpoint_*/checkpoint.pt"):
+                self.largest_checkpoint = max(self.largest_checkpoint, path.stat().st_size)
+            free = shutil.disk_usage(self.tracker.run_dir).free
+        except (OSError, TypeError):  # an object store, or a folder not made yet
+            return
+        need = 2**20 + 3 * self.largest_checkpoint * self.base.search.max_concurrent
+        if free < need:
+            logger.warning("only %.1f MiB free in %s; the next checkpoints need about %.1f MiB: "
+                           "stopping the search", free / 2**20, self.tracker.run_dir,
+                           need / 2**20)
+            stopping.stop_search("disk full")
+
+    @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
         # A trial restored at its last epoch reports nothing in this session: Ray's saved
         # result tells how far it got.
@@ -174,16 +231,21 @@ class MlflowCallback(Callback):
             logger.info("trial %s %s after epoch %d/%d %s", trial.trial_id, note, epoch,
                         self.epochs, _counts(trials))
 
+    @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
+        _stop_if_disk_full(trial)
         self.tracker.end_trial(trial.trial_id, "FAILED", note="error")
 
+    @_guarded
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial that Ray retries from its last checkpoint: same MLflow run."""
+        _stop_if_disk_full(trial)
         self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
         self.tracker.note_retry(trial.trial_id, self.retries[trial.trial_id])
         logger.warning("trial %s failed; retry %d from its last checkpoint", trial.trial_id,
                        self.retries[trial.trial_id])
 
+    @_guarded
     def on_experiment_end(self, trials, **info):
         self.tracker.close_trials("KILLED")  # only runs that no trial event closed
 
@@ -205,6 +267,7 @@ class JobCallback(MlflowCallback):
         super().__init__(tracker, base)
         self.jobs, self.kind = jobs, kind
 
+    @_guarded
     def on_trial_start(self, iteration, trials, trial, **info):
         from search.retrain import job_spec
 
@@ -216,6 +279,7 @@ class JobCallback(MlflowCallback):
             tags={"segtune.kind": self.kind, "segtune.job": name,
                   "segtune.source_trial": job["trial"]})
 
+    @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.end_trial(trial.trial_id, "FINISHED", note="completed")
 

@@ -162,3 +162,47 @@ def test_ctrl_c_during_the_post_search_scoring_stops_it_and_resume_finishes(tmp_
     assert len(parents) == 1 and len(children) == 3
     assert {r.info.status for r in runs} == {"FINISHED"}
 
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2.6 MB file system of its own (tmpfs): the search's default MLflow store takes 1 MB,
+    each smoke checkpoint 110 kB."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {made.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes(small_disk):
+    import torch
+
+    args = ["spaces/smoke.yaml", "--name", "full", "--set", "train.epochs=4",
+            "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false"]
+    proc = start(args, small_disk)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"segtune: error: {small_disk / 'full'}: not enough space left on "
+                           "the device ("), err[-3000:]
+    assert "continue with: python -m search run spaces/smoke.yaml --name full" in last
+    assert len(err.splitlines()) < 60, err  # not pages of MLflow and Ray tracebacks
+    # Every checkpoint in the run folder is whole; every MLflow run is closed.
+    checkpoints = list((small_disk / "full").glob("*/checkpoint_*/checkpoint.pt"))
+    assert checkpoints
+    for path in checkpoints:
+        torch.load(path, weights_only=True)
+    _, _, children, runs = runs_by_trial(small_disk, "full")
+    assert {r.info.status for r in runs} == {"FAILED"}
+
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    again = cli("run", *args, "--storage", str(small_disk), "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((small_disk / "full" / "summary.json").read_text())
+    assert {t["status"] for t in summary["trials"]} == {"completed"}
+    assert {t["trial_id"] for t in summary["trials"]} == set(children)  # none lost or new
+    assert {r.info.status for r in runs_by_trial(small_disk, "full")[3]} == {"FINISHED"}

@@ -154,3 +154,34 @@ def test_retrain_refuses_jobs_already_in_the_store(tmp_path, bucket):
                        r"\(these jobs ran already\)"):
         run_jobs(run_dir, "repeat", {}, "repeat-a-seeds-1-2")
     assert not (run_dir / "repeat-a-seeds-1-2").exists()
+
+
+def test_disk_full_is_found_in_causes_wrappers_and_texts(tmp_path):
+    import errno
+    import sqlite3
+
+    from search.storage import disk_full, remove_cut_checkpoints
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("Ray: the trial failed") from inner
+    except RuntimeError as outer:
+        wrapped = outer
+    assert disk_full(wrapped)
+    assert disk_full(sqlite3.OperationalError("database or disk is full"))
+    assert disk_full("OSError: [Errno 28] Error writing bytes to file")
+    assert not disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not disk_full(None) and not disk_full("CUDA out of memory")
+
+    import torch
+
+    whole = tmp_path / "trial_a" / "checkpoint_000001" / "checkpoint.pt"
+    cut = tmp_path / "trial_b" / "checkpoint_000000" / "checkpoint.pt"
+    for path in (whole, cut):
+        path.parent.mkdir(parents=True)
+        torch.save({"w": torch.ones(1000)}, path)
+    cut.write_bytes(cut.read_bytes()[:2000])
+    assert remove_cut_checkpoints(tmp_path) == [cut.parent]
+    assert whole.is_file() and not cut.parent.exists()
