@@ -247,7 +247,8 @@ class MlflowCallback(Callback):
 
     @_guarded
     def on_experiment_end(self, trials, **info):
-        self.tracker.close_trials("KILLED")  # only runs that no trial event closed
+        # Only runs that no trial event closed: stopped from outside, or by a full disk.
+        self.tracker.close_trials("FAILED" if stopping.stop_reason() == "disk full" else "KILLED")
 
 
 def _counts(trials) -> str:
