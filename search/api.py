@@ -29,6 +29,7 @@ from search.storage import (
     join,
     newest_experiment_state,
     remove_cut_checkpoints,
+    saved_trial_ids,
     unfinished_trials,
 )
 from search.tracking import (
@@ -494,6 +495,9 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
         info = rehome(run_dir, tracking_uri)
     check_tracking(info["tracking_uri"], f"{info_path}: tracking_uri")
     tracker = run_tracker(run_dir, info, reopen=True)
+    for trial_id in tracker.drop_unknown_trials(saved_trial_ids(location)):
+        logger.info("deleted the MLflow run of trial %s: killed before Ray saved it (it has no "
+                    "checkpoint; a new trial takes its place)", trial_id)
     logger.info("resuming %s; MLflow %s", run_dir, info["tracking_uri"])
     return (load_spec(run_dir / "spec.yaml"), info["split"], Path(info["data_root"]), tracker)
 

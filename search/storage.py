@@ -168,6 +168,12 @@ def load_run_checkpoint(run_dir: str | Path, checkpoint: str, mmap: bool = False
         return load_checkpoint(folder, mmap=mmap and not is_uri(location))
 
 
+def saved_trial_ids(location: str | Path) -> set[str]:
+    """The ids of the trials in Ray Tune's last saved experiment state."""
+    state = newest_experiment_state(str(location)) or {}
+    return {json.loads(t[0]).get("trial_id") for t in state.get("trial_data", [])}
+
+
 def unfinished_trials(location: str | Path) -> int:
     """Trials neither terminated nor errored in Ray Tune's last saved experiment state (in
     the run folder or the object store). After a Ctrl-C, `Tuner.fit()` returns normally

@@ -186,6 +186,21 @@ class Tracker:
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         self._log(run_id, metrics=metrics_of(result), step=step)
 
+    def drop_unknown_trials(self, known: set[str]) -> list[str]:
+        """Delete the nested runs of trials that Ray's saved state does not hold: a kill -9
+        between MLflow's run and Ray's next save leaves a run of a trial that no resume
+        continues (it has no checkpoint; Ray starts a new trial in its place)."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'")
+        dropped = []
+        for run in runs:
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id and trial_id not in known:
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                self.client.delete_run(run.info.run_id)
+                dropped.append(trial_id)
+        return dropped
+
     def note_retry(self, trial_id: str, retries: int) -> None:
         run_id = self.trial_runs.get(trial_id)
         if run_id is not None:
