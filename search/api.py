@@ -224,6 +224,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     import ray
 
     from search.soup import finish, write_json
+    from search.study import study_url
     from search.tuner import MlflowCallback, make_tuner, restore_tuner, trial_records
 
     uri = str(storage) if is_uri(storage) else None
@@ -289,7 +290,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
             tuner = restore_tuner(spec, split, str(data_root), location)
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
-                               [MlflowCallback(tracker, spec)])
+                               [MlflowCallback(tracker, spec)], study=study_url(run_dir))
         results = tuner.fit()
         unfinished = _unfinished(location)
         if unfinished:
