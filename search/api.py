@@ -314,6 +314,9 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                   crossval(run_dir, spec.cv.folds, spec.cv.top_k))
             summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
             write_json(run_dir / "summary.json", summary)
+        from search.plots import write_plots
+
+        write_plots(run_dir, name, results, tracker)  # warns, never raises
         status = "FINISHED"
         return summary
     except BaseException as err:
@@ -486,6 +489,9 @@ def lr_find(spec: Spec, data_root: Path, split: dict[str, list[str]], out_dir: s
     from search.soup import write_json
 
     write_json(Path(out_dir) / "lr_finder.json", result)
+    from train_fn.lr_finder import plot_range_test
+
+    plot_range_test(result, result["plot"], used=result["lr_used"])  # now with the range
     logger.info("LR finder: suggested lr %.3g; optimizer.lr is now %s", result["suggestion"],
                 result["lr_used"])
     return new, result

@@ -56,6 +56,13 @@ class StudySearch(OptunaSearch):
                          storage=optuna.storages.RDBStorage(url) if url else None)
         self._budget = budget
         self._best: dict[str, float] = {}  # Ray trial id -> best metric so far
+        self._step: dict[str, int] = {}  # Ray trial id -> last step reported to Optuna
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # the id summary.json and MLflow know the trial by
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         value = result.get(self.metric)
@@ -63,7 +70,11 @@ class StudySearch(OptunaSearch):
             old = self._best.get(trial_id)
             better = max if self._mode == "max" else min
             self._best[trial_id] = value if old is None else better(old, value)
-        if trial_id in self._best:  # a NaN before any finite value is not reported
+        step = int(result.get("training_iteration", 0))
+        # A NaN before any finite value is not reported; an epoch redone after a retry
+        # or resume is not reported twice (Optuna would ignore it with a warning).
+        if trial_id in self._best and step > self._step.get(trial_id, 0):
+            self._step[trial_id] = step
             super().on_trial_result(trial_id, {**result, self.metric: self._best[trial_id]})
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
@@ -77,6 +88,10 @@ class StudySearch(OptunaSearch):
         # at its last epoch is told with its saved result. How far the trial got is the one
         # fact all these cases share, and the one summary.json's status is built from.
         epoch = int((result or {}).get("epoch", 0))
+        if result and trial_id not in self._completed_trials:
+            # Ray gives the searcher a trial's last result only here, not to
+            # on_trial_result (the one the scheduler stopped it on, or its final epoch).
+            self.on_trial_result(trial_id, result)
         best = self._best.get(trial_id)
         State = optuna.trial.TrialState
         if error:
