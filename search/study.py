@@ -43,8 +43,8 @@ def load_study(run_dir: str | Path, name: str):
 class StudySearch(OptunaSearch):
     """Ray's `OptunaSearch` on an RDB study, telling Optuna COMPLETE / PRUNED / FAIL and each
     trial's best value (see the module docstring), in the study `study_name` at the RDB
-    `url`. `budget` is a trial's length in the
-    result's `epoch` (epochs, or folds with `cv.mode: every`)."""
+    `url`. `budget` is a trial's length in the result's `epoch` (epochs, or folds with
+    `cv.mode: every`)."""
 
     def __init__(self, space, metric: str, mode: str, sampler, url: str | None,
                  study_name: str, budget: int):
@@ -83,12 +83,14 @@ class StudySearch(OptunaSearch):
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result=result, error=error)
-        # Why the epoch and not a scheduler callback: Ray tells the searcher the same way
-        # whether ASHA, the time limit or the trial itself ended it, and a trial restored
-        # at its last epoch is told with its saved result. How far the trial got is the one
-        # fact all these cases share, and the one summary.json's status is built from.
+        # Why PRUNED is read off the epoch reached: Ray tells the searcher the same way
+        # whether ASHA, the time limit or the trial itself ended it (no reason is passed),
+        # and a driver Callback sees no more than that, in a separate object with its own
+        # event order. How far the trial got is the one fact all these cases share; it
+        # comes with the result Ray hands over here (also after a restore), and it is what
+        # summary.json's status is built from, so the two always agree.
         epoch = int((result or {}).get("epoch", 0))
-        if result and trial_id not in self._completed_trials:
+        if result:
             # Ray gives the searcher a trial's last result only here, not to
             # on_trial_result (the one the scheduler stopped it on, or its final epoch).
             self.on_trial_result(trial_id, result)

@@ -223,6 +223,19 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
     summary = json.loads((storage / "resumed" / "summary.json").read_text())
     assert len(summary["trials"]) == 3
     assert {t["status"] for t in summary["trials"]} == {"completed"}
+    # The same Optuna study went on: one trial per Ray trial, each COMPLETE with its best
+    # epoch's val_dice, none asked twice.
+    import optuna
+
+    study = optuna.load_study(study_name="resumed",
+                              storage=f"sqlite:///{storage / 'resumed' / 'optuna.db'}")
+    assert len(optuna.get_all_study_names(f"sqlite:///{storage / 'resumed' / 'optuna.db'}")) == 1
+    by_id = {t["trial_id"]: t for t in summary["trials"]}
+    assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials) == sorted(by_id)
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.value == pytest.approx(by_id[trial.user_attrs["ray_trial_id"]]["val_dice"])
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
     client, parents, children, runs = runs_by_trial(storage, "resumed")
     assert len(parents) == 1 and len(children) == 3 and len(runs) == 4  # none duplicated
     assert {r.info.status for r in runs} == {"FINISHED"}
