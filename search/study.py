@@ -110,16 +110,35 @@ class StudySearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
-        """Ray's saved searcher (its study points at the same sqlite file). A trial asked
-        from the study after Ray's last save of its state will never run: Ray does not know
-        it. Mark it FAIL, so the study holds no trial that stays RUNNING forever."""
+        """Ray's saved searcher (its study points at the same sqlite file), squared with the
+        trials already in the study:
+        - a trial asked after Ray's last save of its state will never run (Ray does not
+          know it): marked FAIL, so that none stays RUNNING forever;
+        - a trial that errored (FAIL) is resumed by Ray (`resume_errored`), and Optuna
+          cannot reopen a finished trial: a new Optuna trial with the same settings and
+          the epochs reported so far takes over its Ray trial id; the FAIL stays, as the
+          record of the attempt that failed (segtune's `restore_tuner` always resumes
+          errored trials)."""
         import optuna
 
         super().restore(checkpoint_path)
+        State = optuna.trial.TrialState
+        trials = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
         known = {t.number for t in self._ot_trials.values()}
-        for trial in self._ot_study.get_trials(deepcopy=False,
-                                               states=(optuna.trial.TrialState.RUNNING,)):
-            if trial.number not in known:
+        for number, trial in trials.items():
+            if trial.state == State.RUNNING and number not in known:
                 logger.warning("Optuna study: trial %d was never started by Ray (the search "
-                               "stopped just after asking it); marked FAIL", trial.number)
-                self._ot_study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                               "stopped just after asking it); marked FAIL", number)
+                self._ot_study.tell(number, state=State.FAIL)
+        for trial_id, ot_trial in list(self._ot_trials.items()):
+            old = trials.get(ot_trial.number)
+            if old is None or old.state != State.FAIL or not callable(self._space):
+                continue
+            self._ot_study.enqueue_trial(old.params)
+            del self._ot_trials[trial_id]
+            self._completed_trials.discard(trial_id)
+            self.suggest(trial_id)  # asks the enqueued settings
+            for step, value in sorted(old.intermediate_values.items()):
+                self._ot_trials[trial_id].report(value, step)
+            logger.info("Optuna study: trial %s resumes after an error as Optuna trial %d",
+                        trial_id, self._ot_trials[trial_id].number)

@@ -88,6 +88,24 @@ def test_a_restored_searcher_continues_the_same_study(tmp_path):
     assert trials[1].intermediate_values == {1: 0.1, 2: 0.7, 3: 0.7}
 
 
+def test_an_errored_trial_that_ray_resumes_goes_on_in_a_new_optuna_trial(tmp_path):
+    search = searcher(tmp_path)
+    search.suggest("a")
+    search.on_trial_result("a", report(search, "a", [0.2, 0.3]))
+    search.on_trial_complete("a", error=True)
+    search.save(str(tmp_path / "searcher.pkl"))
+
+    again = searcher(tmp_path)
+    again.restore(str(tmp_path / "searcher.pkl"))  # Ray resumes "a" from its epoch-1 checkpoint
+    again.on_trial_complete("a", report(again, "a", [0.25, 0.4], start=2))
+    study = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path}/optuna.db")
+    failed, resumed = study.get_trials()
+    assert (failed.state, resumed.state, resumed.value) == (State.FAIL, State.COMPLETE, 0.4)
+    assert resumed.params == failed.params
+    assert resumed.user_attrs["ray_trial_id"] == "a"
+    assert resumed.intermediate_values == {1: 0.2, 2: 0.3, 3: 0.4}
+
+
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     """A real smoke search with ASHA: 6 trials of 3 epochs, one at a time, so ASHA's
