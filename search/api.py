@@ -514,4 +514,8 @@ def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
         logger.warning("MLflow store %s unavailable (%s); soup results go to files only",
                        info.get("tracking_uri"), err)
         tracker = None
-    return finish(run_dir, top_k, soup=True, tracker=tracker)
+    summary = finish(run_dir, top_k, soup=True, tracker=tracker)
+    from search.plots import write_plots
+
+    write_plots(run_dir, info["name"], None, tracker)  # the new greedy soup's steps
+    return summary

@@ -168,9 +168,10 @@ def _figure(axes):
 
 def write_plots(run_dir: str | Path, name: str, results, tracker=None) -> list[Path]:
     """Draw every figure the run has data for into `<run_dir>/plots/` and log them to the
-    parent run through `tracker`. `results` is the search's `ResultGrid`; `name` the study's
-    name. A figure that fails or has no data is skipped with a logged reason; nothing here
-    raises. Returns the files written."""
+    parent run through `tracker`. `results` is the search's `ResultGrid` (None after a
+    re-soup: the trials' curves are left as drawn); `name` the study's name. A figure that
+    fails or has no data is skipped with a logged reason; nothing here raises. Returns the
+    files written."""
     try:
         return _write_plots(Path(run_dir), name, results, tracker)
     except Exception as err:  # noqa: BLE001 - figures must never fail a finished search
@@ -193,16 +194,18 @@ def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
     out.mkdir(exist_ok=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     status = {t["trial_id"]: t["status"] for t in summary.get("trials", [])}
-    figures = {
+    figures = {} if results is None else {
         "dice_curves": lambda: dice_curves(curves, status),
         "best_vs_compute": lambda: best_vs_compute(curves, summary.get("metric", "val_dice")),
+    }
+    figures |= {
         "param_importances": lambda: param_importances(load_study(run_dir, name)),
         "slice": lambda: slices(load_study(run_dir, name)),
         "greedy_soup": lambda: greedy_soup(summary),
     }
     written = []
     try:
-        curves = histories(results)
+        curves = histories(results or [])
     except Exception as err:  # noqa: BLE001 - the other figures need no results
         logger.warning("plots: the trials' results could not be read (%s)", err)
         curves = {}

@@ -186,5 +186,9 @@ def test_a_figure_that_fails_is_skipped_with_a_warning(study_run, tmp_path, monk
     assert sorted(p.name for p in written) == ["param_importances.png", "slice.png"]
     assert "plots: greedy_soup.png not drawn: RuntimeError: no ink" in caplog.text
     assert "plots: no dice_curves.png: no per-class validation Dice" in caplog.text
+    caplog.clear()  # a re-soup (no results): the trials' curves are left as they are
+    written = plots.write_plots(run_dir, "study", results=None)
+    assert sorted(p.name for p in written) == ["param_importances.png", "slice.png"]
+    assert "dice_curves" not in caplog.text
     assert plots.write_plots(tmp_path / "missing", "study", results=[]) == []
     assert "plots: none drawn: FileNotFoundError" in caplog.text
