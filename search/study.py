@@ -3,9 +3,10 @@ run, so that `optuna-dashboard sqlite:///<run dir>/optuna.db` shows it during an
 search, and `--resume` continues it.
 
 Ray's `OptunaSearch` takes the storage but tells Optuna every trial that ended without an
-error as COMPLETE, and one that errored after a report as COMPLETE too. `StudySearch` keeps
-Optuna's meaning of the states: COMPLETE ran its whole budget, PRUNED was stopped before it
-(by ASHA, the time limit or a diverged loss), FAIL errored.
+error as COMPLETE with its last value, also one that ASHA stopped (Optuna refuses a value
+told with PRUNED: it takes the last intermediate one itself). `StudySearch` keeps Optuna's meaning
+of the states: COMPLETE ran its whole budget, PRUNED was stopped before it (by ASHA, the time
+limit or a diverged loss), FAIL errored.
 
 A trial's value, in the study as in `summary.json`, is its best epoch's metric: the epoch
 whose checkpoint is kept, ranked and souped. Its intermediate value at epoch k is the best
