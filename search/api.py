@@ -236,6 +236,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     import ray
 
     from search.soup import finish, write_json
+    from search.study import study_url
     from search.tuner import MlflowCallback, make_tuner, restore_tuner, trial_records
 
     uri = str(storage) if is_uri(storage) else None
@@ -304,7 +305,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
             tuner = restore_tuner(spec, split, str(data_root), location)
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
-                               [MlflowCallback(tracker, spec)])
+                               [MlflowCallback(tracker, spec)], study=study_url(run_dir))
         results = stopping.tune_fit(tuner.fit)
         if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
             raise _disk_full(run_dir, again)
@@ -328,6 +329,9 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                   crossval(run_dir, spec.cv.folds, spec.cv.top_k))
             summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
             write_json(run_dir / "summary.json", summary)
+        from search.plots import write_plots
+
+        write_plots(run_dir, name, results, tracker)  # warns, never raises
         status = "FINISHED"
         return summary
     except BaseException as err:
@@ -520,6 +524,9 @@ def lr_find(spec: Spec, data_root: Path, split: dict[str, list[str]], out_dir: s
     from search.soup import write_json
 
     write_json(Path(out_dir) / "lr_finder.json", result)
+    from train_fn.lr_finder import plot_range_test
+
+    plot_range_test(result, result["plot"], used=result["lr_used"])  # now with the range
     logger.info("LR finder: suggested lr %.3g; optimizer.lr is now %s", result["suggestion"],
                 result["lr_used"])
     return new, result
@@ -543,4 +550,8 @@ def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
         logger.warning("MLflow store %s unavailable (%s); soup results go to files only",
                        info.get("tracking_uri"), err)
         tracker = None
-    return finish(run_dir, top_k, soup=True, tracker=tracker)
+    summary = finish(run_dir, top_k, soup=True, tracker=tracker)
+    from search.plots import write_plots
+
+    write_plots(run_dir, info["name"], None, tracker)  # the new greedy soup's steps
+    return summary

@@ -306,14 +306,16 @@ def _trial_name(trial) -> str:
 
 
 def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: str,
-               storage: str | Path, callbacks: list[Callback]) -> tune.Tuner:
+               storage: str | Path, callbacks: list[Callback], study: str | None = None
+               ) -> tune.Tuner:
     """The `Tuner` for a spec: OptunaSearch over `define_by_run(spec)` with the spec's seeded
     sampler, ASHA (or FIFO) on epochs, a concurrency limit and per-trial resources. `storage`
-    is a local folder or an object-store URI (`s3://bucket/prefix`)."""
+    is a local folder or an object-store URI (`s3://bucket/prefix`). `study` is the RDB URL
+    where the Optuna study (named `name`) is kept (`search.study`; None: in memory)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from search.storage import is_uri
+    from search.study import StudySearch
 
     s = spec.search
     if s.scheduler == "asha":
@@ -334,8 +336,9 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
             reuse_actors=True,
             # metric and mode go to the searcher and the scheduler, not to TuneConfig: a
             # define-by-run OptunaSearch must have them when it is built.
-            search_alg=OptunaSearch(define_by_run(spec), metric=s.metric, mode="max",
-                                    sampler=make_sampler(spec)),
+            search_alg=StudySearch(define_by_run(spec), metric=s.metric, mode="max",
+                                   sampler=make_sampler(spec), url=study, study_name=name,
+                                   budget=budget(spec)),
             scheduler=scheduler,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),

@@ -264,6 +264,24 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
     summary = json.loads((storage / "resumed" / "summary.json").read_text())
     assert len(summary["trials"]) == 3
     assert {t["status"] for t in summary["trials"]} == {"completed"}
+    # The same Optuna study went on: one trial per Ray trial, each COMPLETE with its best
+    # epoch's val_dice, none asked twice.
+    import optuna
+
+    study = optuna.load_study(study_name="resumed",
+                              storage=f"sqlite:///{storage / 'resumed' / 'optuna.db'}")
+    assert len(optuna.get_all_study_names(f"sqlite:///{storage / 'resumed' / 'optuna.db'}")) == 1
+    by_id = {t["trial_id"]: t for t in summary["trials"]}
+    kept = [t for t in study.trials if t.user_attrs.get("ray_trial_id") in by_id]
+    assert sorted(t.user_attrs["ray_trial_id"] for t in kept) == sorted(by_id)
+    # A trial killed before Ray saved it is closed FAIL (a new one took its place).
+    unsaved = [t for t in study.trials if t not in kept]
+    assert len(unsaved) <= (1 if sig == signal.SIGKILL else 0)
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in unsaved)
+    for trial in kept:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.value == pytest.approx(by_id[trial.user_attrs["ray_trial_id"]]["val_dice"])
+        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
     client, parents, children, runs = runs_by_trial(storage, "resumed")
     assert len(parents) == 1 and len(children) == 3 and len(runs) == 4  # none duplicated
     assert set(children) == {t["trial_id"] for t in summary["trials"]}  # none orphaned

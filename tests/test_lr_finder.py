@@ -67,3 +67,23 @@ def test_range_test_runs_and_saves_its_plot(phantom_root, tmp_path, optimizer):
     assert 1e-4 <= result["suggestion"] <= 1.0
     assert len(saved["lr"]) == len(saved["loss"]) >= 5
     assert saved["lr"] == sorted(saved["lr"])  # an increasing, exponential ramp
+
+
+def test_the_plot_shows_the_range_the_search_used(tmp_path):
+    import matplotlib.image
+    import numpy as np
+
+    from train_fn.lr_finder import plot_range_test
+
+    lrs = list(np.geomspace(1e-4, 1.0, 15))
+    record = {"lr": lrs, "loss": [2.0 - 0.1 * i for i in range(15)], "suggestion": 0.05,
+              "skip_start": 2, "optimizer": "novograd", "model": "unet"}
+    images = {}
+    for name, used in (("plain", None), ("range", {"low": 0.016, "high": 0.16}),
+                       ("value", 0.05)):
+        path = plot_range_test(record, tmp_path / f"{name}.png", used=used)
+        assert path.stat().st_size > 5000
+        images[name] = matplotlib.image.imread(path)
+    # The searched range is a shaded band, the set value a line: both change the picture.
+    assert not np.array_equal(images["plain"], images["range"])
+    assert not np.array_equal(images["plain"], images["value"])

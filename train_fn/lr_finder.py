@@ -69,10 +69,6 @@ def range_test(spec: Spec, split: dict[str, list[str]], data: Any,
     Returns the suggestion, the warning (or None), the curve and the plot's path."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from monai.losses import DiceCELoss
     from monai.optimizers import LearningRateFinder
 
@@ -110,17 +106,45 @@ def range_test(spec: Spec, split: dict[str, list[str]], data: Any,
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    finder.plot(ax=ax, skip_start=cfg.skip_start, skip_end=1, steepest_lr=False)
-    ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested lr {suggestion:.3g}")
-    ax.set_title(f"LR range test: {spec.optimizer.name}, {spec.model.name}")
-    ax.legend()
     plot = out_dir / "lr_finder_plot.png"
-    fig.savefig(plot, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     result = {"suggestion": suggestion, "warning": warning, "optimizer": spec.optimizer.name,
-              "start_lr": cfg.start_lr, "end_lr": cfg.end_lr, "num_iter": cfg.num_iter,
+              "model": spec.model.name, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr,
+              "num_iter": cfg.num_iter, "skip_start": cfg.skip_start,
               "lr": [float(x) for x in lrs], "loss": [float(x) for x in losses],
               "plot": str(plot)}
+    plot_range_test(result, plot)
     (out_dir / "lr_finder.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def plot_range_test(result: dict[str, Any], path: str | Path,
+                    used: float | dict[str, float] | None = None) -> Path:
+    """Draw a range test's record (as `range_test` returns it) to `path`: the smoothed loss
+    against the lr over the tested range, the pick, and, given `used`, the lr or the
+    `{low, high}` range the search then used."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = result.get("skip_start", 0)
+    lrs, losses = result["lr"][skip:-1], result["loss"][skip:-1]  # as the pick saw them
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses, color="C0", label="loss (smoothed)")
+    ax.set_xscale("log")
+    ax.axvspan(result["lr"][0], result["lr"][-1], color="0.85", zorder=0,
+               label=f"tested {result['lr'][0]:.2g} to {result['lr'][-1]:.2g}")
+    ax.axvline(result["suggestion"], color="C3", linestyle="--",
+               label=f"pick {result['suggestion']:.3g}")
+    if isinstance(used, dict):
+        ax.axvspan(used["low"], used["high"], color="C2", alpha=0.25,
+                   label=f"searched {used['low']:.2g} to {used['high']:.2g}")
+    elif used is not None:
+        ax.axvline(used, color="C2", label=f"lr set to {used:.3g}")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title(f"LR range test: {result.get('optimizer', '')}, {result.get('model', '')}")
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

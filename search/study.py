@@ -1,0 +1,145 @@
+"""The Optuna study of a search, persisted in `<run dir>/optuna.db` (sqlite), named after the
+run, so that `optuna-dashboard sqlite:///<run dir>/optuna.db` shows it during and after the
+search, and `--resume` continues it.
+
+Ray's `OptunaSearch` takes the storage but tells Optuna every trial that ended without an
+error as COMPLETE with its last value, also one that ASHA stopped (Optuna refuses a value
+told with PRUNED: it takes the last intermediate one itself). `StudySearch` keeps Optuna's meaning
+of the states: COMPLETE ran its whole budget, PRUNED was stopped before it (by ASHA, the time
+limit or a diverged loss), FAIL errored.
+
+A trial's value, in the study as in `summary.json`, is its best epoch's metric: the epoch
+whose checkpoint is kept, ranked and souped. Its intermediate value at epoch k is the best
+up to k: what the trial is worth if stopped at k, which is also what Optuna records as a
+PRUNED trial's value (the last intermediate one).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+STUDY_FILE = "optuna.db"
+
+
+def study_url(run_dir: str | Path) -> str:
+    """The sqlite URL of a run's study (absolute, so the searcher Ray pickles finds it again
+    from any working directory on `--resume`)."""
+    return f"sqlite:///{(Path(run_dir) / STUDY_FILE).resolve()}"
+
+
+def load_study(run_dir: str | Path, name: str):
+    """The persisted study of the run in `run_dir` named `name` (read only by convention)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=study_url(run_dir))
+
+
+class StudySearch(OptunaSearch):
+    """Ray's `OptunaSearch` on an RDB study, telling Optuna COMPLETE / PRUNED / FAIL and each
+    trial's best value (see the module docstring), in the study `study_name` at the RDB
+    `url`. `budget` is a trial's length in the result's `epoch` (epochs, or folds with
+    `cv.mode: every`)."""
+
+    def __init__(self, space, metric: str, mode: str, sampler, url: str | None,
+                 study_name: str, budget: int):
+        import optuna
+
+        # url None: an in-memory study (a search without a run folder, as in the benchmarks).
+        super().__init__(space, metric=metric, mode=mode, sampler=sampler,
+                         study_name=study_name,
+                         storage=optuna.storages.RDBStorage(url) if url else None)
+        self._budget = budget
+        self._best: dict[str, float] = {}  # Ray trial id -> best metric so far
+        self._step: dict[str, int] = {}  # Ray trial id -> last step reported to Optuna
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # the id summary.json and MLflow know the trial by
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            old = self._best.get(trial_id)
+            better = max if self._mode == "max" else min
+            self._best[trial_id] = value if old is None else better(old, value)
+        step = int(result.get("training_iteration", 0))
+        # A NaN before any finite value is not reported; an epoch redone after a retry
+        # or resume is not reported twice (Optuna would ignore it with a warning).
+        if trial_id in self._best and step > self._step.get(trial_id, 0):
+            self._step[trial_id] = step
+            super().on_trial_result(trial_id, {**result, self.metric: self._best[trial_id]})
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                          error: bool = False) -> None:
+        import optuna
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        # Why PRUNED is read off the epoch reached: Ray tells the searcher the same way
+        # whether ASHA, the time limit or the trial itself ended it (no reason is passed),
+        # and a driver Callback sees no more than that, in a separate object with its own
+        # event order. How far the trial got is the one fact all these cases share; it
+        # comes with the result Ray hands over here (also after a restore), and it is what
+        # summary.json's status is built from, so the two always agree.
+        epoch = int((result or {}).get("epoch", 0))
+        if result:
+            # Ray gives the searcher a trial's last result only here, not to
+            # on_trial_result (the one the scheduler stopped it on, or its final epoch).
+            self.on_trial_result(trial_id, result)
+        best = self._best.get(trial_id)
+        State = optuna.trial.TrialState
+        if error:
+            state, value = State.FAIL, None
+        elif epoch >= self._budget and best is not None:
+            state, value = State.COMPLETE, best
+        else:  # Optuna takes the last intermediate value: the best so far
+            state, value = State.PRUNED, None
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        except Exception as err:  # noqa: BLE001 - a study write must not stop the search
+            logger.warning("Optuna study: could not record trial %s as %s: %s", trial_id,
+                           state.name, err)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's saved searcher (its study points at the same sqlite file), squared with the
+        trials already in the study:
+        - a trial asked after Ray's last save of its state will never run (Ray does not
+          know it): marked FAIL, so that none stays RUNNING forever;
+        - a trial that errored (FAIL) is resumed by Ray (`resume_errored`), and Optuna
+          cannot reopen a finished trial: a new Optuna trial with the same settings and
+          the epochs reported so far takes over its Ray trial id; the FAIL stays, as the
+          record of the attempt that failed (segtune's `restore_tuner` always resumes
+          errored trials)."""
+        import optuna
+
+        super().restore(checkpoint_path)
+        State = optuna.trial.TrialState
+        trials = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        known = {t.number for t in self._ot_trials.values()}
+        for number, trial in trials.items():
+            if trial.state == State.RUNNING and number not in known:
+                logger.warning("Optuna study: trial %d was never started by Ray (the search "
+                               "stopped just after asking it); marked FAIL", number)
+                self._ot_study.tell(number, state=State.FAIL)
+        for trial_id, ot_trial in list(self._ot_trials.items()):
+            old = trials.get(ot_trial.number)
+            if old is None or old.state != State.FAIL or not callable(self._space):
+                continue
+            self._ot_study.enqueue_trial(old.params)
+            del self._ot_trials[trial_id]
+            self._completed_trials.discard(trial_id)
+            self.suggest(trial_id)  # asks the enqueued settings
+            for step, value in sorted(old.intermediate_values.items()):
+                self._ot_trials[trial_id].report(value, step)
+            logger.info("Optuna study: trial %s resumes after an error as Optuna trial %d",
+                        trial_id, self._ot_trials[trial_id].number)
