@@ -291,9 +291,10 @@ def _soup(args) -> int:
 def _compare(args) -> int:
     from search.compare import compare_run
 
-    _rehome(args)
-    result = compare_run(args.run_dir, args.baseline, args.model, args.split,
-                         args.baseline_model)
+    with _held(args.run_dir):
+        _rehome(args)
+        result = compare_run(args.run_dir, args.baseline, args.model, args.split,
+                             args.baseline_model)
     print(result.markdown, end="")
     where = f"; MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else ""
     print(f"written: {result.out_dir}/compare.md, compare.csv{where}", file=sys.stderr)

@@ -235,7 +235,8 @@ def test_a_run_folder_is_held_by_one_process(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["soup"], ["evaluate"], ["repeat", "--seeds", "1"],
-                                  ["crossval"]], ids=lambda argv: argv[0])
+                                  ["crossval"], ["compare", "--baseline", "b.csv"]],
+                         ids=lambda argv: argv[0])
 def test_commands_on_a_run_folder_wait_for_its_holder(tmp_path, capsys, monkeypatch, argv):
     run = tmp_path / "runs" / "smoke"
     run.mkdir(parents=True)
