@@ -233,6 +233,9 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
     # Ray warns about it every time unless told not to.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
+    # after the run): segtune prints its trial and status lines instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
 
     from search.soup import finish, write_json

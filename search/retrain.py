@@ -119,6 +119,9 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
              name: str) -> dict[str, Any]:
     """Train `jobs` as one Ray Tune grid under `RUN_DIR/<name>`; return each job's record."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
+    # after the run): segtune prints its trial and status lines instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
     from ray import tune
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import SegtuneError
+from search.progress import versus
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI starts without it
     import torch
@@ -127,8 +128,9 @@ def greedy(candidates: list[tuple[str, Source]], score: Callable[[Weights], floa
         value = score(trial_soup)
         accepted = value >= best
         steps.append({"trial_id": trial_id, "val_dice": value, "accepted": accepted})
-        logger.info("greedy soup: %s %s (val_dice %.4f vs %.4f)", trial_id,
-                    "accepted" if accepted else "rejected", value, best)
+        # Ties are kept (value >= best); the precision shows a near-tie for what it is.
+        logger.info("greedy soup: %s %s (val_dice %s)", trial_id,
+                    "accepted" if accepted else "rejected", versus(value, best))
         if accepted:
             kept_ids.append(trial_id)
             total.add(weights)

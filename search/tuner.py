@@ -17,6 +17,7 @@ from ray import tune
 from ray.tune import Callback
 
 from search import stopping
+from search.progress import SearchStatus, values_text
 from search.space import define_by_run, make_sampler
 from search.spec import Spec
 from search.storage import disk_full
@@ -174,15 +175,30 @@ class MlflowCallback(Callback):
         self.retries: dict[str, int] = {}
         self.stop_reason: dict[str, str] = {}
         self.largest_checkpoint = 0
+        s = base.search
+        self.status = SearchStatus(s.metric, s.num_trials,
+                                   s.reduction_factor if s.scheduler == "asha" else None)
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self.status.restart_clock()
+        self.status.total = total_num_samples or self.status.total
+
+    def _status(self, trials) -> None:
+        states = [getattr(t, "status", "") for t in trials or []]
+        logger.info("%s", self.status.line(states.count("RUNNING"), states.count("PENDING")))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.status.due() and any(getattr(t, "status", "") == "RUNNING" for t in trials):
+            self._status(trials)
 
     @_guarded
     def on_trial_start(self, iteration, trials, trial, **info):
         config = searched_config(trial.config, self.base)
         flat = self.base.resolve(config).flat()
         self.tracker.start_trial(trial.trial_id, flat, config)
-        logger.info("trial %s started: %s %s", trial.trial_id, ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()),
-            _counts(trials))
+        self.status.started(trial.trial_id, config)
+        logger.info("trial %s started: %s", trial.trial_id, values_text(config))
+        self._status(trials)
 
     @_guarded
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -190,6 +206,8 @@ class MlflowCallback(Callback):
         if result.get("stop_reason"):
             self.stop_reason[trial.trial_id] = result["stop_reason"]
         self.tracker.log_result(trial.trial_id, result)
+        self.status.result(trial.trial_id, int(result.get("epoch", 0)),
+                           result.get(self.base.search.metric))
         self._check_space(trial)
         logger.info(
             "trial %s epoch %d/%d: loss %.3f, val_dice %.3f", trial.trial_id,
@@ -224,17 +242,20 @@ class MlflowCallback(Callback):
         done = epoch >= self.epochs
         note = self.stop_reason.get(trial.trial_id) or ("completed" if done else "stopped early")
         self.tracker.end_trial(trial.trial_id, "FINISHED", note=note)
+        self.status.end(trial.trial_id, "completed" if done else "stopped")
         if note == "stopped early":
-            logger.info("trial %s stopped by the scheduler after epoch %d/%d %s",
-                        trial.trial_id, epoch, self.epochs, _counts(trials))
+            logger.info("%s", self.status.stopped_line(trial.trial_id, epoch, self.epochs))
         else:
-            logger.info("trial %s %s after epoch %d/%d %s", trial.trial_id, note, epoch,
-                        self.epochs, _counts(trials))
+            logger.info("trial %s %s after epoch %d/%d", trial.trial_id, note, epoch,
+                        self.epochs)
+        self._status(trials)
 
     @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
         _stop_if_disk_full(trial)
         self.tracker.end_trial(trial.trial_id, "FAILED", note="error")
+        self.status.end(trial.trial_id, "errored")
+        self._status(trials)
 
     @_guarded
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -251,14 +272,6 @@ class MlflowCallback(Callback):
         self.tracker.close_trials("FAILED" if stopping.stop_reason() == "disk full" else "KILLED")
 
 
-def _counts(trials) -> str:
-    """`(N running, N ended, N pending)` of Ray's trial list."""
-    status = [getattr(t, "status", "") for t in trials or []]
-    return (f"({status.count('RUNNING')} running, "
-            f"{status.count('TERMINATED') + status.count('ERROR')} ended, "
-            f"{status.count('PENDING')} pending)")
-
-
 class JobCallback(MlflowCallback):
     """MLflow runs of retrain jobs (`repeat`, `crossval`): one nested run per job under the
     search's parent, named and tagged by the job."""
@@ -267,6 +280,7 @@ class JobCallback(MlflowCallback):
                  kind: str):
         super().__init__(tracker, base)
         self.jobs, self.kind = jobs, kind
+        self.status = SearchStatus(base.search.metric, len(jobs))
 
     @_guarded
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -279,10 +293,15 @@ class JobCallback(MlflowCallback):
             run_name=f"{self.tracker.run_name}/{self.kind}/{name}",
             tags={"segtune.kind": self.kind, "segtune.job": name,
                   "segtune.source_trial": job["trial"]})
+        self.status.started(trial.trial_id, {"job": name})
+        logger.info("%s job %s started (trial %s)", self.kind, name, trial.trial_id)
+        self._status(trials)
 
     @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.end_trial(trial.trial_id, "FINISHED", note="completed")
+        self.status.end(trial.trial_id, "completed")
+        self._status(trials)
 
 
 def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, location: str
