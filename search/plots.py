@@ -215,6 +215,8 @@ def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
             with warnings.catch_warnings(), matplotlib.rc_context():
                 # Optuna marks its matplotlib views experimental.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # A parameter with one value tried gets a flat axis: matplotlib says so.
+                warnings.filterwarnings("ignore", "Attempting to set identical")
                 fig, reason = draw()
                 if fig is not None:
                     fig.savefig(out / f"{stem}.png", dpi=100, bbox_inches="tight")

@@ -183,9 +183,12 @@ class MlflowCallback(Callback):
         self.status.restart_clock()
         self.status.total = total_num_samples or self.status.total
 
-    def _status(self, trials) -> None:
+    def _status(self, trials, starting=None) -> None:
         states = [getattr(t, "status", "") for t in trials or []]
-        logger.info("%s", self.status.line(states.count("RUNNING"), states.count("PENDING")))
+        running, pending = states.count("RUNNING"), states.count("PENDING")
+        if starting is not None and getattr(starting, "status", "") == "PENDING":
+            running, pending = running + 1, pending - 1  # Ray marks it RUNNING just after
+        logger.info("%s", self.status.line(running, pending))
 
     def on_step_end(self, iteration, trials, **info):
         if self.status.due() and any(getattr(t, "status", "") == "RUNNING" for t in trials):
@@ -198,7 +201,7 @@ class MlflowCallback(Callback):
         self.tracker.start_trial(trial.trial_id, flat, config)
         self.status.started(trial.trial_id, config)
         logger.info("trial %s started: %s", trial.trial_id, values_text(config))
-        self._status(trials)
+        self._status(trials, starting=trial)
 
     @_guarded
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -295,7 +298,7 @@ class JobCallback(MlflowCallback):
                   "segtune.source_trial": job["trial"]})
         self.status.started(trial.trial_id, {"job": name})
         logger.info("%s job %s started (trial %s)", self.kind, name, trial.trial_id)
-        self._status(trials)
+        self._status(trials, starting=trial)
 
     @_guarded
     def on_trial_complete(self, iteration, trials, trial, **info):
