@@ -61,8 +61,10 @@ class Row:
 
 
 # -- reading ----------------------------------------------------------------------------------
-def load_scores(path: str | Path, model: str = "best", split: str = "test") -> Scores:
-    """A run folder, an nnU-Net summary `.json` or a `.csv`, by what `path` is."""
+def load_scores(path: str | Path, model: str = "best", split: str = "test",
+                names: dict[str, str] | None = None) -> Scores:
+    """A run folder, an nnU-Net summary `.json` or a `.csv`, by what `path` is. `names`
+    maps an nnU-Net summary's label keys to region names (see `region_names`)."""
     path = Path(path)
     if path.is_dir():
         return read_run(path, model, split)
@@ -71,7 +73,7 @@ def load_scores(path: str | Path, model: str = "best", split: str = "test") -> S
     if path.suffix.lower() == ".csv":
         return read_csv(path)
     if path.suffix.lower() == ".json":
-        return read_nnunet(path)
+        return read_nnunet(path, names)
     raise CompareError(f"{path}: expected a run folder, an nnU-Net summary .json or a .csv")
 
 
@@ -116,19 +118,40 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
     return Scores(label, slug, metrics, str(summary_path))
 
 
-def read_nnunet(path: str | Path) -> Scores:
+def region_names(run_dir: Path) -> dict[str, str]:
+    """How nnU-Net names a run's regions in its summary.json (the label id, "1", or a
+    region's ids, "(1, 2, 3)") -> the run's region name, from the run's dataset. Empty when
+    the dataset cannot be opened (the keys are then compared as they are)."""
+    from search.spec import load_spec
+    from train_fn.datasets import open_dataset
+
+    try:
+        info = _json(run_dir / "run.json")
+        dataset = open_dataset(load_spec(run_dir / "spec.yaml").data, info["data_root"])
+    except Exception as err:  # noqa: BLE001 - a moved data folder: compare the keys as given
+        logger.info("%s: region names not read from the run's data (%s)", run_dir, err)
+        return {}
+    return nnunet_keys(dataset.regions)
+
+
+def nnunet_keys(regions: dict[str, tuple[int, ...]]) -> dict[str, str]:
+    """nnU-Net's summary key of each region -> its name: `str(label)` for one label,
+    `str(tuple)` for a region of several (nnU-Net's `region_or_label` as text)."""
+    return {str(ids[0]) if len(ids) == 1 else str(tuple(ids)): name
+            for name, ids in regions.items()}
+
+
+def read_nnunet(path: str | Path, names: dict[str, str] | None = None) -> Scores:
     """Per-class means of an nnU-Net-style `summary.json` ("mean": {class: {"Dice", "HD95",
     ...}}). A value may be a number or {"mean", "std"}; a top-level "std" section of the same
-    shape gives stds too. Keys "1".."4" are SegTHOR's labels and read as their names."""
-    from train_fn.datasets import SEGTHOR_LABELS
-
+    shape gives stds too. `names` turns nnU-Net's label keys into region names."""
     path = Path(path)
     summary = _json(path)
     means = summary.get("mean") if isinstance(summary, dict) else None
     if not isinstance(means, dict) or not means:
         raise CompareError(f"{path}: not an nnU-Net summary (no per-class 'mean' section)")
     stds = summary.get("std") if isinstance(summary.get("std"), dict) else {}
-    names = {str(i): name for i, name in SEGTHOR_LABELS.items()}
+    names = names or {}
     if any(k in names for k in means):
         logger.info("%s: labels %s read as %s", path, ", ".join(names),
                     ", ".join(names.values()))
@@ -374,7 +397,7 @@ def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
     ours = read_run(run_dir, model, split)
     if not Path(baseline).exists():
         raise CompareError(f"--baseline {baseline}: no such file or folder")
-    theirs = load_scores(baseline, baseline_model or model, split)
+    theirs = load_scores(baseline, baseline_model or model, split, region_names(run_dir))
     rows = compare(ours, theirs)
     if not rows:
         raise CompareError(f"nothing to compare: {ours.label} has "

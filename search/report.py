@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-SHORT = {"esophagus": "eso", "trachea": "trach"}
-
 
 def _f(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
@@ -20,7 +18,8 @@ def _names(summary: dict[str, Any]) -> list[str]:
 
 
 def _short(name: str) -> str:
-    return SHORT.get(name, name[:6])
+    """A column header: the region's name, cut to 5 characters (any dataset's regions)."""
+    return name[:5]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

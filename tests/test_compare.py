@@ -14,6 +14,7 @@ from search.compare import (
     compare,
     compare_run,
     load_scores,
+    nnunet_keys,
     read_csv,
     read_nnunet,
     read_run,
@@ -107,12 +108,22 @@ def test_nnunet_summary_numeric_labels_nan_and_mean_std(tmp_path):
     data["mean"]["1"]["Dice"] = float("nan")  # a class absent from every case
     data["mean"]["2"]["Dice"] = {"mean": 0.94, "std": 0.01}  # over folds or seeds
     data["std"] = {"3": {"Dice": 0.03}}
-    scores = read_nnunet(write_json(tmp_path / "fold_0" / "summary.json", data))
+    path = write_json(tmp_path / "fold_0" / "summary.json", data)
+    names = nnunet_keys({"esophagus": (1,), "heart": (2,), "trachea": (3,)})
+    scores = read_nnunet(path, names)
     dice = scores.metrics["dice"]
     assert dice == {"esophagus": None, "heart": Stat(0.94, 0.01), "trachea": Stat(0.9, 0.03),
                     "(2, 4)": Stat(0.92)}
     assert scores.metrics["hd95"]["(2, 4)"] is None
     assert scores.slug == "fold_0"  # summary.json is named by its folder
+    # Without the run's names the keys stay as nnU-Net wrote them: no dataset is assumed.
+    assert set(read_nnunet(path).metrics["dice"]) == {"1", "2", "3", "(2, 4)"}
+
+
+def test_nnunet_keys_name_labels_and_multi_label_regions_of_any_dataset():
+    brats = {"whole tumor": (1, 2, 3), "tumor core": (1, 3), "enhancing tumor": (3,)}
+    assert nnunet_keys(brats) == {"(1, 2, 3)": "whole tumor", "(1, 3)": "tumor core",
+                                  "3": "enhancing tumor"}
 
 
 def test_csv_baseline_with_optional_columns(tmp_path):
