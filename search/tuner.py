@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,7 +42,6 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
     # One "Checkpoint successfully created" line per epoch and trial is noise on the driver.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
-    os.environ["SEGTUNE_TRIAL_ID"] = trial_id  # names the trial in fault-injection tests
     resume = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

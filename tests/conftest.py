@@ -7,6 +7,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FAULT_HOOK = ROOT / "tests" / "fault_hook"
+
+
+def fault_env(setting: str) -> dict[str, str]:
+    """Environment for a CLI subprocess whose trials fail as SEGTUNE_FAULT says (see
+    tests/fault_hook/sitecustomize.py: injected from outside, segtune reads none of it)."""
+    path = os.pathsep.join(p for p in (str(FAULT_HOOK), os.environ.get("PYTHONPATH")) if p)
+    return {"SEGTUNE_FAULT": setting, "PYTHONPATH": path}
 
 
 def pytest_configure(config):

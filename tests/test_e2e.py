@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, cli
+from conftest import ROOT, cli, fault_env
 
 pytestmark = pytest.mark.e2e
 CLASSES = {"esophagus", "heart", "trachea", "aorta"}
@@ -186,7 +186,7 @@ def test_a_failing_trial_is_retried_and_one_that_keeps_failing_is_failed(tmp_pat
         [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage", str(storage),
          "--name", "failing", "--set", "search.max_failures=1",
          "--set", "search.scheduler=fifo"],
-        cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", "SEGTUNE_FAULT": env_fault},
+        cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", **fault_env(env_fault)},
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((storage / "failing" / "summary.json").read_text())

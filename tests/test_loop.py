@@ -149,7 +149,7 @@ def test_a_diverging_trial_stops_with_its_reason(phantom_root, split, tmp_path):
 
 
 def test_fault_injection_counts_attempts(tmp_path, monkeypatch):
-    from train_fn.loop import inject_fault
+    from fault_hook.sitecustomize import fault as inject_fault
 
     monkeypatch.setenv("SEGTUNE_FAULT", f"epoch=2,times=2,dir={tmp_path}")
     monkeypatch.setenv("SEGTUNE_TRIAL_ID", "t1")
@@ -161,7 +161,7 @@ def test_fault_injection_counts_attempts(tmp_path, monkeypatch):
 
 
 def test_fault_injection_only_for_the_first_trials(tmp_path, monkeypatch):
-    from train_fn.loop import inject_fault
+    from fault_hook.sitecustomize import fault as inject_fault
 
     monkeypatch.setenv("SEGTUNE_FAULT", f"epoch=1,times=1,dir={tmp_path},trials=1")
     monkeypatch.setenv("SEGTUNE_TRIAL_ID", "first")
@@ -173,9 +173,14 @@ def test_fault_injection_only_for_the_first_trials(tmp_path, monkeypatch):
 
 def test_running_out_of_memory_is_a_clear_trial_error(phantom_root, split, tmp_path,
                                                       monkeypatch):
+    from fault_hook.sitecustomize import patch
+
+    from train_fn import data
     from train_fn.loop import OutOfMemory
 
     # The error torch raises when an allocation fails, at the end of epoch 1's training steps.
+    monkeypatch.setattr(data.PatchSampler, "epoch", data.PatchSampler.epoch)  # undone after
+    patch(data)
     monkeypatch.setenv("SEGTUNE_FAULT", f"epoch=1,times=1,dir={tmp_path},kind=oom")
     reports = []
     with pytest.raises(OutOfMemory, match=r"^out of memory in epoch 1 \(training\): lower "
@@ -208,8 +213,7 @@ def test_out_of_gpu_memory_names_the_trials_share_and_what_to_change():
 
 def test_fault_injection_per_trial_times_and_kinds(tmp_path, monkeypatch):
     import torch
-
-    from train_fn.loop import inject_fault
+    from fault_hook.sitecustomize import fault as inject_fault
 
     monkeypatch.setenv("SEGTUNE_FAULT",
                        f"epoch=1,times=1/2,kind=error/oom,dir={tmp_path},trials=2")

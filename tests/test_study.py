@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, fault_env
 
 optuna = pytest.importorskip("optuna")
 State = optuna.trial.TrialState
@@ -120,7 +120,7 @@ def study_run(tmp_path_factory):
          "--set", "search.max_concurrent=1", "--set", "search.max_failures=0",
          "--set", "lr_finder.end_lr=0.1"],
         cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled",
-                       "SEGTUNE_FAULT": f"epoch=1,times=9,dir={tmp / 'faults'},trials=1"},
+                       **fault_env(f"epoch=1,times=9,dir={tmp / 'faults'},trials=1")},
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage, storage / "study", proc

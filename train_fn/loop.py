@@ -117,58 +117,6 @@ def build_schedule(optimizer: torch.optim.Optimizer, spec: Spec):
     )
 
 
-def inject_fault(epoch: int) -> None:
-    """Test hook for the failure path. With SEGTUNE_FAULT="epoch=E,times=N,dir=D[,trials=K]
-    [,kind=oom]" the first N attempts of a trial raise at the end of epoch E (a RuntimeError,
-    or with `kind=oom` the error torch raises when memory runs out); with `trials`, only the
-    first K trials to get there are faulty, and `times` and `kind` may give one value per
-    such trial (`times=1/9,kind=error/oom`). Attempts and claims are files in D. Unset in
-    normal use."""
-    import os
-
-    setting = os.environ.get("SEGTUNE_FAULT")
-    if not setting:
-        return
-    opts = dict(item.split("=", 1) for item in setting.split(","))
-    if int(opts["epoch"]) != epoch:
-        return
-    import uuid
-
-    folder = Path(opts["dir"])
-    folder.mkdir(parents=True, exist_ok=True)
-    key = os.environ.get("SEGTUNE_TRIAL_ID", "plain")
-    slot = 0
-    if "trials" in opts:
-        slot = _claim(folder, key, int(opts["trials"]))
-        if slot is None:
-            return
-    times, kinds = opts["times"].split("/"), opts.get("kind", "error").split("/")
-    if len(list(folder.glob(f"{key}.attempt.*"))) < int(times[min(slot, len(times) - 1)]):
-        (folder / f"{key}.attempt.{uuid.uuid4().hex}").touch()
-        if kinds[min(slot, len(kinds) - 1)] == "oom":
-            raise torch.OutOfMemoryError(f"injected out of memory at epoch {epoch} "
-                                         "(SEGTUNE_FAULT)")
-        raise RuntimeError(f"injected fault at epoch {epoch} (SEGTUNE_FAULT)")
-
-
-def _claim(folder: Path, key: str, slots: int) -> int | None:
-    """The claim file of `slots` that `key` holds (or now takes), None if all are taken."""
-    import os
-
-    for i in range(slots):
-        path = folder / f"claim.{i}"
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if path.read_text() == key:
-                return i
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(key)
-        return i
-    return None
-
-
 def hd95_due(spec: Spec, epoch: int) -> bool:
     """Whether validation after `epoch` (1-based) scores HD95: `train.val_hd95` true (every
     epoch), k (every k-th epoch and the last), false (never)."""
@@ -286,7 +234,6 @@ def train(
                 if schedule is not None:
                     schedule.step()
                 loss_sum += loss.detach()
-            inject_fault(epoch + 1)
             if not bool(torch.isfinite(loss_sum)):
                 # Diverged: the weights are no longer worth validating or saving. Report why
                 # and end the trial (one host sync per epoch, not per step).
