@@ -9,4 +9,8 @@ class SegtuneError(Exception):
     to print, naming the file, key or argument, the value received and what is valid."""
 
 
-__all__ = ["SegtuneError"]
+class SpecError(SegtuneError, ValueError):
+    """Bad user input in a spec or an override; the message is one line, ready to print."""
+
+
+__all__ = ["SegtuneError", "SpecError"]
