@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from search import stopping
+from search.errors import ResourceError, RunFolderError
 from search.runlock import run_lock
 from search.spec import Spec, SpecError, dump_spec
 from search.stopping import Interrupted
@@ -280,7 +281,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                         context.dashboard_url, context.dashboard_url)
     try:
         check_resources(spec)
-    except SpecError:
+    except ResourceError:
         if resume:
             tracker.close_all("FAILED")
         raise
@@ -434,7 +435,7 @@ def check_resources(spec: Spec) -> None:
     if autoscaling:
         logger.warning("%s; waiting for the autoscaler to add one", text)
         return
-    raise SpecError(f"{text}: lower them, or start Ray on nodes that have them")
+    raise ResourceError(f"{text}: lower them, or start Ray on nodes that have them")
 
 
 def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
@@ -537,12 +538,12 @@ def lr_find(spec: Spec, data_root: Path, split: dict[str, list[str]], out_dir: s
 
 def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
     """Soup a finished run again (e.g. with another `top_k`); results go to its parent run."""
-    from search.soup import SoupError, finish
+    from search.soup import finish
 
     run_dir = Path(run_dir)
     info_path = run_dir / "run.json"
     if not info_path.is_file():
-        raise SoupError(f"{run_dir}: not a segtune run folder (no run.json)")
+        raise RunFolderError(f"{run_dir}: not a segtune run folder (no run.json)")
     info = json.loads(info_path.read_text())
     tracker = None
     try:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from search import stopping
-from search.errors import SegtuneError
+from search.errors import ArgumentError, SegtuneError
 from search.spec import load_spec
 from search.stopping import Interrupted
 
@@ -144,12 +144,11 @@ def _predict(args) -> int:
 
 def _repeat(args) -> int:
     from search.retrain import repeat
-    from search.soup import SoupError
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        raise SoupError(f"--seeds {args.seeds}: comma-separated integers, e.g. 42,43,44") \
+        raise ArgumentError(f"--seeds {args.seeds}: comma-separated integers, e.g. 42,43,44") \
             from None
     with _held(args.run_dir):
         _rehome(args)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search.errors import SegtuneError
+from search.errors import CompareError
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ CSV_COLUMNS = ("class", "mean", "std", "metric")
 CSV_HEADER = "class,mean[,std][,metric]"
 
 
-class CompareError(SegtuneError, ValueError):
-    """Input that cannot be compared: a missing baseline, a malformed file, no results."""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,45 @@
-"""The one base class of user errors: bad input that the user can fix (a spec, an argument,
-a file). The CLI prints such an error as one line and exits with code 2."""
+"""User errors by meaning, all under one base (`SegtuneError`): the CLI catches the base once
+and prints one line with exit code 2; anything else is a bug and shows its traceback. Each is
+also a ValueError, so Python callers can catch them as bad values."""
 
 from __future__ import annotations
 
-
-class SegtuneError(Exception):
-    """Bad user input; the message is one line (a data check may list files below it), ready
-    to print, naming the file, key or argument, the value received and what is valid."""
+from train_fn.errors import DataError, SegtuneError
 
 
 class SpecError(SegtuneError, ValueError):
-    """Bad user input in a spec or an override; the message is one line, ready to print."""
+    """A spec file or a `--set` override: names the file and line or the dotted key."""
 
 
-__all__ = ["SegtuneError", "SpecError"]
+class ArgumentError(SegtuneError, ValueError):
+    """A command-line argument (`--seeds`, `--split`, `--model`, `--trial`) with no meaning
+    for this run: names the argument, the value and what is valid."""
+
+
+class RunFolderError(SegtuneError, ValueError):
+    """A run folder that lacks what the command needs (not a run, no result yet, jobs that
+    ran already): names the folder and what to run first."""
+
+
+class ResourceError(SegtuneError, ValueError):
+    """Trials that the Ray cluster cannot host (CPUs, GPUs per trial)."""
+
+
+class StorageError(SegtuneError, ValueError):
+    """A storage folder or object-store URI that cannot hold runs."""
+
+
+class TrackingError(SegtuneError, ValueError):
+    """The MLflow tracking store cannot be reached or may not be written."""
+
+
+class CompareError(SegtuneError, ValueError):
+    """A baseline that cannot be read or compared."""
+
+
+class SoupError(SegtuneError, ValueError):
+    """Checkpoints that cannot be averaged, or nothing to soup."""
+
+
+__all__ = ["ArgumentError", "CompareError", "DataError", "ResourceError", "RunFolderError",
+           "SegtuneError", "SoupError", "SpecError", "StorageError", "TrackingError"]

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from search.soup import SoupError, write_json
+from search.errors import ArgumentError, RunFolderError
+from search.soup import write_json
 from search.storage import experiment_location, join, load_run_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
     if model == "best":
         summary = _read(run_dir / "summary.json", "a finished segtune run folder")
         if not summary.get("best"):
-            raise SoupError(f"{run_dir}: the run has no best trial yet (summary.json 'best' is "
-                            "empty: the search did not finish)")
+            raise RunFolderError(f"{run_dir}: the run has no best trial yet (summary.json "
+                                 "'best' is empty: the search did not finish)")
         checkpoint = summary["best"]["checkpoint"]
         return ("best", join(experiment_location(run_dir), checkpoint, "checkpoint.pt"),
                 load_run_checkpoint(run_dir, checkpoint))
@@ -51,16 +52,16 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
         weights = ((summary.get("soups") or {}).get(model) or {}).get("weights")
         path = run_dir / (weights or f"soup/{model}/checkpoint.pt")
         if not path.is_file():
-            raise SoupError(f"{path}: no {model} soup in this run (soup.enabled was off or the "
-                            f"search did not finish; make one with: python -m search soup "
-                            f"{run_dir})")
+            raise RunFolderError(f"{path}: no {model} soup in this run (soup.enabled was off "
+                                 f"or the search did not finish; make one with: python -m "
+                                 f"search soup {run_dir})")
         return model, path, load_checkpoint(path.parent)
     path = Path(model)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
         looks_like_path = path != Path(model) or len(path.parts) > 1 or path.suffix
-        raise SoupError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
+        raise ArgumentError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
                         "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
     # Exactly the file named: `DIR/mymodel.pt` is not `DIR/checkpoint.pt`.
     name = path.parent.name if path.name == "checkpoint.pt" else path.stem
@@ -69,7 +70,7 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
 
 def _read(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise SoupError(f"{path.parent}: no {path.name} (not {what})")
+        raise RunFolderError(f"{path.parent}: no {path.name} (not {what})")
     return json.loads(path.read_text())
 
 
@@ -87,7 +88,7 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
-        raise SoupError(f"--split {split}: choose one of {', '.join(SPLITS)}")
+        raise ArgumentError(f"--split {split}: choose one of {', '.join(SPLITS)}")
     run, spec = read_run(run_dir)
     segmenter = load_model(run_dir, model)
     ds = open_dataset(spec.data, run["data_root"])

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from search import stopping
-from search.soup import SoupError, write_json, write_text
+from search.errors import ArgumentError, RunFolderError
+from search.soup import write_json, write_text
 from search.spec import Spec
 from search.stopping import Interrupted
 from search.storage import join, load_run_checkpoint, unfinished_trials
@@ -39,10 +40,10 @@ def pick_trials(summary: dict[str, Any], trial: str | None, top_k: int = 1
         named = [t for t in summary["trials"] if t["trial_id"] == trial]
         if not named:
             ids = ", ".join(t["trial_id"] for t in summary["trials"])
-            raise SoupError(f"--trial {trial}: no such trial in this run (trials: {ids})")
+            raise ArgumentError(f"--trial {trial}: no such trial in this run (trials: {ids})")
         return named
     if not ranked:
-        raise SoupError("no trial of this run finished an epoch without erroring")
+        raise RunFolderError("no trial of this run finished an epoch without erroring")
     return ranked[:top_k]
 
 
@@ -142,7 +143,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     stored = is_uri(location) and newest_experiment_state(join(location, name)) is not None
     if out.exists() or stored:
         where = join(location, name) if stored else out
-        raise SoupError(f"{where}: exists (these jobs ran already); remove it to run them "
+        raise RunFolderError(f"{where}: exists (these jobs ran already); remove it to run them "
                         "again")
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
@@ -194,12 +195,13 @@ def repeat(run_dir: str | Path, seeds: list[int], trial: str | None = None) -> d
     standard deviation of the test scores over seeds."""
     out_of_range = [s for s in seeds if not 0 <= s < 2**32]
     if out_of_range:  # numpy, torch and Optuna take 0 .. 2^32 - 1; checked before Ray starts
-        raise SoupError(f"--seeds {','.join(map(str, seeds))}: seed {out_of_range[0]} is out "
+        raise ArgumentError(f"--seeds {','.join(map(str, seeds))}: seed {out_of_range[0]} is out "
                         f"of range; a seed is an integer from 0 to {2**32 - 1}")
     run_dir = Path(run_dir)
     summary = _summary(run_dir)
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-        raise SoupError(f"--seeds {','.join(map(str, seeds))}: give two or more distinct seeds")
+        raise ArgumentError(f"--seeds {','.join(map(str, seeds))}: give two or more distinct "
+                            "seeds")
     chosen = pick_trials(summary, trial)[0]
     split = json.loads((run_dir / "run.json").read_text())["split"]
     jobs = {f"seed{s}": {"trial": chosen["trial_id"], "config": chosen["config"], "seed": s,
@@ -273,7 +275,7 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
     full = [t for t in pick_trials(summary, None, len(summary["trials"]))
             if t["epochs"] >= spec.cv.folds and t.get("checkpoint")]
     if not full:
-        raise SoupError(f"{run_dir}: no trial ran every fold")
+        raise RunFolderError(f"{run_dir}: no trial ran every fold")
     chosen = full[:top_k]
     best = load_run_checkpoint(run_dir, chosen[0]["checkpoint"])
     val = [{f"final/{k}": v for k, v in f["metrics"].items()
@@ -353,7 +355,7 @@ def fold_soups(run_dir: Path, candidates: dict[int, list[tuple[str, float, Any]]
 def _summary(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "summary.json"
     if not (run_dir / "run.json").is_file() or not path.is_file():
-        raise SoupError(f"{run_dir}: not a finished segtune run folder (no run.json or "
+        raise RunFolderError(f"{run_dir}: not a finished segtune run folder (no run.json or "
                         "summary.json)")
     return json.loads(path.read_text())
 

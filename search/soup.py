@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.errors import SegtuneError
+from search.errors import RunFolderError, SoupError
 from search.progress import versus
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI starts without it
@@ -30,8 +30,6 @@ logger = logging.getLogger(__name__)
 LINEAGE_KEYS = ("architecture", "init_fingerprint")
 
 
-class SoupError(SegtuneError, ValueError):
-    """Ingredients that cannot be averaged, or a run folder with nothing to soup."""
 
 
 def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
@@ -252,7 +250,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file():
-        raise SoupError(f"{run_dir}: no summary.json (not a finished segtune run folder)")
+        raise RunFolderError(f"{run_dir}: no summary.json (not a finished segtune run folder)")
     tidy(run_dir)  # what a killed earlier step left
     summary = json.loads(summary_path.read_text())
     run = json.loads((run_dir / "run.json").read_text())

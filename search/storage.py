@@ -19,14 +19,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from search.errors import SegtuneError
+from search.errors import StorageError
 
 BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-class StorageError(SegtuneError, ValueError):
-    """An object store, or a local folder, that cannot be reached or written."""
 
 
 def is_uri(storage: str | Path | None) -> bool:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from search.errors import SegtuneError
+from search.errors import TrackingError
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ def default_uri(storage: str | Path) -> str:
     return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
 
 
-class TrackingError(SegtuneError):
-    """The MLflow tracking store cannot be reached."""
 
 
 PROBE_TIMEOUT_S = 5.0

@@ -6,16 +6,40 @@ from __future__ import annotations
 import pytest
 
 from search.compare import CompareError
-from search.errors import SegtuneError
+from search.errors import (
+    ArgumentError,
+    ResourceError,
+    RunFolderError,
+    SegtuneError,
+    TrackingError,
+)
 from search.soup import SoupError
 from search.spec import SpecError
 from search.storage import StorageError
 from train_fn.datasets import DataError
 
 
-@pytest.mark.parametrize("kind", [SpecError, SoupError, DataError, CompareError, StorageError])
+@pytest.mark.parametrize("kind", [SpecError, SoupError, DataError, CompareError, StorageError,
+                                  ArgumentError, RunFolderError, ResourceError, TrackingError])
 def test_user_errors_share_one_base(kind):
     assert issubclass(kind, SegtuneError) and issubclass(kind, ValueError)
+
+
+def test_errors_are_typed_by_meaning(tmp_path):
+    from search.evaluate import evaluate_run, load_weights
+    from search.retrain import pick_trials, repeat
+
+    with pytest.raises(ArgumentError, match="^--split nope: choose one of"):
+        evaluate_run(tmp_path, split="nope")
+    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "summary.json").write_text('{"trials": []}')
+    with pytest.raises(ArgumentError, match="^--seeds 1,1: give two or more distinct seeds"):
+        repeat(tmp_path, [1, 1])
+    with pytest.raises(ArgumentError, match=r"^--trial zz: no such trial in this run"):
+        pick_trials({"trials": [{"trial_id": "a", "status": "completed", "val_dice": 0.5}]},
+                    "zz")
+    with pytest.raises(RunFolderError, match="the run has no best trial yet"):
+        load_weights(tmp_path, "best")
 
 
 def test_cli_catches_the_base_once(monkeypatch, capsys):

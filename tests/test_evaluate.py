@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from search.errors import ArgumentError
 from search.evaluate import load_weights, summarise
-from search.soup import SoupError
 from train_fn.checkpoint import save_checkpoint
 
 
@@ -25,7 +25,7 @@ def test_model_file_is_loaded_exactly(tmp_path):
 
 def test_missing_model_file_is_named(tmp_path):
     missing = tmp_path / "models" / "other.pt"
-    with pytest.raises(SoupError) as err:
+    with pytest.raises(ArgumentError) as err:
         load_weights(tmp_path, str(missing))
     assert str(err.value) == (f"--model {missing}: not one of best, greedy, uniform and no "
                               f"checkpoint file there ({missing} does not exist)")
@@ -34,7 +34,7 @@ def test_missing_model_file_is_named(tmp_path):
 
 def test_unknown_model_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SoupError) as err:
+    with pytest.raises(ArgumentError) as err:
         load_weights(tmp_path, "nothing")
     assert str(err.value) == ("--model nothing: not one of best, greedy, uniform and no "
                               "checkpoint file there")

@@ -142,16 +142,16 @@ def test_cli_refuses_an_experiment_already_in_the_store(tmp_path, bucket, capsys
 def test_retrain_refuses_jobs_already_in_the_store(tmp_path, bucket):
     import boto3
 
+    from search.errors import RunFolderError
     from search.retrain import run_jobs
-    from search.soup import SoupError
 
     boto3.client("s3").put_object(
         Bucket=bucket, Body=b"{}",
         Key="runs/smoke/repeat-a-seeds-1-2/experiment_state-2026-01-01_10-00-00.json")
     run_dir = tmp_path / "local" / "smoke"
     write_run(run_dir, f"s3://{bucket}/runs")
-    with pytest.raises(SoupError, match=rf"^s3://{bucket}/runs/smoke/repeat-a-seeds-1-2: exists "
-                       r"\(these jobs ran already\)"):
+    with pytest.raises(RunFolderError, match=rf"^s3://{bucket}/runs/smoke/repeat-a-seeds-1-2: "
+                       r"exists \(these jobs ran already\)"):
         run_jobs(run_dir, "repeat", {}, "repeat-a-seeds-1-2")
     assert not (run_dir / "repeat-a-seeds-1-2").exists()
 

@@ -25,15 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from search.errors import SegtuneError
+from train_fn.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 SEGTHOR_LABELS = {1: "esophagus", 2: "heart", 3: "trachea", 4: "aorta"}
 
 
-class DataError(SegtuneError, ValueError):
-    """Bad data: the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
