@@ -181,11 +181,14 @@ class MlflowCallback(Callback):
         self.status.restart_clock()
         self.status.total = total_num_samples or self.status.total
 
-    def _status(self, trials, starting=None) -> None:
+    def _status(self, trials, starting=None, ending=None) -> None:
         states = [getattr(t, "status", "") for t in trials or []]
         running, pending = states.count("RUNNING"), states.count("PENDING")
+        # Ray calls back before it changes the trial's status.
         if starting is not None and getattr(starting, "status", "") == "PENDING":
-            running, pending = running + 1, pending - 1  # Ray marks it RUNNING just after
+            running, pending = running + 1, pending - 1
+        if ending is not None and getattr(ending, "status", "") == "RUNNING":
+            running -= 1
         logger.info("%s", self.status.line(running, pending))
 
     def on_step_end(self, iteration, trials, **info):
@@ -249,14 +252,14 @@ class MlflowCallback(Callback):
         else:
             logger.info("trial %s %s after epoch %d/%d", trial.trial_id, note, epoch,
                         self.epochs)
-        self._status(trials)
+        self._status(trials, ending=trial)
 
     @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
         _stop_if_disk_full(trial)
         self.tracker.end_trial(trial.trial_id, "FAILED", note="error")
         self.status.end(trial.trial_id, "errored")
-        self._status(trials)
+        self._status(trials, ending=trial)
 
     @_guarded
     def on_trial_recover(self, iteration, trials, trial, **info):
@@ -302,7 +305,7 @@ class JobCallback(MlflowCallback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.end_trial(trial.trial_id, "FINISHED", note="completed")
         self.status.end(trial.trial_id, "completed")
-        self._status(trials)
+        self._status(trials, ending=trial)
 
 
 def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, location: str
