@@ -30,3 +30,21 @@ def test_mmap_load_maps_the_file_and_reads_the_same_values(tmp_path):
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="t2/checkpoint.pt: no checkpoint"):
         load_checkpoint(tmp_path / "t2" / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("where", ["torch.save", "os.replace"])
+def test_a_save_interrupted_midway_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    import os
+
+    save_checkpoint(tmp_path, {"epoch": 1, "w": torch.ones(3)})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a Ctrl-C at that instant raises
+
+    monkeypatch.setattr(torch if where == "torch.save" else os,
+                        where.split(".")[1], killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, {"epoch": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    kept = load_checkpoint(tmp_path)
+    assert kept["epoch"] == 1 and torch.equal(kept["w"], torch.ones(3))

@@ -144,3 +144,45 @@ def test_tidy_brings_a_killed_soup_step_back_to_what_summary_json_names(tmp_path
     switch_soups(tmp_path, {"soups": None}, None)  # no soups: no link, no set
     assert not (tmp_path / "soup").is_symlink() and not named.exists()
     assert json.loads((tmp_path / "summary.json").read_text())["soup_set"] is None
+
+
+@pytest.mark.parametrize("where", ["write", "replace"])
+def test_an_interrupted_json_write_keeps_the_previous_file(tmp_path, monkeypatch, where):
+    import json
+    import os
+    from pathlib import Path
+
+    from search.soup import write_json
+
+    path = tmp_path / "summary.json"
+    write_json(path, {"best": "a"})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "write":
+        monkeypatch.setattr(Path, "write_text", killed)
+    else:
+        monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_json(path, {"best": "b"})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"best": "a"}
+
+
+def test_an_errored_or_unreadable_trial_never_becomes_the_best_or_an_ingredient(tmp_path):
+    import torch
+
+    from search.soup import readable
+    from train_fn.checkpoint import save_checkpoint
+
+    (tmp_path / "run.json").write_text("{}")
+    for name in ("b", "c"):
+        save_checkpoint(tmp_path / f"trial_{name}" / "checkpoint_000001", {"w": torch.ones(2)})
+    (tmp_path / "trial_d" / "checkpoint_000001").mkdir(parents=True)
+    (tmp_path / "trial_d" / "checkpoint_000001" / "checkpoint.pt").write_bytes(b"PK\x03\x04")
+    trials = [{"trial_id": t, "val_dice": v, "checkpoint": f"trial_{t}/checkpoint_000001"}
+              for t, v in (("d", 0.9), ("b", 0.7), ("c", 0.6))]
+    # d ranks first but its checkpoint was cut short: skipped, b is the best.
+    assert [t["trial_id"] for t in readable(tmp_path, trials, 2)] == ["b", "c"]
+    assert [t["trial_id"] for t in readable(tmp_path, trials, 1)] == ["b"]
