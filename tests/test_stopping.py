@@ -3,6 +3,7 @@ exposes on the network: real processes, real signals, sockets read from /proc.""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -54,6 +55,8 @@ def listening(pids) -> list[tuple[int, str]]:
     """(pid, local address) of every listening TCP socket of these processes."""
     addresses = {}
     for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        if not Path(table).exists():  # a kernel without IPv6
+            continue
         for line in Path(table).read_text().splitlines()[1:]:
             cols = line.split()
             if cols[3] != "0A":  # LISTEN
@@ -61,8 +64,6 @@ def listening(pids) -> list[tuple[int, str]]:
             host = cols[1].split(":")[0]
             if v6:  # 32 hex digits, four little-endian words
                 raw = b"".join(bytes.fromhex(host[i:i + 8])[::-1] for i in range(0, 32, 8))
-                import ipaddress
-
                 addr = ipaddress.IPv6Address(raw)
                 text = str(addr.ipv4_mapped or addr)
             else:
