@@ -3,6 +3,7 @@ per optimizer (no Ray), same data, model, bands, patches and budget; prints the 
 Dice per class after the last epoch as a Markdown table.
 
     python bench/learning.py --epochs 8 --steps 25
+    python bench/learning.py --only novograd --lr 2e-3 1e-2 3e-2 1.2e-1 --epochs 16 --steps 25
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--only", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--lr", nargs="*", type=float, default=None,
+                        help="learning rates to sweep for each optimizer (default: its own)")
     args = parser.parse_args()
 
     from search.api import prepare_data
@@ -42,8 +45,9 @@ def main() -> None:
 
     base = load_spec("spaces/novograd.yaml").model_dump(warnings=False)
     rows = []
-    for name in args.only:
-        tree = {**base, "optimizer": {"name": name, **CONFIGS[name]},
+    runs = [(name, lr) for name in args.only for lr in (args.lr or [CONFIGS[name]["lr"]])]
+    for name, lr in runs:
+        tree = {**base, "optimizer": {"name": name, **CONFIGS[name], "lr": lr},
                 "schedule": SCHEDULE.get(name, COSINE),
                 "layers": {"early_encoder": 0.3, "deep_encoder": 0.85, "middle": 1.0,
                            "decoder": 1.5, "head": 2.0},
@@ -53,14 +57,14 @@ def main() -> None:
         data_root, split = prepare_data(spec)
         t0 = time.perf_counter()
         metrics = train(spec, split, data_root)
-        rows.append((name, metrics, time.perf_counter() - t0))
-        print(name, {k: round(v, 3) for k, v in metrics.items() if k.startswith("val")},
+        rows.append((name, lr, metrics, time.perf_counter() - t0))
+        print(name, lr, {k: round(v, 3) for k, v in metrics.items() if k.startswith("val")},
               flush=True)
     print(f"\n{args.epochs} epochs x {args.steps} steps, validation Dice after the last epoch:\n")
     print("| optimizer | settings | mean | " + " | ".join(CLASS_NAMES) + " | time |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in CLASS_NAMES) + " | --- |")
-    for name, m, secs in rows:
-        settings = ", ".join(f"{k} {v}" for k, v in CONFIGS[name].items())
+    for name, lr, m, secs in rows:
+        settings = ", ".join(f"{k} {v}" for k, v in {**CONFIGS[name], "lr": lr}.items())
         print(f"| {name} | {settings} | {m['val_dice']:.3f} | "
               + " | ".join(f"{m[f'val_dice/{c}']:.3f}" for c in CLASS_NAMES)
               + f" | {secs:.0f} s |")
