@@ -189,7 +189,7 @@ class MlflowCallback(Callback):
         self.last_epoch[trial.trial_id] = int(result.get("epoch", 0))
         if result.get("stop_reason"):
             self.stop_reason[trial.trial_id] = result["stop_reason"]
-        self.tracker.log_result(trial.trial_id, result)
+        self.tracker.log_result(trial.trial_id, result, latest=self.base.cv.every)
         self._check_space(trial)
         logger.info(
             "trial %s epoch %d/%d: loss %.3f, val_dice %.3f", trial.trial_id,
