@@ -371,5 +371,19 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     if out is not None:
         artifacts.append(run_dir / SOUP_LINK / "soup.json")
     if tracker is not None:
+        from search.results import log_results, results_of
+
+        # The parent's `best/*` and `soup/*` metrics stay (scripts read them); the result
+        # runs show the same scores side by side, with their models.
         tracker.log_parent(metrics, artifacts)
+        weights = {"best": best_state["model"]}
+        if summary["soups"]:
+            weights.update(uniform=uniform, greedy=greedy_w)
+        example = torch.zeros((1, len(ds.channels), *spec.train.patch_size)).numpy()
+        log_results(tracker, results_of(summary, weights), model, example, metadata={
+            "segtune": {"run": run_dir.name, "channels": list(ds.channels),
+                        "regions": {k: list(v) for k, v in ds.regions.items()},
+                        "num_classes": ds.num_classes,
+                        "patch_size": list(spec.train.patch_size),
+                        "preprocessing": spec.data.model_dump(mode="json")}})
     return summary

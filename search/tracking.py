@@ -22,8 +22,15 @@ logger = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray.trial_id"
 RUN_DIR_TAG = "segtune.run_dir"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
 # What a trial reports that is a curve worth plotting (Ray adds its own bookkeeping keys).
-METRIC_PREFIXES = ("loss", "val_dice", "grad_norm", "lr/")
+METRIC_PREFIXES = ("loss", "val_dice", "val_hd95", "grad_norm", "lr/")
+# The runs table has no default columns; MLflow's UI opens a view stored as this experiment
+# tag (plus the key) from a link with `?viewStateShareKey=<key>`, and picks the chart view's
+# first metric from the primary-metric tag.
+VIEW_KEY = "segtune"
+VIEW_TAG = "mlflow.sharedViewState."
+PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
 
 
 def default_uri(storage: str | Path) -> str:
@@ -79,14 +86,77 @@ def artifact_root(uri: str, experiment: str) -> str | None:
 
 def params_of(flat: dict[str, Any]) -> list[tuple[str, str]]:
     """Spec settings as MLflow params under their dotted names (MLflow caps values at 6000
-    characters)."""
-    return [(k, _str(v)[:6000]) for k, v in flat.items()]
+    characters); a searched setting as its readable range."""
+    return [(k, (readable_range(v) if _is_leaf(v) else _str(v))[:6000]) for k, v in flat.items()]
+
+
+def _is_leaf(value: Any) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_is_leaf(v) for v in value)
+    return isinstance(value, dict) and value.get("type") in ("float", "int", "categorical")
+
+
+def readable_range(leaf: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """A search leaf in its dict form (`Spec.flat()`) as one short line: `float 0.001..0.1
+    log`, `int 1..8 step 2`, `choice [adamw, novograd]`; alternatives joined by `; `, each
+    with its condition (`when optimizer.name=adamw`)."""
+    if isinstance(leaf, list):
+        return "; ".join(readable_range(x) for x in leaf)
+    if leaf["type"] == "categorical":
+        text = f"choice {_str(leaf['choices'])}"
+    else:
+        text = f"{leaf['type']} {leaf['low']:g}..{leaf['high']:g}"
+        if leaf.get("log"):
+            text += " log"
+        if leaf.get("step") is not None and not (leaf["type"] == "int" and leaf["step"] == 1):
+            text += f" step {leaf['step']:g}"
+    for key, allowed in (leaf.get("when") or {}).items():
+        shown = "|".join(map(str, allowed)) if isinstance(allowed, list) else allowed
+        text += f" when {key}={shown}"
+    if leaf.get("default") is not None:
+        text += f" (default {leaf['default']})"
+    return text
+
+
+def searched_text(values: dict[str, Any]) -> str:
+    """A trial's searched values as one line, `optimizer.lr=0.0125, model.name=unet`."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
     """The curves of one trial result."""
     return {k: float(v) for k, v in result.items()
             if k.startswith(METRIC_PREFIXES) and isinstance(v, (int, float))}
+
+
+def best_so_far(best: dict[str, Any] | None, result: dict[str, Any], latest: bool = False
+                ) -> dict[str, Any] | None:
+    """The trial's best validated epoch after `result` (None: none yet): `{"val_dice",
+    "epoch", "metrics"}`, by `val_dice`. A tie goes to the later epoch, as Ray keeps the later
+    of two equal checkpoints, so the epoch matches summary.json's. With `latest` (cv.mode
+    every: each report is the mean over more folds) the last report is the best. An epoch
+    without per-region scores (a diverged trial's last report, without a checkpoint) is never
+    the best: it is not in summary.json either."""
+    dice = result.get("val_dice")
+    if not isinstance(dice, (int, float)) or not any(k.startswith("val_dice/") for k in result):
+        return best
+    if best is not None and not latest and dice < best["val_dice"]:
+        return best
+    return {"val_dice": float(dice), "epoch": int(result.get("epoch", 0)),
+            "metrics": {k: float(v) for k, v in result.items()
+                        if k.startswith(("val_dice/", "val_hd95/"))
+                        and isinstance(v, (int, float))}}
+
+
+def best_metrics(best: dict[str, Any], hd_keys: set[str]) -> dict[str, float]:
+    """`best_val_dice`, `best_epoch`, `best_val_dice/<region>`, `best_val_hd95/<region>` of a
+    best epoch. A region's HD95 logged earlier but not scored at this best epoch (HD95 every
+    k epochs) becomes NaN: the column then never shows another epoch's value."""
+    out = {"best_val_dice": best["val_dice"], "best_epoch": float(best["epoch"])}
+    out.update({f"best_{k}": v for k, v in best["metrics"].items()})
+    out.update({k: float("nan") for k in hd_keys if k not in out})
+    return out
 
 
 class Tracker:
@@ -107,6 +177,8 @@ class Tracker:
         self.parent_id: str | None = None
         self.trial_runs: dict[str, str] = {}  # ray trial id -> mlflow run id
         self.open: set[str] = set()
+        self.best: dict[str, dict[str, Any]] = {}  # ray trial id -> its best epoch so far
+        self.hd_keys: dict[str, set[str]] = {}  # ray trial id -> best_val_hd95/* logged
 
     # -- parent ---------------------------------------------------------------------------
     def start_parent(self, flat_spec: dict[str, Any], searched: list[str],
@@ -117,9 +189,29 @@ class Tracker:
                   **(tags or {})},
         )
         self.parent_id = run.info.run_id
-        self._log(self.parent_id, params=params_of(flat_spec))
+        self.log_batch(self.parent_id, params=params_of(flat_spec))
         self.open.add(self.parent_id)
+        self.set_view(searched)
         return self.parent_id
+
+    def set_view(self, searched: list[str]) -> None:
+        """The experiment's runs table as segtune means it to be read: the scores and the
+        searched params as columns, best validation Dice first. MLflow's UI keeps the columns
+        a user picks in the browser and lets no client set them as the default; it opens a
+        view stored in an experiment tag from `view_url`, and takes the chart view's first
+        metric from the primary-metric tag."""
+        columns = [f"metrics.`{m}`" for m in ("best_val_dice", "val_dice", "test_dice",
+                                                "best_epoch")]
+        columns += [f"params.`{k}`" for k in searched] + ["tags.`segtune.kind`"]
+        view = {"orderByKey": "metrics.`best_val_dice`", "orderByAsc": False,
+                "selectedColumns": columns}
+        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG + VIEW_KEY,
+                                       json.dumps(view))
+        self.client.set_experiment_tag(self.experiment_id, PRIMARY_METRIC_TAG, "best_val_dice")
+
+    def view_url(self, ui: str = "http://127.0.0.1:5000") -> str:
+        """The address of the view `set_view` stored, on the UI at `ui`."""
+        return f"{ui}/#/experiments/{self.experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
     def attach_parent(self, run_id: str) -> None:
         self.parent_id = run_id
@@ -136,6 +228,7 @@ class Tracker:
         state = dict(self.__dict__)
         state.pop("client", None)
         state["trial_runs"], state["open"] = {}, set()
+        state["best"], state["hd_keys"] = {}, {}
         return state
 
     def __setstate__(self, state):
@@ -161,6 +254,7 @@ class Tracker:
                               f"tags.`{PARENT_TAG}` = '{self.parent_id}'")
             if found:  # a resumed search: the trial's run exists already
                 self.trial_runs[trial_id] = found[0].info.run_id
+                self._recall_best(trial_id, found[0].data.metrics)
         if trial_id in self.trial_runs:
             run_id = self.trial_runs[trial_id]
             self.client.update_run(run_id, status="RUNNING")
@@ -172,17 +266,42 @@ class Tracker:
             )
             run_id = run.info.run_id
             self.trial_runs[trial_id] = run_id
-            self._log(run_id, params=params_of(flat_config),
-                      tags=[("segtune.searched_params", ", ".join(sorted(searched)))])
+            # The searched values also as one tag and as the description: the runs table
+            # shows a run's description without picking a column.
+            values = searched_text(searched)
+            self.log_batch(run_id, params=params_of(flat_config),
+                      tags=[("segtune.searched_params", ", ".join(sorted(searched))),
+                            ("segtune.searched_values", values[:5000]),
+                            (NOTE_TAG, f"searched: {values}"[:5000])])
         self.open.add(run_id)
         return run_id
 
-    def log_result(self, trial_id: str, result: dict[str, Any]) -> None:
+    def _recall_best(self, trial_id: str, metrics: dict[str, float]) -> None:
+        """A resumed trial's best epoch so far, from what its run holds."""
+        if "best_val_dice" not in metrics:
+            return
+        self.best[trial_id] = {
+            "val_dice": metrics["best_val_dice"], "epoch": int(metrics.get("best_epoch", 0)),
+            "metrics": {k.removeprefix("best_"): v for k, v in metrics.items()
+                        if k.startswith(("best_val_dice/", "best_val_hd95/")) and v == v}}
+        self.hd_keys[trial_id] = {k for k in metrics if k.startswith("best_val_hd95/")}
+
+    def log_result(self, trial_id: str, result: dict[str, Any], latest: bool = False) -> None:
+        """One epoch's curves, and the best epoch's scores so far (`best_*`), at the epoch's
+        step: a trial stopped or interrupted at any point has them. `latest`: the last report
+        is the best (cv.mode every)."""
         run_id = self.trial_runs.get(trial_id)
         if run_id is None:
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        self._log(run_id, metrics=metrics_of(result), step=step)
+        metrics = metrics_of(result)
+        best = best_so_far(self.best.get(trial_id), result, latest)
+        if best is not None:
+            self.best[trial_id] = best
+            hd_keys = self.hd_keys.setdefault(trial_id, set())
+            metrics.update(best_metrics(best, hd_keys))
+            hd_keys.update(k for k in metrics if k.startswith("best_val_hd95/"))
+        self.log_batch(run_id, metrics=metrics, step=step)
 
     def drop_unknown_trials(self, known: set[str]) -> list[str]:
         """Delete the nested runs of trials that Ray's saved state does not hold: a kill -9
@@ -230,12 +349,14 @@ class Tracker:
                    artifact_path: str | None = None) -> None:
         if self.parent_id is None:
             return
-        self._log(self.parent_id, metrics=metrics, step=0)
+        self.log_batch(self.parent_id, metrics=metrics, step=0)
         for path in artifacts:
             self.client.log_artifact(self.parent_id, str(path), artifact_path)
 
-    def _log(self, run_id: str, params=(), metrics: dict[str, float] | None = None,
+    def log_batch(self, run_id: str, params=(), metrics: dict[str, float] | None = None,
              step: int = 0, tags=()) -> None:
+        """Params ((key, value) pairs), metrics and tags of a run, in as few calls as MLflow
+        allows."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)

@@ -209,7 +209,7 @@ class MlflowCallback(Callback):
         self.last_epoch[trial.trial_id] = int(result.get("epoch", 0))
         if result.get("stop_reason"):
             self.stop_reason[trial.trial_id] = result["stop_reason"]
-        self.tracker.log_result(trial.trial_id, result)
+        self.tracker.log_result(trial.trial_id, result, latest=self.base.cv.every)
         self.status.result(trial.trial_id, int(result.get("epoch", 0)),
                            result.get(self.base.search.metric))
         self._check_space(trial)

@@ -63,12 +63,16 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
+    trials = [r for r in children if "ray.trial_id" in r.data.tags]
+    results = {r.data.tags.get("segtune.soup", r.data.tags.get("segtune.kind")): r
+               for r in children if "ray.trial_id" not in r.data.tags}
+    assert len(parents) == 1 and len(trials) == 2
+    assert len(children) == 5 and set(results) == {"best", "uniform", "greedy"}
     assert {r.info.status for r in runs} == {"FINISHED"}
     parent = parents[0]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     summary = json.loads((run_dir / "summary.json").read_text())
-    by_trial = {r.data.tags["ray.trial_id"]: r for r in children}
+    by_trial = {r.data.tags["ray.trial_id"]: r for r in trials}
     assert set(by_trial) == {t["trial_id"] for t in summary["trials"]}
     for trial in summary["trials"]:
         run = by_trial[trial["trial_id"]]
@@ -81,6 +85,41 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
         assert [m.step for m in history] == list(range(1, trial["epochs"] + 1))
         for key in ("loss", "grad_norm", "lr/head", "val_dice/esophagus"):
             assert key in run.data.metrics
+        # The best epoch's scores, as summary.json ranks the trial (not the last epoch's).
+        assert run.data.metrics["best_val_dice"] == pytest.approx(trial["val_dice"])
+        for region, dice in trial["val_dice_per_class"].items():
+            assert run.data.metrics[f"best_val_dice/{region}"] == pytest.approx(dice)
+        assert run.data.tags["segtune.searched_values"].startswith("optimizer.lr=")
+    assert "optimizer.lr" in parent.data.params
+    assert parent.data.params["optimizer.lr"].startswith("float ") and \
+        parent.data.params["optimizer.lr"].endswith(" log")
+    assert parent.data.tags["segtune.best_trial"] == summary["best"]["trial_id"]
+    assert results["best"].data.tags["segtune.trial"] == summary["best"]["trial_id"]
+    records = {"best": summary["best"], **summary["soups"]}
+    for name, run in results.items():
+        assert run.data.metrics["test_dice"] == pytest.approx(records[name]["test_dice"])
+        assert run.data.metrics["val_dice"] == pytest.approx(records[name]["val_dice"])
+        for region, dice in records[name]["test_dice_per_class"].items():
+            assert run.data.metrics[f"test_dice/{region}"] == pytest.approx(dice)
+    # Each result's model is in MLflow's model view, loads and segments a patch.
+    import mlflow
+    import mlflow.pytorch
+
+    models = client.search_logged_models([experiment.experiment_id])
+    assert sorted(m.source_run_id for m in models) == sorted(
+        r.info.run_id for r in results.values())
+    best_model = next(m for m in models if m.source_run_id == results["best"].info.run_id)
+    mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow.db'}")
+    try:
+        net = mlflow.pytorch.load_model(f"models:/{best_model.model_id}")
+        info = mlflow.models.get_model_info(f"models:/{best_model.model_id}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    with torch.no_grad():
+        out = net(torch.zeros(1, 1, 32, 32, 16))
+    assert out.shape == (1, 5, 32, 32, 16)
+    assert info.metadata["segtune"]["patch_size"] == [32, 32, 16]
+    assert info.metadata["segtune"]["preprocessing"]["source"] == "phantom"
     assert parent.data.metrics["soup/greedy/test_dice"] == pytest.approx(
         summary["soups"]["greedy"]["test_dice"])
     assert "best/test_dice/aorta" in parent.data.metrics
@@ -98,6 +137,16 @@ def test_soup_command_and_refusal_to_overwrite(smoke_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["soups"]["uniform"]["ingredients"] == [summary["best"]["trial_id"]]
+    # The result runs were replaced, not added to.
+    client, _, _, _ = runs_by_trial(storage, "smoke")
+    results = [r for r in client.search_runs([client.get_experiment_by_name("smoke")
+                                              .experiment_id])
+               if r.data.tags.get("segtune.kind") in ("best", "soup")]
+    assert len(results) == 3
+    uniform = next(r for r in results if r.data.tags.get("segtune.soup") == "uniform")
+    assert uniform.data.tags["segtune.ingredients"] == summary["best"]["trial_id"]
+    assert uniform.data.metrics["test_dice"] == pytest.approx(
+        summary["soups"]["uniform"]["test_dice"])
     # The new set replaced the old one at once: the link, the files and the summary agree.
     assert os.readlink(run_dir / "soup") == summary["soup_set"]
     assert [p.name for p in run_dir.glob(".soup-*")] == [summary["soup_set"]]
@@ -165,11 +214,14 @@ def test_a_copied_run_folder_never_writes_into_the_original_store(smoke_run, tmp
     assert again.returncode == 0, again.stderr[-3000:]
 
 def runs_by_trial(storage, experiment):
+    """(client, parent runs, trial runs by Ray trial id, the search's runs): the result runs
+    of the best trial and the soups are left out."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id])
+    runs = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("segtune.kind") not in ("best", "soup")]
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.data.tags["ray.trial_id"]: r for r in runs
                 if "mlflow.parentRunId" in r.data.tags}

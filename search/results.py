@@ -1,0 +1,153 @@
+"""The search's results as MLflow runs: the best trial, the uniform soup and the greedy soup,
+each a nested run under the search's parent with its validation and test scores and its model,
+so the runs table compares them side by side.
+
+A re-soup replaces them: the new runs are made first and the old ones (found by their
+`segtune.kind` tag) deleted after, with their models, so a kill in between leaves one set or
+two, never none, and the next soup tidies up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from search.tracking import NOTE_TAG, PARENT_TAG, RUN_DIR_TAG, Tracker, params_of
+
+logger = logging.getLogger(__name__)
+
+KIND_TAG = "segtune.kind"
+SOUP_TAG = "segtune.soup"
+BEST_TRIAL_TAG = "segtune.best_trial"
+RESULT_KINDS = ("best", "soup")
+
+
+@dataclass
+class Result:
+    """One result of a search: `name` (`best`, `uniform`, `greedy`), its scores as MLflow
+    metrics, its weights (a state dict) and what to tag and note."""
+
+    name: str
+    metrics: dict[str, float]
+    weights: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def scores(record: dict[str, Any]) -> dict[str, float]:
+    """`val_dice`, `val_dice/<region>`, `test_dice`, `test_dice/<region>`,
+    `test_hd95/<region>` of a summary.json record (`best`, or a soup)."""
+    out = {k: float(record[k]) for k in ("val_dice", "test_dice")
+           if record.get(k) is not None}
+    for prefix, key in (("val_dice", "val_dice_per_class"), ("test_dice", "test_dice_per_class"),
+                        ("test_hd95", "test_hd95_per_class")):
+        out.update({f"{prefix}/{region}": float(v)
+                    for region, v in (record.get(key) or {}).items()})
+    return out
+
+
+def results_of(summary: dict[str, Any], weights: dict[str, Any]) -> list[Result]:
+    """The result runs of a summary.json (`best`, and the soups when there are any);
+    `weights` maps `best` / `uniform` / `greedy` to their state dicts."""
+    best = summary["best"]
+    out = [Result("best", scores(best), weights.get("best"), params=best["config"],
+                  tags={KIND_TAG: "best", "segtune.trial": best["trial_id"]},
+                  note=f"best trial {best['trial_id']}")]
+    for kind, soup in (summary.get("soups") or {}).items():
+        ingredients = soup["ingredients"]
+        out.append(Result(kind, {**scores(soup), "size": float(len(ingredients))},
+                          weights.get(kind),
+                          tags={KIND_TAG: "soup", SOUP_TAG: kind,
+                                "segtune.ingredients": ", ".join(ingredients)},
+                          note=f"{kind} soup of {len(ingredients)} trial(s): "
+                               f"{', '.join(ingredients)}"))
+    return out
+
+
+def log_results(tracker: Tracker, results: list[Result], model=None, example=None,
+                metadata: dict[str, Any] | None = None) -> dict[str, str]:
+    """Make one nested run per result under the tracker's parent run (and log its model, when
+    `model`, a network of the right architecture, is given), then delete the result runs an
+    earlier soup made. Tags the parent with the best trial's id. Returns name -> run id."""
+    if tracker.parent_id is None:
+        return {}
+    client = tracker.client
+    old = [r for r in client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.parent_id}'")
+        if r.data.tags.get(KIND_TAG) in RESULT_KINDS]
+    made = {}
+    for result in results:
+        run = client.create_run(
+            tracker.experiment_id, run_name=f"{tracker.run_name}/{result.name}",
+            tags={PARENT_TAG: tracker.parent_id, RUN_DIR_TAG: tracker.run_dir,
+                  NOTE_TAG: result.note, **result.tags})
+        run_id = run.info.run_id
+        tracker.log_batch(run_id, params=params_of(result.params), metrics=result.metrics)
+        if model is not None and result.weights is not None:
+            log_model(tracker.uri, run_id, model, result.weights, example, metadata)
+        client.set_terminated(run_id, "FINISHED")
+        made[result.name] = run_id
+    best = next((r for r in results if r.name == "best"), None)
+    if best is not None:
+        client.set_tag(tracker.parent_id, BEST_TRIAL_TAG, best.tags["segtune.trial"])
+    for run in old:
+        for logged in client.search_logged_models(
+                [tracker.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"):
+            client.delete_logged_model(logged.model_id)
+        client.delete_run(run.info.run_id)
+    return made
+
+
+@contextlib.contextmanager
+def _active(uri: str, run_id: str):
+    """`run_id` as the active run of MLflow's fluent API on the store `uri` (the only way
+    `mlflow.pytorch.log_model` takes a run), the earlier tracking URI back after."""
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def requirements() -> list[str]:
+    """The model's environment, given rather than inferred: MLflow's inference loads the
+    model in a subprocess (seconds). Versions without a local tag (`+cpu`): that build may
+    not exist on PyPI."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "monai",
+                                                                  "cloudpickle")]
+
+
+def log_model(uri: str, run_id: str, model, weights: dict[str, Any], example,
+              metadata: dict[str, Any] | None) -> None:
+    """The network with `weights`, as an MLflow PyTorch model named `model` of the run. Saved
+    pickled (MONAI's classes by reference), not as MLflow's default `pt2` graph: an exported
+    graph takes one input shape and not every MONAI network exports. A model that cannot be
+    logged is a warning: the run's scores and the run folder's files stand without it."""
+    import mlflow.pytorch
+
+    net = copy.deepcopy(model).to("cpu").eval()
+    net.load_state_dict(weights)
+    pickle_warning = logging.getLogger("mlflow.pytorch")
+    level = pickle_warning.level
+    # MLflow warns on every pickled model; the README says once where these models load from.
+    pickle_warning.setLevel(logging.ERROR)
+    try:
+        with _active(uri, run_id):
+            mlflow.pytorch.log_model(net, name="model", input_example=example,
+                                     pip_requirements=requirements(), metadata=metadata,
+                                     serialization_format="pickle")
+    except Exception as err:  # noqa: BLE001 - any failure: the results are kept without it
+        logger.warning("MLflow: the model of run %s was not logged (%s)", run_id,
+                       str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+    finally:
+        pickle_warning.setLevel(level)
