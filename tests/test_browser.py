@@ -21,7 +21,9 @@ RESULT_KINDS = {"best", "soup"}
 WAIT_S = 60
 
 
-@pytest.fixture(scope="module")
+# Session scope, as smoke_run's: pytest sets up wider scopes first, so a narrower one would
+# skip only after the smoke search was made.
+@pytest.fixture(scope="session")
 def browser_ready():
     reason = missing_browser()
     if reason and os.environ.get("SEGTUNE_REQUIRE_BROWSER") == "1":
@@ -43,7 +45,8 @@ def _runs(store):
     return experiment.experiment_id, parent, trials, results
 
 
-def test_mlflow_ui_lists_nested_trials_and_shows_their_metric(smoke_run, browser_ready,
+# browser_ready first: without the browser the test skips before the smoke search is made.
+def test_mlflow_ui_lists_nested_trials_and_shows_their_metric(browser_ready, smoke_run,
                                                               tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
