@@ -210,6 +210,20 @@ def _dead(pid: str) -> bool:
     return False
 
 
+def candidates(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The trials that may be the best or an ingredient, best validation Dice first: those
+    with a checkpoint and a score. A trial that errored is listed in the summary but not used:
+    its last checkpoints may predate whatever went wrong, but nothing says they are sound."""
+    ranked = [t for t in summary["trials"] if t.get("status") != "error"
+              and t.get("checkpoint") and t.get("val_dice") is not None]
+    if not ranked:
+        errors = sorted({t["error"] for t in summary["trials"] if t.get("error")})
+        raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint without "
+                        "erroring" + (f"; the trials' errors: {' | '.join(errors)}"
+                                      if errors else ""))
+    return sorted(ranked, key=lambda t: t["val_dice"], reverse=True)
+
+
 def readable(run_dir: Path, ranked: list[dict[str, Any]], need: int
              ) -> list[dict[str, Any]]:
     """The first `need` trials, best first, whose checkpoint loads; one that does not (cut
@@ -256,17 +270,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     top_k = top_k or spec.soup.top_k
-    # A trial that errored is listed in the summary but not used: its last checkpoints may
-    # predate whatever went wrong, but nothing says they are sound.
-    ranked = [t for t in summary["trials"] if t.get("status") != "error"
-              and t.get("checkpoint") and t.get("val_dice") is not None]
-    if not ranked:
-        errors = sorted({t["error"] for t in summary["trials"] if t.get("error")})
-        raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint without "
-                        "erroring" + (f"; the trials' errors: {' | '.join(errors)}"
-                                      if errors else ""))
-    ranked.sort(key=lambda t: t["val_dice"], reverse=True)
-    ranked = readable(run_dir, ranked, top_k if soup else 1)
+    ranked = readable(run_dir, candidates(run_dir, summary), top_k if soup else 1)
 
     ds = open_dataset(spec.data, run["data_root"])
     # The validation cases only judge soups.

@@ -186,3 +186,16 @@ def test_an_errored_or_unreadable_trial_never_becomes_the_best_or_an_ingredient(
     # d ranks first but its checkpoint was cut short: skipped, b is the best.
     assert [t["trial_id"] for t in readable(tmp_path, trials, 2)] == ["b", "c"]
     assert [t["trial_id"] for t in readable(tmp_path, trials, 1)] == ["b"]
+
+
+def test_candidates_are_ranked_best_first_and_never_an_errored_trial():
+    from pathlib import Path
+
+    from search.soup import candidates
+
+    trials = [{"trial_id": "err", "status": "error", "val_dice": 0.99, "checkpoint": "c1"},
+              {"trial_id": "low", "status": "stopped", "val_dice": 0.2, "checkpoint": "c2"},
+              {"trial_id": "high", "status": "completed", "val_dice": 0.7, "checkpoint": "c3"},
+              {"trial_id": "none", "status": "stopped", "val_dice": None, "checkpoint": None}]
+    ranked = candidates(Path("run"), {"trials": trials})
+    assert [t["trial_id"] for t in ranked] == ["high", "low"]
