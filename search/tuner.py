@@ -328,6 +328,31 @@ def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def make_scheduler(spec: Spec):
+    """ASHA on epochs (rungs at grace_period * reduction_factor^k, the metric maximised), or
+    FIFO: every trial runs its budget."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.search
+    if s.scheduler != "asha":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode="max",
+                         max_t=budget(spec),
+                         grace_period=1 if spec.cv.every else min(
+                             s.grace_period, spec.train.epochs),
+                         reduction_factor=s.reduction_factor)
+
+
+def make_searcher(spec: Spec, study: str | None, name: str):
+    """Optuna (the spec's seeded sampler) over `define_by_run(spec)`, the metric maximised,
+    its study kept at the RDB URL `study` under `name` (None: in memory)."""
+    from search.study import StudySearch
+
+    return StudySearch(define_by_run(spec), metric=spec.search.metric, mode="max",
+                       sampler=make_sampler(spec), url=study, study_name=name,
+                       budget=budget(spec))
+
+
 def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: str,
                storage: str | Path, callbacks: list[Callback], study: str | None = None
                ) -> tune.Tuner:
@@ -335,20 +360,9 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
     sampler, ASHA (or FIFO) on epochs, a concurrency limit and per-trial resources. `storage`
     is a local folder or an object-store URI (`s3://bucket/prefix`). `study` is the RDB URL
     where the Optuna study (named `name`) is kept (`search.study`; None: in memory)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
     from search.storage import is_uri
-    from search.study import StudySearch
 
     s = spec.search
-    if s.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode="max",
-                                  max_t=budget(spec),
-                                  grace_period=1 if spec.cv.every else min(
-                                      s.grace_period, spec.train.epochs),
-                                  reduction_factor=s.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
     return tune.Tuner(
         _trial_fn(spec, split, data_root),
         tune_config=tune.TuneConfig(
@@ -359,10 +373,8 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
             reuse_actors=True,
             # metric and mode go to the searcher and the scheduler, not to TuneConfig: a
             # define-by-run OptunaSearch must have them when it is built.
-            search_alg=StudySearch(define_by_run(spec), metric=s.metric, mode="max",
-                                   sampler=make_sampler(spec), url=study, study_name=name,
-                                   budget=budget(spec)),
-            scheduler=scheduler,
+            search_alg=make_searcher(spec, study, name),
+            scheduler=make_scheduler(spec),
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from conftest import ROOT
 
 from search.space import define_by_run, describe, ordered_leaves, preview
 from search.spec import Spec, SpecError
@@ -135,3 +136,33 @@ def test_condition_needs_a_default_where_the_setting_cannot_be_unset():
     with pytest.raises(ValidationError, match=r"schedule.warmup_fraction: a conditional leaf "
                                               r"\(with `when`\) needs a `default`"):
         Spec.model_validate(bad)
+
+
+def test_asha_stops_the_weak_trial_not_the_strong_one():
+    # The metric is a Dice: higher is better. A flipped direction would stop the best trial.
+    from types import SimpleNamespace
+
+    from search.spec import load_spec
+    from search.tuner import make_scheduler
+
+    spec = load_spec(ROOT / "spaces" / "smoke.yaml", ["search.reduction_factor=2",
+                                                     "search.grace_period=1"])
+    asha = make_scheduler(spec)
+    strong, weak = SimpleNamespace(trial_id="strong"), SimpleNamespace(trial_id="weak")
+    for trial in (strong, weak):
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, strong, {"training_iteration": 1, "val_dice": 0.8}) \
+        == "CONTINUE"
+    assert asha.on_trial_result(None, weak, {"training_iteration": 1, "val_dice": 0.1}) == "STOP"
+
+
+def test_the_study_maximises_the_metric(tmp_path):
+    import optuna
+
+    from search.spec import load_spec
+    from search.tuner import make_searcher
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    make_searcher(load_spec(ROOT / "spaces" / "smoke.yaml"), url, "s")
+    assert optuna.load_study(study_name="s", storage=url).direction == \
+        optuna.study.StudyDirection.MAXIMIZE
