@@ -108,7 +108,9 @@ def test_predict_errors_through_the_cli(smoke_run, tmp_path, capsys):
                            "and no checkpoint file there\n")
     # A run without soups (as soup.enabled: false leaves one).
     bare = tmp_path / "bare"
-    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("soup", "eval"))
+    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("soup", ".soup-*", "eval"))
+    summary = json.loads((bare / "summary.json").read_text())
+    (bare / "summary.json").write_text(json.dumps({**summary, "soups": None, "soup_set": None}))
     assert main(["predict", str(bare), "-i", image, "-o", str(tmp_path / "out"), "--model",
                  "uniform"]) == 2
     assert f"{bare / 'soup' / 'uniform' / 'checkpoint.pt'}: no uniform soup in this run" in \
