@@ -338,13 +338,13 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
     assert len(parents) == 1 and len(children) == 3 and len(runs) == 4  # none duplicated
     assert set(children) == {t["trial_id"] for t in summary["trials"]}  # none orphaned
     assert {r.info.status for r in runs} == {"FINISHED"}
-    print(again.stderr)  # shows whether this kill left a run to delete
     for trial_id, run in children.items():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")]
         assert sorted(set(steps)) == [1, 2, 3, 4]
-        if trial_id in finished and trial_id != started[-1]:
+        if sig == signal.SIGINT and trial_id in finished and trial_id != started[-1]:
             assert steps == [1, 2, 3, 4]  # a finished trial is not trained again
-        else:  # at most the epoch in flight at the interrupt is redone
+        else:  # at most the epoch in flight at the interrupt is redone: after a kill -9 that
+            # may be a trial's last, reported (its line printed) but not yet saved by Ray
             assert len(steps) - len(set(steps)) <= 1
 
 
