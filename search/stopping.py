@@ -48,13 +48,20 @@ def exit_code(default: int = 130) -> int:
     return 128 + sig if sig else default
 
 
+def _tune_handler():
+    """Ray Tune's SIGINT handler while `fit()` runs (its graceful stop), else None."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler) and handler not in (signal.default_int_handler, _on_sigint):
+        return handler
+    return None
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     _received.append(signum)
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler) and handler is not signal.default_int_handler:
-        handler(signal.SIGINT, frame)  # Ray Tune's: a graceful stop of `fit()`
-        return
-    raise Stopped(f"signal {signum}")
+    handler = _tune_handler()
+    if handler is None:
+        raise Stopped(f"signal {signum}")
+    handler(signal.SIGINT, frame)
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
@@ -75,8 +82,8 @@ def stop_search(reason: str) -> None:
     experiment state and `fit()` returns with the unfinished trials resumable. `reason` is
     kept for the caller (`stop_reason`)."""
     _reasons.append(reason)
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler) and handler not in (signal.default_int_handler, _on_sigint):
+    handler = _tune_handler()
+    if handler is not None:
         tune_log = logging.getLogger("ray.tune.tune")
         level = tune_log.level
         tune_log.setLevel(logging.ERROR)  # its "Stop signal received (e.g. via SIGINT)"

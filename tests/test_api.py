@@ -251,3 +251,18 @@ def test_commands_on_a_run_folder_wait_for_its_holder(tmp_path, capsys, monkeypa
         holder.wait()
     # Free again: the command gets past the lock, to its own error (no run.json / spec.yaml).
     assert "in use" not in error_of(capsys, [argv[0], ".", *argv[1:]])
+
+
+def test_resume_refuses_a_ray_state_the_disk_cut_short(tmp_path, capsys):
+    from search.api import _plain
+    from search.spec import load_spec
+
+    run = tmp_path / "smoke"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"input_spec": _plain(load_spec(SMOKE).flat())}))
+    (run / "experiment_state-2026-11-29_18-00-00.json").write_text('{"trial_data": [["{\\"tri')
+    (run / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path), "--resume"])
+    assert f"{run}: Ray's saved experiment state is cut short (the disk filled up or the " \
+        "machine stopped while it was written), so the search cannot continue; start it " \
+        "again under another --name" in err

@@ -207,3 +207,19 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes(small_disk
     assert {t["status"] for t in summary["trials"]} == {"completed"}
     assert {t["trial_id"] for t in summary["trials"]} == set(children)  # none lost or new
     assert {r.info.status for r in runs_by_trial(small_disk, "full")[3]} == {"FINISHED"}
+
+
+def test_sigterm_outside_tune_raises_stopped_and_exits_143():
+    # Outside Tuner.fit (data check, scoring) SIGTERM is a KeyboardInterrupt of its own kind,
+    # so every `finally` runs; the exit code says which signal came.
+    from search import stopping
+
+    stopping.install()
+    try:
+        with pytest.raises(stopping.Stopped):
+            signal.raise_signal(signal.SIGTERM)
+        assert stopping.received() == signal.SIGTERM and stopping.exit_code() == 143
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        stopping._received.clear()
