@@ -315,7 +315,6 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
     state = newest_experiment_state(str(storage / "resumed")) or {}
     saved_done = {json.loads(t[0])["trial_id"] for t in state.get("trial_data", [])
                   if json.loads(t[0]).get("status") == "TERMINATED"}
-    assert saved_done, "Ray saved no finished trial before the stop"
     if sig == signal.SIGINT:  # a graceful stop closes every MLflow run
         _, _, _, runs = runs_by_trial(storage, "resumed")
         assert "RUNNING" not in {r.info.status for r in runs}
