@@ -99,7 +99,9 @@ def stop_reason() -> str | None:
 
 
 def tune_fit(fit: Callable[[], Any]) -> Any:
-    """Run `Tuner.fit` and give SIGINT back to the caller's handler afterwards."""
+    """Run `Tuner.fit` and give SIGINT back to the caller's handler afterwards. A stop reason
+    is this run's own: one left by an earlier search of the same process is forgotten."""
+    _reasons.clear()
     before = signal.getsignal(signal.SIGINT)
     try:
         return fit()

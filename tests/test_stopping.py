@@ -223,3 +223,12 @@ def test_sigterm_outside_tune_raises_stopped_and_exits_143():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         stopping._received.clear()
+
+
+def test_a_stop_reason_belongs_to_one_search():
+    from search import stopping
+
+    stopping.stop_search("disk full")  # no Tune loop running: only remembered
+    assert stopping.stop_reason() == "disk full"
+    assert stopping.tune_fit(lambda: "done") == "done"
+    assert stopping.stop_reason() is None  # the next search starts without it
