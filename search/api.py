@@ -371,11 +371,11 @@ def _disk_full(run_dir: Path, again: str | None) -> DiskFullError:
 
 def _check_new(run_dir: Path, name: str, uri: str | None) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise SpecError(f"{run_dir}: a run named {name!r} already exists; continue it with "
-                        "--resume, or pick another --name or --storage")
+        raise RunFolderError(f"{run_dir}: a run named {name!r} already exists; continue it "
+                             "with --resume, or pick another --name or --storage")
     if uri and newest_experiment_state(join(uri, name)) is not None:
-        raise SpecError(f"{join(uri, name)}: a Ray experiment named {name!r} is already "
-                        "in the store; pick another --name or --storage")
+        raise RunFolderError(f"{join(uri, name)}: a Ray experiment named {name!r} is "
+                             "already in the store; pick another --name or --storage")
 
 
 def _restorable(location: str | Path) -> bool:
