@@ -77,7 +77,7 @@ def test_other_settings_or_a_rewritten_file_get_a_new_entry(data_spec, phantom_r
 def test_the_driver_builds_the_cache_once_over_ray_tasks(data_spec, phantom_root, monkeypatch,
                                                           caplog):
     ray = pytest.importorskip("ray")
-    import search.api as api
+    import search.prepare as api
 
     monkeypatch.setattr(api, "LARGE_INPUT_BYTES", 0)  # the phantom is small: use Ray anyway
     spec = Spec.model_validate({"data": data_spec.model_dump()})
@@ -85,7 +85,7 @@ def test_the_driver_builds_the_cache_once_over_ray_tasks(data_spec, phantom_root
              "test": ["Patient_05"]}
     ray.init(address="local", num_cpus=2)
     try:
-        with caplog.at_level(logging.INFO, logger="search.api"):
+        with caplog.at_level(logging.INFO, logger="search.prepare"):
             api.build_cache(spec, phantom_root, split)
         progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cache:")]
         assert progress[0].startswith("cache: preprocessing 5 of 5 cases into ")
@@ -97,7 +97,7 @@ def test_the_driver_builds_the_cache_once_over_ray_tasks(data_spec, phantom_root
         assert all(b.split(":")[1] != str(os.getpid()) for b in builders)
         stamps = [(e / "image.npy").stat().st_mtime_ns for e in entries]
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="search.api"):
+        with caplog.at_level(logging.INFO, logger="search.prepare"):
             api.build_cache(spec, phantom_root, split)
         assert any("all 5 cases preprocessed" in r.getMessage() for r in caplog.records)
         cases = [c for c in find_cases(phantom_root) if c.case_id in split["train"]]

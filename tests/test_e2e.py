@@ -287,7 +287,7 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     finished, started = set(), []
     for line in proc.stderr:  # interrupt as the third trial starts (after one has finished)
-        if "search.tuner: trial " not in line:
+        if "search.callbacks: trial " not in line:
             continue
         trial_id = line.split("trial ")[1].split()[0]
         if "epoch 4/4" in line:

@@ -112,7 +112,7 @@ def test_an_interrupted_s3_search_resumes(tmp_path, s3_env, bucket):
                             stdout=subprocess.DEVNULL, text=True)
     started = []
     for line in proc.stderr:  # interrupt once the third trial starts (a slot came free)
-        if "search.tuner: trial " in line and " epoch " in line:  # reported: Ray saved it
+        if "search.callbacks: trial " in line and " epoch " in line:  # reported: Ray saved it
             trial_id = line.split("trial ")[1].split()[0]
             if trial_id not in started:
                 started.append(trial_id)

@@ -62,7 +62,7 @@ PATCHES = {
     "search.tuner": lambda m: timed(m, "make_tuner", "make_tuner"),
     "train_fn.loop": _patch_loop,
 }
-WATCH = {"torch", "monai", "mlflow", "optuna", "pydantic", "numpy", *PATCHES}
+WATCH = {"torch", "monai", "mlflow", "optuna", "pydantic", "numpy", "search.trainable", *PATCHES}
 
 
 class _Finder:
