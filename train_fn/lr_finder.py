@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset
@@ -43,8 +44,6 @@ def steepest(lrs: list[float], losses: list[float], skip_start: int = 0,
              skip_end: int = 1) -> float:
     """The LR at the steepest descent of the loss (MONAI's rule: argmin of the gradient over
     the iteration index, the last `skip_end` points dropped)."""
-    import numpy as np
-
     end = len(lrs) - skip_end
     lrs, losses = lrs[skip_start:end], losses[skip_start:end]
     if len(losses) < 3:
