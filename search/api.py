@@ -157,8 +157,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         _check_new(run_dir, name, uri)
     if not ray.is_initialized():
         # Before the data check and the cache build: they run as Ray tasks.
-        context = ray.init(**(ray_init or {}))
-        stopping.install()  # after ray.init, which installs Ray's own SIGTERM handler
+        context = stopping.start_ray(**(ray_init or {}))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
                     ray.cluster_resources().get("CPU", 0),

@@ -112,8 +112,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     tuner = make_job_tuner(spec, jobs, run["data_root"], name, location,
                            [JobCallback(tracker, spec, jobs, kind)])
     if not ray.is_initialized():
-        ray.init()
-        stopping.install()  # after ray.init, which installs Ray's own SIGTERM handler
+        stopping.start_ray()
     status = "FAILED"
     try:
         results = stopping.tune_fit(tuner.fit)
