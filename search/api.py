@@ -17,7 +17,7 @@ from ray import tune
 
 from search import stopping
 from search.callbacks import MlflowCallback
-from search.errors import ResourceError, RunFolderError
+from search.errors import ArgumentError, ResourceError, RunFolderError
 from search.lazy import LazyModule
 from search.plots import write_plots
 from search.prepare import build_cache, check_device, check_resources, prepare_data
@@ -71,14 +71,14 @@ def run_paths(spec_path: str | Path, name: str | None, storage: str | Path | Non
     if (not name or "/" in name or name.startswith(".") or not name.isprintable()
             or len(name) > MAX_NAME):
         shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
-        raise SpecError(f"--name {shown}: a run name is one folder name (no '/', no leading "
-                        f"'.', no line breaks or other control characters, at most {MAX_NAME} "
-                        "characters)")
+        raise ArgumentError(f"--name {shown}: a run name is one folder name (no '/', no "
+                            f"leading '.', no line breaks or other control characters, at most "
+                            f"{MAX_NAME} characters)")
     if is_uri(storage):
         local = Path(local_dir or "runs")
     elif local_dir is not None:
-        raise SpecError(f"--local-dir {local_dir}: only with an object-store --storage "
-                        "(s3://, gs://, ...); a local --storage holds the run folder itself")
+        raise ArgumentError(f"--local-dir {local_dir}: only with an object-store --storage "
+                            "(s3://, gs://, ...); a local --storage holds the run folder itself")
     else:
         local = Path(storage or "runs")
     return name, local, local / name
