@@ -214,7 +214,7 @@ optimizer:
   name: novograd
   lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
 train:
-  patch_size: [32, 32, 16]
+  patch_size: [16, 16, 16]
   batch_size: 2
   sw_batch_size: 2
   val_hd95: false
