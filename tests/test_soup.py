@@ -227,8 +227,9 @@ soup:
 def test_a_batchnorm_soup_gets_statistics_of_its_own_weights(tmp_path, phantom_root,
                                                              monkeypatch):
     """finish() on a hand-made run of three BatchNorm trials (one init, perturbed weights,
-    running statistics that fit none of the averages): each soup's statistics are those its
-    averaged weights give on the fixed training patches, not an average of the ingredients'."""
+    running statistics that fit none of the averages) and an errored one ranked first: each
+    soup's statistics are those its averaged weights give on the fixed training patches, not
+    an average of the ingredients'; the errored trial is neither the best nor an ingredient."""
     import json
 
     from search.soup import finish
@@ -264,6 +265,12 @@ def test_a_batchnorm_soup_gets_statistics_of_its_own_weights(tmp_path, phantom_r
         trials.append({"trial_id": str(i), "status": "completed", "val_dice": dice,
                        "val_dice_per_class": {}, "config": {"optimizer.lr": 0.01},
                        "checkpoint": f"trial_{i}/checkpoint_000001"})
+    # An errored trial ranked first, with a sound-looking checkpoint: never chosen.
+    save_checkpoint(run / "trial_err" / "checkpoint_000001",
+                    {"model": ingredients[0], "config": spec.flat(), **lineage})
+    trials.insert(0, {"trial_id": "err", "status": "error", "val_dice": 0.9,
+                      "val_dice_per_class": {}, "config": {"optimizer.lr": 0.01},
+                      "checkpoint": "trial_err/checkpoint_000001", "error": "ValueError: x"})
     split = {"train": ["Patient_01", "Patient_02"], "val": ["Patient_03"],
              "test": ["Patient_04"]}
     (run / "run.json").write_text(json.dumps({"name": "bn", "data_root": str(phantom_root),
@@ -274,7 +281,9 @@ def test_a_batchnorm_soup_gets_statistics_of_its_own_weights(tmp_path, phantom_r
 
     monkeypatch.setattr(train_fn.metrics, "evaluate", lambda *a, **k: (0.5, {}, {}))
     summary = finish(run)
+    assert summary["best"]["trial_id"] == "0"
     assert summary["soups"]["greedy"]["ingredients"] == ["0", "1", "2"]
+    assert summary["soups"]["uniform"]["ingredients"] == ["0", "1", "2"]
 
     cases = {c.case_id: c for c in find_cases(phantom_root)}
     vols = load_volumes([cases[c] for c in split["train"]], spec.data)
