@@ -23,6 +23,7 @@ from train_fn.data import (
     load_volumes,
     missing_from_cache,
     open_entry,
+    preprocess_case,
     sample_workers,
 )
 
@@ -270,3 +271,35 @@ def test_label_values_beyond_the_classes_are_named(data_spec, phantom_root, tmp_
     with pytest.raises(DataError, match=r"seg.nii.gz: label values outside 0\.\.255 after "
                                         r"preprocessing$"):
         load_volumes([odd], data_spec)
+
+
+@pytest.mark.parametrize("rewritten", ["label", "image"])
+def test_a_rewritten_data_file_is_preprocessed_again_not_served_from_the_cache(
+        phantom_root, tmp_path, rewritten):
+    import shutil
+
+    import nibabel as nib
+
+    folder = tmp_path / "data" / "train" / "Patient_01"
+    shutil.copytree(Path(phantom_root) / "train" / "Patient_01", folder)
+    data = Spec.model_validate({"data": {"source": "segthor", "root": str(tmp_path / "data"),
+                                         "cache_dir": str(tmp_path / "cache")}}).data
+    case = find_cases(tmp_path / "data")[0]
+    before = load_volumes([case], data, 5)[0]
+    # Same shape, dtype and affine; other voxels: the file a user fixed in place.
+    path = Path(getattr(case, rewritten))
+    old = nib.load(path)
+    values = np.asanyarray(old.dataobj)
+    if rewritten == "label":
+        new = np.where(values == 2, 4, np.where(values == 4, 2, values)).astype(values.dtype)
+    else:
+        new = (values[::-1] if values.ndim == 3 else values).copy()
+    nib.save(nib.Nifti1Image(new, old.affine, old.header), path)
+    assert missing_from_cache([case], data) == [case]
+    after = load_volumes([case], data, 5)[0]
+    fresh = preprocess_case(case, data)
+    assert np.array_equal(after[rewritten], fresh[rewritten])
+    assert not np.array_equal(after[rewritten], before[rewritten])
+    # The other array is the same preprocessing of an unchanged file.
+    other = "image" if rewritten == "label" else "label"
+    assert np.array_equal(after[other], before[other])

@@ -38,7 +38,9 @@ def test_run_writes_summary_split_and_soups(smoke_run):
         assert soup["ingredients"][0] in {t["trial_id"] for t in summary["trials"]}
         weights = torch.load(run_dir / soup["weights"], weights_only=True)
         assert weights["ingredients"] == soup["ingredients"]
-    assert len(summary["soups"]["uniform"]["ingredients"]) == 2
+    # The uniform soup averages the top_k (2) trials: both, not one twice.
+    assert sorted(summary["soups"]["uniform"]["ingredients"]) == sorted(
+        t["trial_id"] for t in summary["trials"])
     assert summary["soups"]["greedy"]["steps"][0]["accepted"] is True
     split = json.loads((run_dir / "split.json").read_text())
     assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
