@@ -110,6 +110,7 @@ def toy_search(tmp_path_factory):
     import ray
     from ray import cloudpickle
 
+    import search.trainable as worker
     import search.tuner as tuner
 
     tmp = tmp_path_factory.mktemp("toy")
@@ -117,7 +118,7 @@ def toy_search(tmp_path_factory):
                  "search.reduction_factor=2", "search.max_failures=0")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     mp = pytest.MonkeyPatch()
-    mp.setattr(tuner, "trainable", toy_trainable)
+    mp.setattr(worker, "trainable", toy_trainable)
     ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
         results = tuner.make_tuner(spec, {"train": [], "val": [], "test": []}, str(tmp), "exp",
@@ -163,7 +164,8 @@ def _asked_lrs(target: float) -> list[float]:
     told the results of an objective whose best is at log10(lr) = `target`."""
     import optuna
 
-    from search.tuner import budget, make_searcher
+    from search.trials import budget
+    from search.tuner import make_searcher
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = _spec("search.num_trials=20")
