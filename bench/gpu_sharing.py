@@ -51,7 +51,7 @@ def trial(rank: int, share: float, args, barrier, queue) -> None:
     """One trial process: train, then send (rank, per-epoch end times, peak GiB or error)."""
     import torch
 
-    from train_fn.data import open_dataset, split_cases
+    from train_fn.datasets import open_dataset, split_cases
     from train_fn.loop import train
 
     spec = make_spec(args, share)
@@ -112,7 +112,7 @@ def main() -> None:
     args.concurrent = max(args.trials)
 
     from search.spec import Spec
-    from train_fn.data import open_dataset
+    from train_fn.datasets import open_dataset
 
     open_dataset(Spec.model_validate({"data": {"source": "phantom", "cases": args.cases}}).data)
     if args.oom:

@@ -213,7 +213,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
-    from train_fn.data import dataset_root, find_cases, load_volumes, split_cases
+    from train_fn.data import load_volumes
+    from train_fn.datasets import dataset_root, find_cases, split_cases
 
     spec = make_spec(args)
     device = torch.device(args.device)

@@ -196,7 +196,8 @@ def first_step_and_validation(root: Path, cache: Path, run_dir: Path, cases: int
 
     from search.spec import load_spec
     from search.storage import load_run_checkpoint
-    from train_fn.data import PatchSampler, load_volumes, open_dataset
+    from train_fn.data import PatchSampler, load_volumes
+    from train_fn.datasets import open_dataset
     from train_fn.metrics import evaluate
     from train_fn.models import build_model
 

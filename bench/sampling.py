@@ -58,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from search.spec import Spec
-    from train_fn.data import PatchSampler, load_volumes, open_dataset
+    from train_fn.data import PatchSampler, load_volumes
+    from train_fn.datasets import open_dataset
     from train_fn.models import build_model
 
     spec = Spec.model_validate({

@@ -39,8 +39,8 @@ from search.storage import (
 )
 from search.tracking import TrackingError, run_tracker
 from search.tuner import make_job_tuner
-from train_fn.data import load_volumes, open_dataset
-from train_fn.datasets import fold_splits
+from train_fn.data import load_volumes
+from train_fn.datasets import fold_splits, open_dataset
 from train_fn.loop import pick_device
 from train_fn.metrics import evaluate
 from train_fn.models import build_model

@@ -256,7 +256,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     from search.spec import load_spec
     from search.storage import load_run_checkpoint
     from train_fn.checkpoint import save_checkpoint
-    from train_fn.data import PatchSampler, load_volumes, open_dataset
+    from train_fn.data import PatchSampler, load_volumes
+    from train_fn.datasets import open_dataset
     from train_fn.loop import BN_EPOCH, pick_device
     from train_fn.metrics import evaluate
     from train_fn.models import build_model, has_batchnorm, refresh_batchnorm

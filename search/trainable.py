@@ -19,8 +19,8 @@ from ray import tune
 from search.spec import Spec
 from search.trials import job_spec
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
-from train_fn.data import load_volumes, open_dataset
-from train_fn.datasets import fold_splits
+from train_fn.data import load_volumes
+from train_fn.datasets import fold_splits, open_dataset
 from train_fn.loop import pick_device, train
 from train_fn.metrics import evaluate
 from train_fn.models import build_model

@@ -19,13 +19,13 @@ from train_fn.data import (
     PatchSampler,
     build_entry,
     cache_entry,
-    find_cases,
     load_volumes,
     missing_from_cache,
     open_entry,
     preprocess_case,
     sample_workers,
 )
+from train_fn.datasets import find_cases
 
 
 @pytest.fixture
@@ -112,7 +112,8 @@ SHARER = """
 import json, os, sys, time
 from pathlib import Path
 from search.spec import Spec
-from train_fn.data import find_cases, load_volumes
+from train_fn.data import load_volumes
+from train_fn.datasets import find_cases
 
 def mem():
     out = {}
@@ -251,7 +252,7 @@ def test_sampling_threads_come_from_the_trials_cpus(cpu, setting, workers):
 
 
 def test_label_values_beyond_the_classes_are_named(data_spec, phantom_root, tmp_path):
-    from train_fn.data import DataError
+    from train_fn.datasets import DataError
 
     case = find_cases(phantom_root)[0]
     with pytest.raises(DataError, match=r"GT.nii.gz: label values up to 4 outside 0\.\.2$"):

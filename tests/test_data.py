@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from search.spec import Spec
-from train_fn.data import DataError, PatchSampler, find_cases, load_volumes, split_cases
+from train_fn.data import PatchSampler, load_volumes
+from train_fn.datasets import DataError, find_cases, split_cases
 from train_fn.phantom import (
     AORTA,
     ESOPHAGUS,

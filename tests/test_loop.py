@@ -3,8 +3,7 @@ from __future__ import annotations
 import pytest
 
 from search.spec import Spec
-from train_fn.data import find_cases, split_cases
-from train_fn.datasets import SEGTHOR_LABELS
+from train_fn.datasets import SEGTHOR_LABELS, find_cases, split_cases
 from train_fn.loop import resume_state, run_plain, train
 
 TINY = {

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from search.spec import FloatLeaf, Spec, SpecError, load_spec, with_lr
-from train_fn.data import find_cases, split_cases
+from train_fn.datasets import find_cases, split_cases
 from train_fn.lr_finder import edge_warning, range_test, steepest
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from search.spec import Spec
-from train_fn.data import find_cases, split_cases
+from train_fn.datasets import find_cases, split_cases
 from train_fn.loop import autocast_dtype, train
 
 TINY = {

@@ -235,7 +235,8 @@ def test_a_batchnorm_soup_gets_statistics_of_its_own_weights(tmp_path, phantom_r
     from search.soup import finish
     from search.spec import load_spec
     from train_fn.checkpoint import load_checkpoint, save_checkpoint
-    from train_fn.data import PatchSampler, find_cases, load_volumes
+    from train_fn.data import PatchSampler, load_volumes
+    from train_fn.datasets import find_cases
     from train_fn.loop import BN_EPOCH
     from train_fn.models import architecture, build_model, refresh_batchnorm, weights_fingerprint
 

@@ -17,18 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from train_fn.datasets import (  # noqa: F401 - re-exported: the data API in one place
-    Case,
-    DataError,
-    Dataset,
-    check_dataset,
-    dataset_root,
-    default_cache_dir,
-    find_cases,
-    fold_splits,
-    open_dataset,
-    split_cases,
-)
+from train_fn.datasets import Case, DataError, default_cache_dir
 
 logger = logging.getLogger(__name__)
 

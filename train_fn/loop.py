@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
-from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset, sample_workers
+from train_fn.data import PatchSampler, load_volumes, sample_workers
+from train_fn.datasets import Dataset, open_dataset
 from train_fn.metrics import evaluate
 from train_fn.models import (
     architecture,

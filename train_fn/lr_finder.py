@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset
+from train_fn.data import PatchSampler, load_volumes
+from train_fn.datasets import Dataset, open_dataset
 from train_fn.loop import deep_supervision_loss, pick_device
 from train_fn.models import build_model
 from train_fn.optim import OPTIMIZERS, build_optimizer
