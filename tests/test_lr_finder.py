@@ -5,9 +5,10 @@ import math
 
 import pytest
 
+from search.lrfind import lr_find
 from search.spec import FloatLeaf, Spec, SpecError, load_spec, with_lr
 from train_fn.datasets import find_cases, split_cases
-from train_fn.lr_finder import edge_warning, range_test, steepest
+from train_fn.lr_finder import edge_warning, steepest
 
 
 def test_steepest_descent_on_a_known_curve():
@@ -60,10 +61,17 @@ def test_range_test_runs_and_saves_its_plot(phantom_root, tmp_path, optimizer):
         "train": {"patch_size": [32, 32, 16], "threads": 1, "device": "cpu"},
         "lr_finder": {"start_lr": 1e-4, "end_lr": 1.0, "num_iter": 12, "skip_start": 2}})
     split = split_cases([c.case_id for c in find_cases(phantom_root)], 0.2, 0.2, 0)
-    result = range_test(spec, split, phantom_root, tmp_path)
+    new, result = lr_find(spec, phantom_root, split, tmp_path)
     assert (tmp_path / "lr_finder_plot.png").stat().st_size > 5000
     saved = json.loads((tmp_path / "lr_finder.json").read_text())
     assert saved["suggestion"] == result["suggestion"]
+    # One writer: the file holds the curve and what the search then used, as returned.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr_finder.json",
+                                                           "lr_finder_plot.png"]
+    assert saved == result
+    assert saved["plot"] == str(tmp_path / "lr_finder_plot.png")
+    assert saved["lr_used"] == {"low": new.optimizer.lr.low, "high": new.optimizer.lr.high}
+    assert saved["lr_used"]["low"] < saved["suggestion"] < saved["lr_used"]["high"]
     assert len(saved["lr"]) == len(saved["loss"]) >= 5
     # The exponential ramp from start_lr to end_lr over num_iter steps (cut short only where
     # the loss diverged), as the optimizer was given it.

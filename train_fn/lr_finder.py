@@ -8,7 +8,6 @@ single-group copy of the optimizer (no layer multipliers, no schedule attached).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -69,10 +68,9 @@ def edge_warning(suggestion: float, start_lr: float, end_lr: float,
     return None
 
 
-def range_test(spec: Spec, split: dict[str, list[str]], data: Any,
-               out_dir: str | Path) -> dict[str, Any]:
-    """Run the range test; save `lr_finder_plot.png` and `lr_finder.json` in `out_dir`.
-    Returns the suggestion, the warning (or None), the curve and the plot's path."""
+def range_test(spec: Spec, split: dict[str, list[str]], data: Any) -> dict[str, Any]:
+    """Run the range test; return its record: the suggestion, the warning (or None), the
+    settings and the curve. Writes nothing (`search.lrfind` saves the record and its plot)."""
     from monai.losses import DiceCELoss
     from monai.optimizers import LearningRateFinder
 
@@ -103,17 +101,10 @@ def range_test(spec: Spec, split: dict[str, list[str]], data: Any,
     if warning:
         logger.warning("LR finder: %s", warning)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot = out_dir / "lr_finder_plot.png"
-    result = {"suggestion": suggestion, "warning": warning, "optimizer": spec.optimizer.name,
-              "model": spec.model.name, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr,
-              "num_iter": cfg.num_iter, "skip_start": cfg.skip_start,
-              "lr": [float(x) for x in lrs], "loss": [float(x) for x in losses],
-              "plot": str(plot)}
-    plot_range_test(result, plot)
-    (out_dir / "lr_finder.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return {"suggestion": suggestion, "warning": warning, "optimizer": spec.optimizer.name,
+            "model": spec.model.name, "start_lr": cfg.start_lr, "end_lr": cfg.end_lr,
+            "num_iter": cfg.num_iter, "skip_start": cfg.skip_start,
+            "lr": [float(x) for x in lrs], "loss": [float(x) for x in losses]}
 
 
 def plot_range_test(result: dict[str, Any], path: str | Path,
