@@ -122,7 +122,11 @@ def _path_in_store(uri: str) -> str:
 
 def newest_experiment_state(location: str) -> dict[str, Any] | None:
     """The newest `experiment_state-*.json` of a Ray experiment (newest by the timestamp in
-    the name: after a restore Ray writes a new file and still touches the old one)."""
+    the name: after a restore Ray writes a new file and still touches the old one), or None
+    when no trial was saved yet; a state cut short raises ValueError.
+
+    `Tuner.can_restore` cannot answer this: it only looks for `tuner.pkl`, which Ray writes
+    when the Tuner is built, before any trial runs or any state is saved, and never reads it."""
     filesystem, root = _filesystem(location)
     try:
         infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
@@ -172,9 +176,16 @@ def saved_trial_ids(location: str | Path) -> set[str]:
 
 def unfinished_trials(location: str | Path) -> int:
     """Trials neither terminated nor errored in Ray Tune's last saved experiment state (in
-    the run folder or the object store). After a Ctrl-C, `Tuner.fit()` returns normally
-    (having saved that state): this tells the two apart. (ResultGrid has no public trial
-    status.)"""
+    the run folder or the object store): those `Tuner.restore(resume_unfinished=True)` runs
+    again. After a Ctrl-C or SIGTERM, `Tuner.fit()` returns normally (having saved that
+    state): this tells the two apart."""
+    # Not `ResultGrid.num_terminated`/`num_errors` of what `fit()` returned: after saving the
+    # state, `tune.run` stops the running trials with `runner.cleanup()`, which sets them
+    # TERMINATED, and only then builds the grid. Seen (Ray 2.60, Ctrl-C and SIGTERM, 2 of 3
+    # trials running): the grid said 3 terminated, 0 errors; this state says 2 unfinished.
+    # `ExperimentAnalysis(location)` gives 2 as well, from this same file, but it unpickles
+    # the state and reads every trial's results, warning again about each trial not yet
+    # reported, to count statuses.
     state = newest_experiment_state(str(location))
     if state is None:
         return 0

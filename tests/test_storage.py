@@ -18,6 +18,8 @@ from search.storage import (
     load_run_checkpoint,
     newest_experiment_state,
     relative,
+    saved_trial_ids,
+    unfinished_trials,
 )
 from train_fn.checkpoint import save_checkpoint
 
@@ -57,6 +59,27 @@ def test_local_run_reads_its_own_folder(tmp_path):
     for stamp, status in (("2026-01-01_10-00-00", "RUNNING"), ("2026-01-02_10-00-00", "DONE")):
         (run_dir / f"experiment_state-{stamp}.json").write_text(json.dumps({"s": status}))
     assert newest_experiment_state(str(run_dir)) == {"s": "DONE"}
+
+
+def test_unfinished_trials_counts_what_a_resume_would_run(tmp_path):
+    # Ray's layout: trial_data holds [trial state as JSON text, run metadata as JSON text].
+    # RUNNING, TERMINATED and PENDING are what a real Ctrl-C left (Ray 2.60, 3 trials).
+    def state(*statuses):
+        return {"trial_data": [[json.dumps({"trial_id": f"t{i}", "status": s}), "{}"]
+                               for i, s in enumerate(statuses)], "runner_data": {}}
+
+    assert unfinished_trials(tmp_path) == 0 and saved_trial_ids(tmp_path) == set()
+    (tmp_path / "experiment_state-2026-01-01_10-00-00.json").write_text(
+        json.dumps(state("TERMINATED", "TERMINATED")))
+    assert unfinished_trials(tmp_path) == 0
+    (tmp_path / "experiment_state-2026-01-02_10-00-00.json").write_text(
+        json.dumps(state("RUNNING", "TERMINATED", "PENDING", "ERROR", "PAUSED")))
+    assert unfinished_trials(tmp_path) == 3  # the newest state counts
+    assert saved_trial_ids(tmp_path) == {"t0", "t1", "t2", "t3", "t4"}
+    # A state the full disk cut short is an error, not "nothing saved".
+    (tmp_path / "experiment_state-2026-01-03_10-00-00.json").write_text('{"trial_data": [["')
+    with pytest.raises(ValueError):
+        newest_experiment_state(str(tmp_path))
 
 
 def test_object_store_run_downloads_checkpoints_and_reads_state(tmp_path, bucket):
