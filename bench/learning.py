@@ -36,7 +36,7 @@ def main() -> None:
                         help="learning rates to sweep for each optimizer (default: its own)")
     args = parser.parse_args()
 
-    from search.api import prepare_data
+    from search.prepare import prepare_data
     from search.spec import Spec, load_spec
     from train_fn.datasets import SEGTHOR_LABELS
 

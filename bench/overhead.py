@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
 
-    from search.api import prepare_data
+    from search.prepare import prepare_data
     from search.spec import load_spec
     from train_fn.loop import train
 
@@ -51,8 +51,9 @@ def main() -> None:
 
     import ray
 
+    from search.callbacks import MlflowCallback
     from search.tracking import Tracker
-    from search.tuner import MlflowCallback, make_tuner
+    from search.tuner import make_tuner
 
     t0 = time.perf_counter()
     ray.init(address="local", include_dashboard=False, num_cpus=2)

@@ -93,7 +93,7 @@ def phases(events: list[dict], driver: int, launch: float) -> dict[str, float]:
         "Tuner.fit to a worker process for the trial": ready - fit,
         "worker: to trial train() (unpickle: torch, ray.tune, search imports)":
             w("trial train() start") - ready,
-        "  of which search.tuner (with all it imports)": span(trial, "search.tuner"),
+        "  of which search.trainable (with all it imports)": span(trial, "search.trainable"),
         "  of which torch": span(trial, "torch"),
         "trial setup (volumes, monai imports, model, optimizer)":
             w("first step forward start") - w("trial train() start"),

@@ -5,18 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import ExitStack
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import ray
+from ray import tune
 
 from search import stopping
-from search.errors import ResourceError, RunFolderError
+from search.callbacks import MlflowCallback
+from search.errors import ArgumentError, ResourceError, RunFolderError
+from search.lazy import LazyModule
+from search.plots import write_plots
+from search.prepare import build_cache, check_device, check_resources, prepare_data
 from search.runlock import run_lock
-from search.spec import Spec, SpecError, dump_spec
+from search.soup import finish, write_json, write_text
+from search.spec import Spec, SpecError, dump_spec, load_spec
 from search.stopping import Interrupted
 from search.storage import (
     DiskFullError,
@@ -33,6 +40,7 @@ from search.storage import (
     saved_trial_ids,
     unfinished_trials,
 )
+from search.study import study_url
 from search.tracking import (
     Tracker,
     TrackingError,
@@ -41,6 +49,12 @@ from search.tracking import (
     rehome,
     run_tracker,
 )
+from search.tuner import make_tuner, restore_tuner, trial_records
+from train_fn.datasets import open_dataset, split_cases
+
+# Import torch (see search.lazy): the LR range test and the retrain jobs of `cv.folds`.
+lrfind = LazyModule("search.lrfind")
+retrain = LazyModule("search.retrain")
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +71,14 @@ def run_paths(spec_path: str | Path, name: str | None, storage: str | Path | Non
     if (not name or "/" in name or name.startswith(".") or not name.isprintable()
             or len(name) > MAX_NAME):
         shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name)} characters)"
-        raise SpecError(f"--name {shown}: a run name is one folder name (no '/', no leading "
-                        f"'.', no line breaks or other control characters, at most {MAX_NAME} "
-                        "characters)")
+        raise ArgumentError(f"--name {shown}: a run name is one folder name (no '/', no "
+                            f"leading '.', no line breaks or other control characters, at most "
+                            f"{MAX_NAME} characters)")
     if is_uri(storage):
         local = Path(local_dir or "runs")
     elif local_dir is not None:
-        raise SpecError(f"--local-dir {local_dir}: only with an object-store --storage "
-                        "(s3://, gs://, ...); a local --storage holds the run folder itself")
+        raise ArgumentError(f"--local-dir {local_dir}: only with an object-store --storage "
+                            "(s3://, gs://, ...); a local --storage holds the run folder itself")
     else:
         local = Path(storage or "runs")
     return name, local, local / name
@@ -75,125 +89,6 @@ def tracking_target(spec: Spec, storage: Path, name: str, uri: str | None) -> tu
     `<storage>/mlflow.db`; the experiment is the spec's or the run name."""
     return (uri or spec.tracking.uri or default_uri(storage),
             spec.tracking.experiment or name)
-
-
-def prepare_data(spec: Spec) -> tuple[Path, dict[str, list[str]]]:
-    """The dataset folder (phantoms are generated on first use), checked file by file before
-    anything trains (spread over Ray tasks when Ray is up), and the patient split."""
-    from train_fn.datasets import check_case, open_dataset, problems_error, split_cases
-
-    dataset = open_dataset(spec.data)
-    split = split_cases([c.case_id for c in dataset.cases], spec.data.val_fraction,
-                        spec.data.test_fraction, spec.data.split_seed)
-    problems = [p for p in parallel_map(check_case, [(c, dataset) for c in dataset.cases],
-                                        "data check", remote=_is_large(dataset.cases)) if p]
-    if problems:
-        raise problems_error(dataset, problems)
-    logger.info("data %s: %d cases, channels %s, labels %s; split %s", dataset.root,
-                len(dataset.cases), list(dataset.channels), dataset.labels,
-                {k: len(v) for k, v in split.items()})
-    return Path(dataset.root), split
-
-
-def build_cache(spec: Spec, data_root: str | Path, split: dict[str, list[str]]) -> None:
-    """Preprocess every case of the split that is not cached yet, once, before any trial
-    starts: spread over Ray tasks (every node of a cluster, the local cores otherwise), with
-    a progress line. Trials then only memory-map the cache. The cache folder must be shared
-    by the nodes (or each node builds what its trials miss, inside the trial)."""
-    from train_fn.data import build_entry, cache_root, missing_from_cache, open_dataset
-
-    ds = open_dataset(spec.data, data_root)
-    cases = ds.subset(sorted({c for part in split.values() for c in part}))
-    missing = missing_from_cache(cases, spec.data)
-    if not missing:
-        if spec.data.cache:
-            logger.info("cache: all %d cases preprocessed in %s", len(cases),
-                        cache_root(spec.data))
-        return
-    logger.info("cache: preprocessing %d of %d cases into %s", len(missing), len(cases),
-                cache_root(spec.data))
-    parallel_map(build_entry, [(c, spec.data) for c in missing], "cache",
-                 remote=_is_large(missing), memory=[_prep_memory(c) for c in missing])
-
-
-def _prep_memory(case) -> int:
-    """Bytes a preprocessing task may peak at, for Ray to place no more tasks on a node than
-    its memory holds: ~16 float32 copies of the image (measured: 3.0-3.4 GiB for
-    512 x 512 x ~200 voxels resampled to 1.5 x 1.5 x 2.5 mm; bench/RESULTS.md)."""
-    import nibabel as nib
-
-    shape = nib.load(case.image).shape  # the header only
-    voxels = int(np.prod(shape))
-    return max(2**29, 16 * 4 * voxels)
-
-
-# Below this much input, Ray tasks (a worker start and imports each) cost more than they save.
-LARGE_INPUT_BYTES = 256 * 2**20
-
-
-def _is_large(cases) -> bool:
-    return sum(os.path.getsize(c.image) + os.path.getsize(c.label) for c in cases) \
-        >= LARGE_INPUT_BYTES
-
-
-class Progress:
-    """`<what>: done/total, rate, ETA` on the log, at most every `every` seconds and at
-    the end."""
-
-    def __init__(self, what: str, total: int, every: float = 5.0):
-        self.what, self.total, self.every = what, total, every
-        self.start = self.last = time.monotonic()
-        self.done = 0
-
-    def step(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last < self.every and self.done < self.total:
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.done / elapsed
-        tail = (f"ETA {(self.total - self.done) / rate:.0f}s" if self.done < self.total
-                else f"took {elapsed:.1f}s")
-        logger.info("%s: %d/%d cases (%.2f cases/s), %s", self.what, self.done, self.total,
-                    rate, tail)
-
-
-def parallel_map(fn, arg_tuples: list[tuple], what: str, remote: bool = True,
-                 memory: list[int] | None = None) -> list[Any]:
-    """`fn(*args)` for each tuple, in order: with `remote` and Ray up, as Ray tasks (one CPU
-    each, and `memory[i]` bytes of Ray's memory resource when given, on any node); else here
-    one by one. With a progress line either way."""
-    import ray
-
-    progress = Progress(what, len(arg_tuples))
-    if not remote or not ray.is_initialized() or len(arg_tuples) < 2:
-        out = []
-        for args in arg_tuples:
-            out.append(fn(*args))
-            progress.step()
-        return out
-    remote = ray.remote(num_cpus=1, max_retries=0)(fn)
-    if memory:  # never more than the largest node has: that task would wait forever
-        largest = max(n.get("Resources", {}).get("memory", 0) for n in ray.nodes()
-                      if n.get("Alive"))
-        memory = [min(m, int(largest)) for m in memory]
-    refs = [(remote.options(memory=memory[i]) if memory else remote).remote(*args)
-            for i, args in enumerate(arg_tuples)]
-    index = {ref: i for i, ref in enumerate(refs)}
-    results: list[Any] = [None] * len(refs)
-    pending = list(refs)
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                results[index[ref]] = ray.get(ref)
-                progress.step()
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    return results
 
 
 def _version() -> str:
@@ -237,12 +132,6 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
     # after the run): segtune prints its trial and status lines instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import ray
-
-    from search.soup import finish, write_json
-    from search.study import study_url
-    from search.tuner import MlflowCallback, make_tuner, restore_tuner, trial_records
-
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
     check_device(spec)
@@ -260,8 +149,6 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         check_tracking(tracking_target(spec, local, name, tracking_uri)[0],
                        "--tracking-uri" if tracking_uri else f"{spec_path}: tracking.uri")
     if not resume:  # a wrong folder, layout or split fails at once, before Ray starts
-        from train_fn.datasets import open_dataset, split_cases
-
         split_cases([c.case_id for c in open_dataset(spec.data).cases],
                     spec.data.val_fraction, spec.data.test_fraction, spec.data.split_seed)
         # Taken before anything is written into the run folder, and the folder checked again
@@ -270,8 +157,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         _check_new(run_dir, name, uri)
     if not ray.is_initialized():
         # Before the data check and the cache build: they run as Ray tasks.
-        context = ray.init(**(ray_init or {}))
-        stopping.install()  # after ray.init, which installs Ray's own SIGTERM handler
+        context = stopping.start_ray(**(ray_init or {}))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
                     ray.cluster_resources().get("CPU", 0),
@@ -327,14 +213,10 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled and not spec.cv.every,
                          tracker=tracker)
         if spec.cv.folds:
-            from search.retrain import crossval, crossval_every
-
-            cv = (crossval_every(run_dir, spec.cv.top_k) if spec.cv.every else
-                  crossval(run_dir, spec.cv.folds, spec.cv.top_k))
+            cv = (retrain.crossval_every(run_dir, spec.cv.top_k) if spec.cv.every else
+                  retrain.crossval(run_dir, spec.cv.folds, spec.cv.top_k))
             summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
             write_json(run_dir / "summary.json", summary)
-        from search.plots import write_plots
-
         write_plots(run_dir, name, results, tracker)  # warns, never raises
         status = "FINISHED"
         return summary
@@ -379,8 +261,6 @@ def _check_new(run_dir: Path, name: str, uri: str | None) -> None:
 
 
 def _restorable(location: str | Path) -> bool:
-    from ray import tune
-
     try:
         return tune.Tuner.can_restore(str(location))
     except Exception:  # noqa: BLE001 - an unreadable store: keep the folder, to be safe
@@ -390,8 +270,6 @@ def _restorable(location: str | Path) -> bool:
 def _discard(run_dir: Path, existed: bool) -> None:
     """Remove what a new run wrote before its first trial was saved: a folder with a spec and
     a split but no Ray Tune state can be neither resumed nor run again under its name."""
-    import shutil
-
     if run_dir.exists():
         shutil.rmtree(run_dir, ignore_errors=True)
         logger.info("removed %s: the run stopped before its first trial was saved", run_dir)
@@ -399,50 +277,9 @@ def _discard(run_dir: Path, existed: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def check_device(spec: Spec) -> None:
-    """Refuse CUDA trials that ask Ray for no GPU (checked before anything is written)."""
-    if spec.train.device == "cuda" and not spec.resources.gpu:
-        raise SpecError("train.device is cuda but resources.gpu is 0: a trial that asks Ray "
-                        "for no GPU may not use one (Ray would not count it, and every trial "
-                        "would land on the first GPU); set resources.gpu (1 per trial, or 0.5 "
-                        "/ 0.25 to share a GPU), or train.device auto or cpu")
-
-
-def check_resources(spec: Spec) -> None:
-    """Refuse a search whose trials no node of the Ray cluster can host: Ray Tune would keep
-    them pending forever, with a warning a minute. On an autoscaling cluster the nodes may
-    still come: then only warn."""
-    import ray
-
-    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    gpus = sum(node.get("GPU", 0) for node in nodes)
-    if gpus and not spec.resources.gpu and spec.train.device == "auto":
-        logger.warning("the Ray cluster has %g GPU(s) but resources.gpu is 0: trials train on "
-                       "CPU; set resources.gpu to train on GPUs (0.25: 4 trials per GPU)", gpus)
-    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
-        return
-    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes)
-    text = (f"resources: each trial asks for {need['CPU']:g} CPUs (resources.cpu) and "
-            f"{need['GPU']:g} GPUs (resources.gpu), but no node of the Ray cluster has as "
-            f"many ({len(nodes)} node(s): {have or 'none'})")
-    try:
-        from ray.tune.execution.cluster_info import _is_ray_cluster  # Tune's own test
-
-        autoscaling = _is_ray_cluster()
-    except ImportError:
-        autoscaling = False
-    if autoscaling:
-        logger.warning("%s; waiting for the autoscaler to add one", text)
-        return
-    raise ResourceError(f"{text}: lower them, or start Ray on nodes that have them")
-
-
 def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
            tracking_uri: str | None, storage_uri: str | None = None):
     """Prepare a new run folder: data, split, LR test, saved spec, MLflow parent run."""
-    from search.soup import write_json, write_text
-
     uri, experiment = tracking_target(spec, storage, name, tracking_uri)
     data_root, split = prepare_data(spec)
     build_cache(spec, data_root, split)
@@ -450,7 +287,7 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
     input_spec = _plain(spec.flat())
     finder = None
     if spec.lr_finder.enabled:
-        spec, finder = lr_find(spec, data_root, split, run_dir)
+        spec, finder = lrfind.lr_find(spec, data_root, split, run_dir)
     write_text(run_dir / "spec.yaml", dump_spec(spec))
     write_json(run_dir / "split.json", split)
     run_info = {"name": name, "home": str(run_dir.resolve()),
@@ -475,8 +312,6 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
 
 def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
     """Check that an interrupted run can continue with this spec; re-attach its MLflow run."""
-    from search.spec import load_spec
-
     info_path = run_dir / "run.json"
     if not info_path.is_file():
         raise SpecError(f"{run_dir}: nothing to resume (no run.json: the search never started); "
@@ -486,8 +321,6 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
     if diff:
         raise SpecError(f"--resume {run_dir}: the spec differs from the run's ({diff}); a "
                         "search cannot change on resume: use another --name")
-    from ray import tune
-
     location = experiment_location(run_dir)
     if not tune.Tuner.can_restore(location):
         raise SpecError(f"{location}: no Ray Tune state to resume from (stopped before the "
@@ -510,36 +343,8 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
     return (load_spec(run_dir / "spec.yaml"), info["split"], Path(info["data_root"]), tracker)
 
 
-def lr_find(spec: Spec, data_root: Path, split: dict[str, list[str]], out_dir: str | Path
-            ) -> tuple[Spec, dict[str, Any]]:
-    """Run the LR range test into `out_dir`; return the spec with its lr set or centred on
-    the suggestion, and the test's record."""
-    from search.space import centre
-    from search.spec import with_lr
-    from train_fn.lr_finder import range_test
-
-    # The test needs one concrete configuration: the centre of the space (lr is ramped).
-    params = centre(spec)
-    result = range_test(spec.resolve(params), split, data_root, out_dir)
-    result["config"] = params
-    new = with_lr(spec, result["suggestion"])
-    lr = new.optimizer.lr
-    result["lr_used"] = lr if isinstance(lr, float) else {"low": lr.low, "high": lr.high}
-    from search.soup import write_json
-
-    write_json(Path(out_dir) / "lr_finder.json", result)
-    from train_fn.lr_finder import plot_range_test
-
-    plot_range_test(result, result["plot"], used=result["lr_used"])  # now with the range
-    logger.info("LR finder: suggested lr %.3g; optimizer.lr is now %s", result["suggestion"],
-                result["lr_used"])
-    return new, result
-
-
 def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
     """Soup a finished run again (e.g. with another `top_k`); results go to its parent run."""
-    from search.soup import finish
-
     run_dir = Path(run_dir)
     info_path = run_dir / "run.json"
     if not info_path.is_file():
@@ -555,7 +360,5 @@ def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
                        info.get("tracking_uri"), err)
         tracker = None
     summary = finish(run_dir, top_k, soup=True, tracker=tracker)
-    from search.plots import write_plots
-
     write_plots(run_dir, info["name"], None, tracker)  # the new greedy soup's steps
     return summary

@@ -9,12 +9,32 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from search import stopping
 from search.errors import ArgumentError, SegtuneError
-from search.spec import load_spec
+from search.lazy import LazyModule
+from search.runlock import run_lock
+from search.spec import _Leaf, load_spec
 from search.stopping import Interrupted
+from train_fn.datasets import io_shape
+from train_fn.models import build_model
+from train_fn.optim import param_groups
+
+# Each command's implementation, imported when the command runs: `--help` and a spec error
+# answer without importing Ray, MLflow, Optuna or torch (see search.lazy).
+api = LazyModule("search.api")
+compare = LazyModule("search.compare")
+evaluate = LazyModule("search.evaluate")
+lrfind = LazyModule("search.lrfind")
+predict = LazyModule("search.predict")
+prepare = LazyModule("search.prepare")
+report = LazyModule("search.report")
+retrain = LazyModule("search.retrain")
+space = LazyModule("search.space")
+storage = LazyModule("search.storage")
+tracking = LazyModule("search.tracking")
 
 logger = logging.getLogger("search")
 
@@ -108,16 +128,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _rehome(args) -> None:
     if args.tracking_uri and (Path(args.run_dir) / "run.json").is_file():
-        from search.tracking import rehome
-
-        rehome(args.run_dir, args.tracking_uri)
+        tracking.rehome(args.run_dir, args.tracking_uri)
 
 
 def _evaluate(args) -> int:
-    from search.evaluate import evaluate_run
-
     with _held(args.run_dir):
-        summary = evaluate_run(args.run_dir, args.model, args.split, args.out)
+        summary = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
     info = summary["segtune"]
     regions = list(summary["mean"])
     print(f"{info['model']} on the {info['split']} split ({len(info['cases'])} cases):")
@@ -132,10 +148,9 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from search.predict import predict_files
-
     with _held(args.run_dir):
-        written = predict_files(args.run_dir, args.input, args.output, args.model, args.device)
+        written = predict.predict_files(args.run_dir, args.input, args.output, args.model,
+                                        args.device)
     for path in written:
         print(path)
     print(f"{len(written)} prediction(s) in {args.output}", file=sys.stderr)
@@ -143,8 +158,6 @@ def _predict(args) -> int:
 
 
 def _repeat(args) -> int:
-    from search.retrain import repeat
-
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -152,46 +165,37 @@ def _repeat(args) -> int:
             from None
     with _held(args.run_dir):
         _rehome(args)
-        print(repeat(args.run_dir, seeds, args.trial)["table"])
+        print(retrain.repeat(args.run_dir, seeds, args.trial)["table"])
     return 0
 
 
 def _crossval(args) -> int:
-    from search.retrain import crossval
-
     with _held(args.run_dir):
         _rehome(args)
         spec = load_spec(Path(args.run_dir) / "spec.yaml")
         folds = args.folds or spec.cv.folds or 5
         top_k = args.top_k or spec.cv.top_k
-        print(crossval(args.run_dir, folds, top_k, args.trial)["table"])
+        print(retrain.crossval(args.run_dir, folds, top_k, args.trial)["table"])
     return 0
 
 
 def _held(run_dir):
     """The run folder held by this command (see search.runlock); a path that is no folder
     gets the command's own error, and no lock file."""
-    from contextlib import nullcontext
-
-    from search.runlock import run_lock
-
     return run_lock(run_dir) if Path(run_dir).is_dir() else nullcontext()
 
 
 def _dry_run(spec, args) -> None:
-    from search.api import run_paths, tracking_target
-    from search.space import describe, preview
-    from search.storage import check_local_folder, is_uri, join
-
-    name, storage, run_dir = run_paths(args.spec, args.name, args.storage, args.local_dir)
-    check_local_folder(storage, "--local-dir" if is_uri(args.storage) else "--storage")
-    uri, experiment = tracking_target(spec, storage, name, args.tracking_uri)
+    name, local, run_dir = api.run_paths(args.spec, args.name, args.storage, args.local_dir)
+    storage.check_local_folder(local, "--local-dir" if storage.is_uri(args.storage)
+                               else "--storage")
+    uri, experiment = api.tracking_target(spec, local, name, args.tracking_uri)
     searched = spec.searched()
     print(f"spec {args.spec}: valid")
     print(f"run folder: {run_dir}" + ("  (exists: the run would be refused)"
                                       if run_dir.exists() else ""))
-    if is_uri(args.storage):
-        print(f"checkpoints: {join(args.storage, name)}")
+    if storage.is_uri(args.storage):
+        print(f"checkpoints: {storage.join(args.storage, name)}")
     print(f"MLflow: {uri}  experiment {experiment!r}")
     print("\nfixed settings:")
     for key, value in spec.flat().items():
@@ -199,25 +203,20 @@ def _dry_run(spec, args) -> None:
             print(f"  {key}: {value}")
     print(f"\nsearch space ({len(searched)} parameters, {spec.search.sampler} sampler, "
           f"seed {spec.search.seed}):")
-    for line in describe(spec):
+    for line in space.describe(spec):
         print(f"  {line}")
     print("\nlearning-rate groups (lr x multiplier):")
     for line in _groups(spec):
         print(f"  {line}")
     if searched:
         print("\nfirst configurations the sampler proposes:")
-        for config in preview(spec, min(3, spec.search.num_trials)):
+        for config in space.preview(spec, min(3, spec.search.num_trials)):
             print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in config.items()))
 
 
 def _groups(spec) -> list[str]:
     """One line per LR group: its multiplier (or search range) and what it holds."""
-    from search.spec import _Leaf
-    from train_fn.datasets import io_shape
-    from train_fn.models import build_model
-    from train_fn.optim import param_groups
-
     model = build_model(spec.model, *io_shape(spec.data))
     total = sum(p.numel() for p in model.parameters())
     # Searched multipliers are shown by their range; the groups come from a copy with 1.0.
@@ -245,24 +244,20 @@ def _run(args) -> int:
     if args.dry_run:
         _dry_run(spec, args)
         return 0
-    from search.api import run_paths, run_search
-
-    summary = run_search(spec, args.spec, name=args.name, storage=args.storage,
+    summary = api.run_search(spec, args.spec, name=args.name, storage=args.storage,
                          tracking_uri=args.tracking_uri, resume=args.resume,
                          ray_init={"address": args.address} if args.address else None,
                          local_dir=args.local_dir)
-    _, local, _ = run_paths(args.spec, args.name, args.storage, args.local_dir)
+    _, local, _ = api.run_paths(args.spec, args.name, args.storage, args.local_dir)
     _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri, local)
     return 0
 
 
 def _lr_find(args) -> int:
-    from search.api import lr_find, prepare_data
-
     spec = load_spec(args.spec, args.overrides)
     out = Path(args.out or Path("runs") / f"{Path(args.spec).stem}-lr-find")
-    data_root, split = prepare_data(spec)
-    _, result = lr_find(spec, data_root, split, out)
+    data_root, split = prepare.prepare_data(spec)
+    _, result = lrfind.lr_find(spec, data_root, split, out)
     print(f"suggested lr: {result['suggestion']:.4g}  ({spec.optimizer.name}, steepest descent "
           f"of the smoothed loss over {len(result['lr'])} steps from {result['start_lr']:g})")
     if result["warning"]:
@@ -276,23 +271,18 @@ def _lr_find(args) -> int:
 
 
 def _soup(args) -> int:
-    from search.api import soup_run
-    from search.report import format_summary
-
     with _held(args.run_dir):
         _rehome(args)
-        summary = soup_run(args.run_dir, args.top_k)
+        summary = api.soup_run(args.run_dir, args.top_k)
     searched = list(load_spec(Path(args.run_dir) / "spec.yaml").searched())
-    print(format_summary(summary, searched))
+    print(report.format_summary(summary, searched))
     return 0
 
 
 def _compare(args) -> int:
-    from search.compare import compare_run
-
     with _held(args.run_dir):
         _rehome(args)
-        result = compare_run(args.run_dir, args.baseline, args.model, args.split,
+        result = compare.compare_run(args.run_dir, args.baseline, args.model, args.split,
                              args.baseline_model)
     print(result.markdown, end="")
     where = f"; MLflow run {result.mlflow_run_id}" if result.mlflow_run_id else ""
@@ -300,15 +290,13 @@ def _compare(args) -> int:
     return 0
 
 
-def _print_end(summary, searched, uri, storage) -> None:
-    from search.report import format_summary
-
-    print(format_summary(summary, searched))
+def _print_end(summary, searched, uri, local) -> None:
+    print(report.format_summary(summary, searched))
     print(f"\nrun folder: {summary['run_dir']}  (summary.json, soup/)")
     if uri:
         print(f"MLflow UI: mlflow ui --backend-store-uri {uri}   (or open {uri})")
     else:
-        db = (Path(storage) / "mlflow.db").resolve()
+        db = (Path(local) / "mlflow.db").resolve()
         print(f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{db}")
 
 

@@ -7,6 +7,7 @@ import math
 import typing
 from typing import Annotated, Any, Literal
 
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -112,8 +113,6 @@ class FloatLeaf(_Leaf):
     step: StrictFloat | None = None
 
     def distribution(self):
-        from optuna.distributions import FloatDistribution
-
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def grid_points(self) -> list[float] | None:
@@ -132,8 +131,6 @@ class IntLeaf(_Leaf):
     step: StrictInt = 1
 
     def distribution(self):
-        from optuna.distributions import IntDistribution
-
         return IntDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def grid_points(self) -> list[int]:
@@ -145,8 +142,6 @@ class CategoricalLeaf(_Leaf):
     choices: list[Scalar] = Field(min_length=1)
 
     def distribution(self):
-        from optuna.distributions import CategoricalDistribution
-
         return CategoricalDistribution(self.choices)
 
     def grid_points(self) -> list[Scalar]:

@@ -19,13 +19,31 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import ray
+import torch
+
 from search import stopping
+from search.callbacks import JobCallback
 from search.errors import ArgumentError, RunFolderError
-from search.soup import write_json, write_text
-from search.spec import Spec
+from search.soup import average, greedy, write_json, write_text
+from search.spec import load_spec
 from search.stopping import Interrupted
-from search.storage import join, load_run_checkpoint, unfinished_trials
+from search.storage import (
+    experiment_location,
+    is_uri,
+    join,
+    load_run_checkpoint,
+    newest_experiment_state,
+    relative,
+    unfinished_trials,
+)
 from search.tracking import TrackingError, run_tracker
+from search.tuner import make_job_tuner
+from train_fn.data import load_volumes, open_dataset
+from train_fn.datasets import fold_splits
+from train_fn.loop import pick_device
+from train_fn.metrics import evaluate
+from train_fn.models import build_model
 
 logger = logging.getLogger(__name__)
 
@@ -45,51 +63,6 @@ def pick_trials(summary: dict[str, Any], trial: str | None, top_k: int = 1
     if not ranked:
         raise RunFolderError("no trial of this run finished an epoch without erroring")
     return ranked[:top_k]
-
-
-def job_spec(base: Spec, job: dict[str, Any]) -> Spec:
-    """The concrete spec of a job: the trial's configuration, and its seed for the patch
-    order and the initial weights."""
-    spec = base.resolve(job["config"])
-    if job.get("seed") is None:
-        return spec
-    tree = spec.model_dump(warnings=False)
-    tree["train"]["seed"] = job["seed"]
-    tree["model"]["init_seed"] = job["seed"]
-    return Spec.model_validate(tree)
-
-
-def job_trainable(config: dict[str, Any], base: Spec, jobs: dict[str, dict[str, Any]],
-                  data_root: str) -> None:
-    """One job: train to the end, then score the final weights on the job's validation and
-    test cases (reported once more, under `final/`)."""
-    from ray import tune
-
-    from search.tuner import run_trial
-    from train_fn.data import load_volumes, open_dataset
-    from train_fn.loop import pick_device
-    from train_fn.metrics import evaluate
-    from train_fn.models import build_model
-
-    job = jobs[config["job"]]
-    spec = job_spec(base, job)
-    state = run_trial(spec, job["split"], data_root)
-    if state is None:  # diverged: nothing to score
-        return
-    ds = open_dataset(spec.data, data_root)
-    model = build_model(spec.model, len(ds.channels), ds.num_classes)
-    model.load_state_dict(state["model"])
-    final: dict[str, float] = {}
-    device = pick_device(spec.train.device)
-    model.to(device)
-    for part in ("val", "test"):
-        vols = load_volumes(ds.subset(job["split"][part]), spec.data, ds.num_classes)
-        mean, dice, hd = evaluate(model, vols, spec.train, device, ds.regions,
-                                  bool(spec.train.val_hd95))
-        final[f"final/{part}_dice"] = mean
-        final.update({f"final/{part}_dice/{k}": v for k, v in dice.items()})
-        final.update({f"final/{part}_hd95/{k}": v for k, v in hd.items()})
-    tune.report({"epoch": spec.train.epochs, **final})
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -123,18 +96,6 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
     # after the run): segtune prints its trial and status lines instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import ray
-    from ray import tune
-
-    from search.spec import load_spec
-    from search.storage import (
-        experiment_location,
-        is_uri,
-        newest_experiment_state,
-        relative,
-    )
-    from search.tuner import JobCallback
-
     run_dir = Path(run_dir)
     out = run_dir / name
     # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object
@@ -148,20 +109,10 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     run = json.loads((run_dir / "run.json").read_text())
     spec = load_spec(run_dir / "spec.yaml")
     tracker = run_tracker(run_dir, run)
-    fn = tune.with_parameters(job_trainable, base=spec, jobs=jobs, data_root=run["data_root"])
-    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-    tuner = tune.Tuner(
-        fn, param_space={"job": tune.grid_search(list(jobs))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.max_concurrent,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=name, storage_path=location, verbose=0,
-            callbacks=[JobCallback(tracker, spec, jobs, kind)],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=spec.search.max_failures)))
+    tuner = make_job_tuner(spec, jobs, run["data_root"], name, location,
+                           [JobCallback(tracker, spec, jobs, kind)])
     if not ray.is_initialized():
-        ray.init()
-        stopping.install()  # after ray.init, which installs Ray's own SIGTERM handler
+        stopping.start_ray()
     status = "FAILED"
     try:
         results = stopping.tune_fit(tuner.fit)
@@ -222,8 +173,6 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     """Retrain the `top_k` best configurations (or a named one) on each of `folds` folds of
     the run's train and validation cases; score each fold's models on that fold's validation
     cases (and the held-out test cases); with several configurations, soup them per fold."""
-    from train_fn.datasets import fold_splits
-
     run_dir = Path(run_dir)
     summary = _summary(run_dir)
     run = json.loads((run_dir / "run.json").read_text())
@@ -259,13 +208,6 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
     """After a `cv.mode: every` search: the best trial's per-fold validation scores (from its
     checkpoint) and its fold models' test scores, as mean and std over folds; with top_k > 1,
     uniform and greedy soups per fold of the top_k trials that ran every fold."""
-    from search.spec import load_spec
-    from train_fn.data import load_volumes, open_dataset
-    from train_fn.datasets import fold_splits
-    from train_fn.loop import pick_device
-    from train_fn.metrics import evaluate
-    from train_fn.models import build_model
-
     run_dir = Path(run_dir)
     summary = _summary(run_dir)
     run = json.loads((run_dir / "run.json").read_text())
@@ -314,15 +256,6 @@ def fold_soups(run_dir: Path, candidates: dict[int, list[tuple[str, float, Any]]
     """Per fold, the uniform and greedy soups of that fold's candidate models (name, fold
     validation Dice, weight loader; greedy in that order), scored on the fold's validation
     cases; mean and std over folds."""
-    import torch
-
-    from search.soup import average, greedy
-    from search.spec import load_spec
-    from train_fn.data import load_volumes, open_dataset
-    from train_fn.loop import pick_device
-    from train_fn.metrics import evaluate
-    from train_fn.models import build_model
-
     spec = load_spec(run_dir / "spec.yaml")
     run = json.loads((run_dir / "run.json").read_text())
     ds = open_dataset(spec.data, run["data_root"])

@@ -7,12 +7,13 @@ same strings as the Ray result columns and the MLflow params.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+from typing import Any
 
-if TYPE_CHECKING:
-    import optuna
+import optuna
 
-    from search.spec import Spec
+from search.grid import GridSampler
+from search.spec import Spec, SpecError
 
 
 def ordered_leaves(spec: Spec) -> list[tuple[str, str, Any]]:
@@ -26,8 +27,6 @@ def ordered_leaves(spec: Spec) -> list[tuple[str, str, Any]]:
         ready = [item for item in pending
                  if not any(dep in waiting for dep in (item[2].when or {}))]
         if not ready:
-            from search.spec import SpecError
-
             names = ", ".join(dict.fromkeys(p for p, _, _ in pending))
             raise SpecError(f"the `when` conditions of {names} form a cycle")
         order += ready
@@ -68,8 +67,6 @@ def centre(spec: Spec) -> dict[str, Any]:
     """The middle of the space: each active float/int leaf at the centre of its range (the
     geometric centre for log ranges, snapped to its step), each categorical at its first
     choice. Used where one representative configuration is needed (the LR range test)."""
-    import math
-
     chosen: dict[str, Any] = {}
     for key, _, leaf in ordered_leaves(spec):
         if key in chosen or not leaf.active(chosen):
@@ -87,12 +84,8 @@ def centre(spec: Spec) -> dict[str, Any]:
 def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
     """The seeded Optuna sampler of the spec (Ray's OptunaSearch ignores its own `seed` when a
     sampler is given, so the seed goes here)."""
-    import optuna
-
     search = spec.search
     if search.sampler == "grid":
-        from search.grid import GridSampler
-
         return GridSampler(spec.grid(), seed=search.seed)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
@@ -104,8 +97,6 @@ def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
 def preview(spec: Spec, n: int, score=None) -> list[dict[str, Any]]:
     """The first `n` configurations the sampler proposes, without Ray. Each is told to the
     study with `score(config)` (default 0.0), as Ray would tell a trial's result."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=make_sampler(spec))
     space = define_by_run(spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -221,9 +222,6 @@ def _covered(alts: list, leaves: dict[str, Any]) -> bool:
 
 def _optional(path: str) -> bool:
     """Whether the setting at `path` may be unset (None)."""
-    import types
-    import typing
-
     model: Any = Spec
     *parents, last = path.split(".")
     for part in parents:

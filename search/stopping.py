@@ -23,6 +23,10 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from search.lazy import LazyModule
+
+ray = LazyModule("ray")  # imported after local_ray_on_loopback has set Ray's switch
+
 _received: list[int] = []
 _reasons: list[str] = []
 
@@ -118,3 +122,14 @@ def local_ray_on_loopback(address: str | None) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def start_ray(address: str | None = None, **options: Any):
+    """`ray.init` for a command: on `address`, else `RAY_ADDRESS`, else a new Ray of this
+    process's own. Ray's own default would join the newest cluster started on this machine
+    (`/tmp/ray/ray_current_cluster`): a `ray start` left running, or another user's search,
+    whose resources, storage and exposure are not the ones this command was asked for. Then
+    SIGTERM is handled as Ctrl-C (`ray.init` installs its own handler)."""
+    context = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **options)
+    install()
+    return context

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from pyarrow import fs
+
 from search.errors import StorageError
+from search.lazy import LazyModule
+
+# Import torch (see search.lazy): only to read checkpoints.
+checkpoint_io = LazyModule("train_fn.checkpoint")
+torch = LazyModule("torch")
 
 BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -34,8 +42,6 @@ def is_uri(storage: str | Path | None) -> bool:
 
 def _filesystem(location: str | Path):
     """(pyarrow filesystem, path inside it) of a URI or a local path."""
-    from pyarrow import fs
-
     if is_uri(location):
         return fs.FileSystem.from_uri(str(location))
     return fs.LocalFileSystem(), str(Path(location).resolve())
@@ -52,8 +58,6 @@ def check_storage(uri: str) -> None:
         raise StorageError(f"--storage {uri}: cannot reach the object store ({message}); "
                            "check the credentials and endpoint in the environment "
                            "(AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...)") from None
-    from pyarrow import fs
-
     if info.type == fs.FileType.NotFound:
         raise StorageError(f"--storage {uri}: bucket {bucket!r} does not exist (create it "
                            "first; segtune does not create buckets)")
@@ -119,8 +123,6 @@ def _path_in_store(uri: str) -> str:
 def newest_experiment_state(location: str) -> dict[str, Any] | None:
     """The newest `experiment_state-*.json` of a Ray experiment (newest by the timestamp in
     the name: after a restore Ray writes a new file and still touches the old one)."""
-    from pyarrow import fs
-
     filesystem, root = _filesystem(location)
     try:
         infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
@@ -143,8 +145,6 @@ def _checkpoint_folder(location: str, checkpoint: str) -> Iterator[Path]:
     if not is_uri(location):
         yield Path(location) / checkpoint
         return
-    from pyarrow import fs
-
     source = join(location, checkpoint)
     with tempfile.TemporaryDirectory(prefix="segtune-ckpt-") as folder:
         try:
@@ -159,11 +159,9 @@ def load_run_checkpoint(run_dir: str | Path, checkpoint: str, mmap: bool = False
                         ) -> dict[str, Any]:
     """Load a run's checkpoint (relative to its experiment) wherever it is stored. `mmap`
     maps a local file (only the tensors touched are read); a download is read whole."""
-    from train_fn.checkpoint import load_checkpoint
-
     location = experiment_location(run_dir)
     with _checkpoint_folder(location, checkpoint) as folder:
-        return load_checkpoint(folder, mmap=mmap and not is_uri(location))
+        return checkpoint_io.load_checkpoint(folder, mmap=mmap and not is_uri(location))
 
 
 def saved_trial_ids(location: str | Path) -> set[str]:
@@ -208,8 +206,6 @@ def disk_full(error: BaseException | str | None) -> bool:
 
 def disk_full_error(path: str | Path, again: str | None) -> DiskFullError:
     """The one line for a full disk: where, how much is free, and how to continue."""
-    import shutil
-
     try:
         free = f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
     except OSError:
@@ -226,10 +222,6 @@ def remove_cut_checkpoints(run_dir: str | Path) -> list[Path]:
     """Delete the checkpoint copies a full disk cut short in a local run folder (Ray copies a
     trial's checkpoint into storage and registers it only once the copy is whole, so a cut
     one is never the one a trial resumes from). Frees their space; returns what went."""
-    import shutil
-
-    import torch
-
     removed = []
     for path in sorted(Path(run_dir).glob("*/checkpoint_*/checkpoint.pt")):
         try:

@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ def study_url(run_dir: str | Path) -> str:
 
 def load_study(run_dir: str | Path, name: str):
     """The persisted study of the run in `run_dir` named `name` (read only by convention)."""
-    import optuna
-
     return optuna.load_study(study_name=name, storage=study_url(run_dir))
 
 
@@ -49,8 +48,6 @@ class StudySearch(OptunaSearch):
 
     def __init__(self, space, metric: str, mode: str, sampler, url: str | None,
                  study_name: str, budget: int):
-        import optuna
-
         # url None: an in-memory study (a search without a run folder, as in the benchmarks).
         super().__init__(space, metric=metric, mode=mode, sampler=sampler,
                          study_name=study_name,
@@ -80,8 +77,6 @@ class StudySearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
-        import optuna
-
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result=result, error=error)
         # Why PRUNED is read off the epoch reached: Ray tells the searcher the same way
@@ -120,8 +115,6 @@ class StudySearch(OptunaSearch):
           the epochs reported so far takes over its Ray trial id; the FAIL stays, as the
           record of the attempt that failed (segtune's `restore_tuner` always resumes
           errored trials)."""
-        import optuna
-
         super().restore(checkpoint_path)
         State = optuna.trial.TrialState
         trials = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}

@@ -107,7 +107,7 @@ def test_a_gpu_device_needs_a_gpu_share(tmp_path, capsys):
 
 def test_auto_device_means_the_cpu_in_a_trial_without_a_gpu_share():
     from search.spec import Spec
-    from search.tuner import granted_device
+    from search.trainable import granted_device
 
     assert granted_device(Spec()).train.device == "cpu"
     shared = Spec.model_validate({"resources": {"gpu": 0.25}})

@@ -23,6 +23,7 @@ from train_fn.data import (
     load_volumes,
     missing_from_cache,
     open_entry,
+    preprocess_case,
     sample_workers,
 )
 
@@ -77,7 +78,7 @@ def test_other_settings_or_a_rewritten_file_get_a_new_entry(data_spec, phantom_r
 def test_the_driver_builds_the_cache_once_over_ray_tasks(data_spec, phantom_root, monkeypatch,
                                                           caplog):
     ray = pytest.importorskip("ray")
-    import search.api as api
+    import search.prepare as api
 
     monkeypatch.setattr(api, "LARGE_INPUT_BYTES", 0)  # the phantom is small: use Ray anyway
     spec = Spec.model_validate({"data": data_spec.model_dump()})
@@ -85,7 +86,7 @@ def test_the_driver_builds_the_cache_once_over_ray_tasks(data_spec, phantom_root
              "test": ["Patient_05"]}
     ray.init(address="local", num_cpus=2)
     try:
-        with caplog.at_level(logging.INFO, logger="search.api"):
+        with caplog.at_level(logging.INFO, logger="search.prepare"):
             api.build_cache(spec, phantom_root, split)
         progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cache:")]
         assert progress[0].startswith("cache: preprocessing 5 of 5 cases into ")
@@ -97,7 +98,7 @@ def test_the_driver_builds_the_cache_once_over_ray_tasks(data_spec, phantom_root
         assert all(b.split(":")[1] != str(os.getpid()) for b in builders)
         stamps = [(e / "image.npy").stat().st_mtime_ns for e in entries]
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="search.api"):
+        with caplog.at_level(logging.INFO, logger="search.prepare"):
             api.build_cache(spec, phantom_root, split)
         assert any("all 5 cases preprocessed" in r.getMessage() for r in caplog.records)
         cases = [c for c in find_cases(phantom_root) if c.case_id in split["train"]]
@@ -270,3 +271,35 @@ def test_label_values_beyond_the_classes_are_named(data_spec, phantom_root, tmp_
     with pytest.raises(DataError, match=r"seg.nii.gz: label values outside 0\.\.255 after "
                                         r"preprocessing$"):
         load_volumes([odd], data_spec)
+
+
+@pytest.mark.parametrize("rewritten", ["label", "image"])
+def test_a_rewritten_data_file_is_preprocessed_again_not_served_from_the_cache(
+        phantom_root, tmp_path, rewritten):
+    import shutil
+
+    import nibabel as nib
+
+    folder = tmp_path / "data" / "train" / "Patient_01"
+    shutil.copytree(Path(phantom_root) / "train" / "Patient_01", folder)
+    data = Spec.model_validate({"data": {"source": "segthor", "root": str(tmp_path / "data"),
+                                         "cache_dir": str(tmp_path / "cache")}}).data
+    case = find_cases(tmp_path / "data")[0]
+    before = load_volumes([case], data, 5)[0]
+    # Same shape, dtype and affine; other voxels: the file a user fixed in place.
+    path = Path(getattr(case, rewritten))
+    old = nib.load(path)
+    values = np.asanyarray(old.dataobj)
+    if rewritten == "label":
+        new = np.where(values == 2, 4, np.where(values == 4, 2, values)).astype(values.dtype)
+    else:
+        new = (values[::-1] if values.ndim == 3 else values).copy()
+    nib.save(nib.Nifti1Image(new, old.affine, old.header), path)
+    assert missing_from_cache([case], data) == [case]
+    after = load_volumes([case], data, 5)[0]
+    fresh = preprocess_case(case, data)
+    assert np.array_equal(after[rewritten], fresh[rewritten])
+    assert not np.array_equal(after[rewritten], before[rewritten])
+    # The other array is the same preprocessing of an unchanged file.
+    other = "image" if rewritten == "label" else "label"
+    assert np.array_equal(after[other], before[other])

@@ -230,9 +230,12 @@ def test_preprocessing_resamples_reorients_crops_and_caches(tmp_path):
     again = load_volumes(ds.cases[:2], spec, ds.num_classes)
     assert sorted((tmp_path / "cache").iterdir()) == cached
     assert all((a["image"] == b["image"]).all() for a, b in zip(first, again, strict=True))
-    # Other settings or a rewritten file: a new cache entry, never a stale volume.
-    load_volumes(ds.cases[:1], spec.model_copy(update={"spacing": (1.0, 1.0, 2.5)}))
-    assert len(list((tmp_path / "cache").iterdir())) == 3
+    # Other settings: a new cache entry, never a stale volume (a rewritten file: test_cache).
+    other = load_volumes(ds.cases[:1], spec.model_copy(update={"spacing": (1.0, 1.0, 2.5)}))
+    new = sorted(set((tmp_path / "cache").iterdir()) - set(cached))
+    assert len(new) == 1 and new[0].name.startswith(ds.cases[0].case_id)
+    assert other[0]["spacing"] == pytest.approx((1.0, 1.0, 2.5))
+    assert other[0]["image"].shape[1] > first[0]["image"].shape[1]  # 1 mm, not 2 mm voxels
 
 
 def test_folds_are_disjoint_cover_train_and_val_and_keep_test(tmp_path):

@@ -38,7 +38,9 @@ def test_run_writes_summary_split_and_soups(smoke_run):
         assert soup["ingredients"][0] in {t["trial_id"] for t in summary["trials"]}
         weights = torch.load(run_dir / soup["weights"], weights_only=True)
         assert weights["ingredients"] == soup["ingredients"]
-    assert len(summary["soups"]["uniform"]["ingredients"]) == 2
+    # The uniform soup averages the top_k (2) trials: both, not one twice.
+    assert sorted(summary["soups"]["uniform"]["ingredients"]) == sorted(
+        t["trial_id"] for t in summary["trials"])
     assert summary["soups"]["greedy"]["steps"][0]["accepted"] is True
     split = json.loads((run_dir / "split.json").read_text())
     assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
@@ -287,7 +289,7 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     finished, started = set(), []
     for line in proc.stderr:  # interrupt as the third trial starts (after one has finished)
-        if "search.tuner: trial " not in line:
+        if "search.callbacks: trial " not in line:
             continue
         trial_id = line.split("trial ")[1].split()[0]
         if "epoch 4/4" in line:

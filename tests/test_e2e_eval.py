@@ -14,6 +14,8 @@ import pytest
 import torch
 from test_e2e import CLASSES, cli
 
+from train_fn.metrics import hd95
+
 pytestmark = pytest.mark.e2e
 
 
@@ -66,7 +68,9 @@ def test_evaluate_writes_predictions_whose_scores_match_the_files(run):
             expected = dice(pred, ref, label)
             assert (math.isnan(m["Dice"]) and math.isnan(expected)) or \
                 m["Dice"] == pytest.approx(expected)
-            assert m["HD95"] >= 0
+            zooms = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
+            assert m["HD95"] == pytest.approx(hd95(torch.as_tensor(pred == label),
+                                                   torch.as_tensor(ref == label), zooms))
     for name in CLASSES:
         per_case = [c["metrics"][name]["Dice"] for c in summary["metric_per_case"]]
         assert summary["mean"][name]["Dice"] == pytest.approx(np.nanmean(per_case))

@@ -167,3 +167,82 @@ def test_hd95_is_the_larger_directed_percentile_not_the_pooled_one():
         assert "the larger of the two directed 95th percentiles" in flat
         assert "pooled" in flat
         assert "symmetric surface distances" not in flat
+
+
+# --- means over several cases, one with an absent region ------------------------------------
+
+def _cases():
+    """(prediction, reference) label maps of three cases with BraTS-style overlapping regions:
+    case 0 partly right everywhere; case 1 has no ET (3) in prediction or reference; case 2
+    has no ET in its reference but predicts some (a false alarm)."""
+    rng = torch.Generator().manual_seed(0)
+
+    def noisy(ref, flips):
+        pred = ref.clone()
+        idx = torch.randperm(ref.numel(), generator=rng)[:flips]
+        pred.view(-1)[idx] = torch.randint(0, 4, (flips,), generator=rng, dtype=torch.uint8)
+        return pred
+
+    r0 = label_map(v1=(slice(0, 6),) * 3, v2=(slice(1, 5),) * 3, v3=(slice(2, 4),) * 3)
+    r1 = label_map(v1=(slice(2, 8),) * 3, v2=(slice(3, 6),) * 3)
+    p1 = noisy(r1, 60)
+    p1[p1 == 3] = 1
+    r2 = label_map(v1=(slice(0, 3),) * 3, v2=(slice(4, 7),) * 3)
+    p2 = noisy(r2, 40)
+    p2[0, 7, 7, 7] = 3
+    return [(noisy(r0, 50), r0), (p1, r1), (p2, r2)]
+
+
+def _numpy_dice(pred, ref, ids, empty):
+    import numpy as np
+
+    p, r = np.isin(pred.numpy(), ids), np.isin(ref.numpy(), ids)
+    denom = p.sum() + r.sum()
+    return 2 * (p & r).sum() / denom if denom else empty
+
+
+class _Oracle(torch.nn.Module):
+    """A 'network' whose prediction is written in its input: logits one-hot of the image."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0].round().long(), 4).permute(0, 4, 1, 2, 3
+                                                                              ).float()
+
+
+def test_validation_means_are_per_case_dice_averaged_over_cases_then_regions():
+    import numpy as np
+
+    from search.spec import Spec
+    from train_fn.metrics import evaluate
+
+    cases = _cases()
+    train = Spec.model_validate({"train": {"patch_size": [8, 8, 8], "sw_batch_size": 1}}).train
+    volumes = [{"image": pred.float(), "label": ref, "spacing": (1.0, 1.0, 1.0)}
+               for pred, ref in cases]
+    mean, per_region, _ = evaluate(_Oracle(), volumes, train, torch.device("cpu"), BRATS,
+                                   with_hd95=False)
+    # Training's convention: a region absent from both is 1.0 (case 1's ET), a false alarm 0.
+    expected = {name: np.mean([_numpy_dice(p, r, ids, 1.0) for p, r in cases])
+                for name, ids in BRATS.items()}
+    assert [_numpy_dice(p, r, (3,), 1.0) for p, r in cases][1:] == [1.0, 0.0]
+    assert per_region == pytest.approx(expected)
+    assert mean == pytest.approx(np.mean(list(expected.values())))
+
+
+def test_nnunet_means_skip_a_region_absent_from_both_in_one_case():
+    import numpy as np
+
+    from search.evaluate import summarise
+
+    cases = _cases()
+    per_case = [{"metrics": region_scores(p, r, BRATS, empty=math.nan)} for p, r in cases]
+    summary = summarise(per_case, list(BRATS))
+    dice = {name: [_numpy_dice(p, r, ids, np.nan) for p, r in cases]
+            for name, ids in BRATS.items()}
+    assert np.isnan(dice["ET"][1]) and dice["ET"][2] == 0.0
+    for name in BRATS:  # nnU-Net: np.nanmean over cases per region, np.mean over regions
+        assert summary["mean"][name]["Dice"] == pytest.approx(np.nanmean(dice[name]))
+        tp = [s["metrics"][name]["TP"] for s in per_case]
+        assert summary["mean"][name]["TP"] == pytest.approx(np.mean(tp))
+    assert summary["foreground_mean"]["Dice"] == pytest.approx(
+        np.mean([np.nanmean(d) for d in dice.values()]))

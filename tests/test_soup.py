@@ -199,3 +199,107 @@ def test_candidates_are_ranked_best_first_and_never_an_errored_trial():
               {"trial_id": "none", "status": "stopped", "val_dice": None, "checkpoint": None}]
     ranked = candidates(Path("run"), {"trials": trials})
     assert [t["trial_id"] for t in ranked] == ["high", "low"]
+
+
+BN_SPEC = """
+data:
+  source: phantom
+  cases: 6
+model:
+  name: dynunet
+  channels: [4, 8, 16]
+  strides: [1, 2, 2]
+  norm: batch
+optimizer:
+  name: novograd
+  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+train:
+  patch_size: [16, 16, 16]
+  batch_size: 2
+  sw_batch_size: 2
+  val_hd95: false
+  device: cpu
+soup:
+  top_k: 3
+"""
+
+
+def test_a_batchnorm_soup_gets_statistics_of_its_own_weights(tmp_path, phantom_root,
+                                                             monkeypatch):
+    """finish() on a hand-made run of three BatchNorm trials (one init, perturbed weights,
+    running statistics that fit none of the averages) and an errored one ranked first: each
+    soup's statistics are those its averaged weights give on the fixed training patches, not
+    an average of the ingredients'; the errored trial is neither the best nor an ingredient."""
+    import json
+
+    from search.soup import finish
+    from search.spec import load_spec
+    from train_fn.checkpoint import load_checkpoint, save_checkpoint
+    from train_fn.data import PatchSampler, find_cases, load_volumes
+    from train_fn.loop import BN_EPOCH
+    from train_fn.models import architecture, build_model, refresh_batchnorm, weights_fingerprint
+
+    run = tmp_path / "bn"
+    run.mkdir()
+    (run / "spec.yaml").write_text(BN_SPEC.lstrip())
+    spec = load_spec(run / "spec.yaml").resolve({"optimizer.lr": 0.01})
+    torch.manual_seed(spec.model.init_seed)
+    net = build_model(spec.model, 1, 5)
+    lineage = {"architecture": architecture(spec.model, 1, 5),
+               "init_fingerprint": weights_fingerprint(net), "init_seed": 0}
+    gen = torch.Generator().manual_seed(1)
+    trials, ingredients = [], []
+    for i, dice in enumerate((0.6, 0.5, 0.4)):
+        state = {}
+        for k, v in net.state_dict().items():
+            if k.endswith("running_mean"):
+                v = torch.full_like(v, 50.0 + i)  # no patch gives these
+            elif k.endswith("running_var"):
+                v = torch.full_like(v, 1e-3)
+            elif v.is_floating_point():
+                v = v + 0.05 * torch.randn(v.shape, generator=gen)
+            state[k] = v.clone()
+        ingredients.append(state)
+        save_checkpoint(run / f"trial_{i}" / "checkpoint_000001",
+                        {"model": state, "config": spec.flat(), **lineage})
+        trials.append({"trial_id": str(i), "status": "completed", "val_dice": dice,
+                       "val_dice_per_class": {}, "config": {"optimizer.lr": 0.01},
+                       "checkpoint": f"trial_{i}/checkpoint_000001"})
+    # An errored trial ranked first, with a sound-looking checkpoint: never chosen.
+    save_checkpoint(run / "trial_err" / "checkpoint_000001",
+                    {"model": ingredients[0], "config": spec.flat(), **lineage})
+    trials.insert(0, {"trial_id": "err", "status": "error", "val_dice": 0.9,
+                      "val_dice_per_class": {}, "config": {"optimizer.lr": 0.01},
+                      "checkpoint": "trial_err/checkpoint_000001", "error": "ValueError: x"})
+    split = {"train": ["Patient_01", "Patient_02"], "val": ["Patient_03"],
+             "test": ["Patient_04"]}
+    (run / "run.json").write_text(json.dumps({"name": "bn", "data_root": str(phantom_root),
+                                              "split": split}))
+    (run / "summary.json").write_text(json.dumps({"trials": trials}))
+    # Scoring is not the point (and full-volume inference is slow): every model scores 0.5.
+    import train_fn.metrics
+
+    monkeypatch.setattr(train_fn.metrics, "evaluate", lambda *a, **k: (0.5, {}, {}))
+    summary = finish(run)
+    assert summary["best"]["trial_id"] == "0"
+    assert summary["soups"]["greedy"]["ingredients"] == ["0", "1", "2"]
+    assert summary["soups"]["uniform"]["ingredients"] == ["0", "1", "2"]
+
+    cases = {c.case_id: c for c in find_cases(phantom_root)}
+    vols = load_volumes([cases[c] for c in split["train"]], spec.data)
+    patches = [x for x, _ in PatchSampler(vols, spec.train.patch_size, spec.train.seed, 5)
+               .epoch(BN_EPOCH, 8, spec.train.batch_size)]
+    stats = [k for k in net.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for kind in ("uniform", "greedy"):
+        soup = load_checkpoint(run / summary["soups"][kind]["weights"].rsplit("/", 1)[0])
+        chosen = [ingredients[int(t)] for t in summary["soups"][kind]["ingredients"]]
+        averaged = {k: (sum(s[k].double() for s in chosen) / len(chosen)).to(v.dtype)
+                    if v.is_floating_point() else v for k, v in chosen[0].items()}
+        model = build_model(spec.model, 1, 5)
+        model.load_state_dict(averaged)
+        refresh_batchnorm(model, patches)
+        for key in stats:
+            assert not torch.allclose(soup["model"][key], averaged[key])
+            torch.testing.assert_close(soup["model"][key], model.state_dict()[key],
+                                       rtol=1e-4, atol=1e-5)

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from train_fn.errors import DataError
+from train_fn.phantom import write_phantom_dataset
+from train_fn.phantom_msd import MODALITIES, write_msd_phantom
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +78,10 @@ def default_cache_dir() -> Path:
 def dataset_root(data: Any) -> Path:
     """The dataset folder: the user's, or the phantom's cache (generated on first use)."""
     if data.source == "phantom":
-        from train_fn.phantom import write_phantom_dataset
-
         root = Path(data.root).expanduser() if data.root else (
             default_cache_dir() / f"phantom-n{data.cases}-seed{data.split_seed}")
         return write_phantom_dataset(root, n_cases=data.cases, seed=data.split_seed)
     if data.source == "brats_phantom":
-        from train_fn.phantom_msd import write_msd_phantom
-
         root = Path(data.root).expanduser() if data.root else (
             default_cache_dir() / f"brats-phantom-n{data.cases}-seed{data.split_seed}")
         return write_msd_phantom(root, n_cases=data.cases, seed=data.split_seed)
@@ -324,8 +322,6 @@ def io_shape(data: Any) -> tuple[int, int]:
     if data.source == "phantom" or (data.source == "segthor" and not data.labels):
         return 1, max(data.labels or SEGTHOR_LABELS) + 1
     if data.source == "brats_phantom":
-        from train_fn.phantom_msd import MODALITIES
-
         return len(MODALITIES), max(data.labels or {3: ""}) + 1
     dataset = open_dataset(data)
     return len(dataset.channels), dataset.num_classes

@@ -8,12 +8,19 @@ single-group copy of the optimizer (no layer multipliers, no schedule attached).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset
+from train_fn.loop import deep_supervision_loss, pick_device
+from train_fn.models import build_model
+from train_fn.optim import OPTIMIZERS, build_optimizer
 
 if TYPE_CHECKING:
     from search.spec import Spec
@@ -37,8 +44,6 @@ def steepest(lrs: list[float], losses: list[float], skip_start: int = 0,
              skip_end: int = 1) -> float:
     """The LR at the steepest descent of the loss (MONAI's rule: argmin of the gradient over
     the iteration index, the last `skip_end` points dropped)."""
-    import numpy as np
-
     end = len(lrs) - skip_end
     lrs, losses = lrs[skip_start:end], losses[skip_start:end]
     if len(losses) < 3:
@@ -67,15 +72,8 @@ def range_test(spec: Spec, split: dict[str, list[str]], data: Any,
                out_dir: str | Path) -> dict[str, Any]:
     """Run the range test; save `lr_finder_plot.png` and `lr_finder.json` in `out_dir`.
     Returns the suggestion, the warning (or None), the curve and the plot's path."""
-    import json
-
     from monai.losses import DiceCELoss
     from monai.optimizers import LearningRateFinder
-
-    from train_fn.data import Dataset, PatchSampler, load_volumes, open_dataset
-    from train_fn.loop import deep_supervision_loss, pick_device
-    from train_fn.models import build_model
-    from train_fn.optim import OPTIMIZERS, build_optimizer
 
     cfg = spec.lr_finder
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))

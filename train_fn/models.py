@@ -8,6 +8,7 @@ D-1 .. 0, then the head that emits the classes (deep-supervision heads included)
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -203,8 +204,6 @@ def architecture(cfg: Any, in_channels: int, out_channels: int) -> dict[str, Any
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of the weights (used to prove that trials share their initial weights)."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from train_fn.models import model_depth, place_params
+
 if TYPE_CHECKING:
     import torch
 
@@ -56,8 +58,6 @@ def layer_multiplier(layers: Any, part: str, level: int, depth: int) -> tuple[st
 
 def param_bands(model: torch.nn.Module, cfg: Any) -> dict[str, list[str]]:
     """Parameter names by band (for the spec's model section `cfg`)."""
-    from train_fn.models import model_depth, place_params
-
     depth = model_depth(cfg)
     bands: dict[str, list[str]] = {b: [] for b in BANDS}
     for name, (part, level) in place_params(model, cfg).items():
@@ -75,8 +75,6 @@ def param_groups(model: torch.nn.Module, model_cfg: Any, layers: Any, lr: float
     """One optimizer group per layer-schedule group (and per decay / no-decay half with
     `layers.no_decay_norm_bias`), with lr = base lr x the group's multiplier. Every parameter
     lands in exactly one group."""
-    from train_fn.models import model_depth, place_params
-
     depth = model_depth(model_cfg)
     params = dict(model.named_parameters())
     groups: dict[str, dict[str, Any]] = {}

@@ -54,7 +54,7 @@ def _patch_loop(module) -> None:
 PATCHES = {
     "search.cli": lambda m: timed(m, "main", "cli main"),
     "search.spec": lambda m: timed(m, "load_spec", "load_spec"),
-    "search.api": lambda m: timed(m, "prepare_data", "prepare_data"),
+    "search.prepare": lambda m: timed(m, "prepare_data", "prepare_data"),
     "search.tracking": lambda m: (timed(m.Tracker, "__init__", "mlflow Tracker()"),
                                   timed(m.Tracker, "start_parent", "mlflow parent run")),
     "ray": lambda m: timed(m, "init", "ray.init"),
@@ -62,7 +62,7 @@ PATCHES = {
     "search.tuner": lambda m: timed(m, "make_tuner", "make_tuner"),
     "train_fn.loop": _patch_loop,
 }
-WATCH = {"torch", "monai", "mlflow", "optuna", "pydantic", "numpy", *PATCHES}
+WATCH = {"torch", "monai", "mlflow", "optuna", "pydantic", "numpy", "search.trainable", *PATCHES}
 
 
 class _Finder:

@@ -1,0 +1,190 @@
+"""The driver's Ray Tune callbacks: trial events to MLflow (`Tracker`) and to the terminal's
+status lines; a full disk stops the search (resumable, as after Ctrl-C)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from search import stopping
+from search.progress import SearchStatus, values_text
+from search.spec import Spec
+from search.storage import disk_full
+from search.tracking import Tracker
+from search.trials import budget, job_spec, searched_config
+
+logger = logging.getLogger(__name__)
+
+
+def _guarded(method):
+    """MLflow's sqlite store on a full disk: stop the search (resumable, as after Ctrl-C)
+    instead of crashing Ray Tune's loop with sqlite's error, retried once per event."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as err:
+            if not disk_full(err):
+                raise
+            stopping.stop_search("disk full")
+    return wrapper
+
+
+def _stop_if_disk_full(trial) -> None:
+    """A trial that failed because the disk is full would fail again on every retry (and
+    leave another truncated checkpoint copy): stop the search instead."""
+    try:
+        text = trial.get_error()
+    except Exception:  # noqa: BLE001 - the error file may itself be unwritten
+        text = None
+    if disk_full(text):
+        stopping.stop_search("disk full")
+
+
+class MlflowCallback(Callback):
+    """Feeds trial events from Ray to the `Tracker` (driver side, batched)."""
+
+    def __init__(self, tracker: Tracker, base: Spec):
+        self.tracker = tracker
+        self.base = base
+        self.epochs = budget(base)
+        self.last_epoch: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+        self.stop_reason: dict[str, str] = {}
+        self.largest_checkpoint = 0
+        s = base.search
+        self.status = SearchStatus(s.metric, s.num_trials,
+                                   s.reduction_factor if s.scheduler == "asha" else None)
+
+    def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self.status.restart_clock()
+        self.status.total = total_num_samples or self.status.total
+
+    def _status(self, trials, starting=None, ending=None) -> None:
+        states = [getattr(t, "status", "") for t in trials or []]
+        running, pending = states.count("RUNNING"), states.count("PENDING")
+        # Ray calls back before it changes the trial's status.
+        if starting is not None and getattr(starting, "status", "") == "PENDING":
+            running, pending = running + 1, pending - 1
+        if ending is not None and getattr(ending, "status", "") == "RUNNING":
+            running -= 1
+        logger.info("%s", self.status.line(running, pending))
+
+    def on_step_end(self, iteration, trials, **info):
+        if self.status.due() and any(getattr(t, "status", "") == "RUNNING" for t in trials):
+            self._status(trials)
+
+    @_guarded
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = searched_config(trial.config, self.base)
+        flat = self.base.resolve(config).flat()
+        self.tracker.start_trial(trial.trial_id, flat, config)
+        self.status.started(trial.trial_id, config)
+        logger.info("trial %s started: %s", trial.trial_id, values_text(config))
+        self._status(trials, starting=trial)
+
+    @_guarded
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last_epoch[trial.trial_id] = int(result.get("epoch", 0))
+        if result.get("stop_reason"):
+            self.stop_reason[trial.trial_id] = result["stop_reason"]
+        self.tracker.log_result(trial.trial_id, result, latest=self.base.cv.every)
+        self.status.result(trial.trial_id, int(result.get("epoch", 0)),
+                           result.get(self.base.search.metric))
+        self._check_space(trial)
+        logger.info(
+            "trial %s epoch %d/%d: loss %.3f, val_dice %.3f", trial.trial_id,
+            result.get("epoch", 0), self.epochs, result.get("loss", float("nan")),
+            result.get("val_dice", float("nan")),
+        )
+
+    def _check_space(self, trial) -> None:
+        """Stop the search (resumable, as after Ctrl-C) while the run folder's disk still has
+        room for what a stop writes: a disk that fills up cuts Ray's experiment state short,
+        and a resume then starts over. Room kept: 1 MiB plus three of the largest checkpoint
+        so far per concurrent trial."""
+        try:
+            for path in Path(trial.path).glob("checkpoint_*/checkpoint.pt"):
+                self.largest_checkpoint = max(self.largest_checkpoint, path.stat().st_size)
+            free = shutil.disk_usage(self.tracker.run_dir).free
+        except (OSError, TypeError):  # an object store, or a folder not made yet
+            return
+        need = 2**20 + 3 * self.largest_checkpoint * self.base.search.max_concurrent
+        if free < need:
+            logger.warning("only %.1f MiB free in %s; the next checkpoints need about %.1f MiB: "
+                           "stopping the search", free / 2**20, self.tracker.run_dir,
+                           need / 2**20)
+            stopping.stop_search("disk full")
+
+    @_guarded
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # A trial restored at its last epoch reports nothing in this session: Ray's saved
+        # result tells how far it got.
+        epoch = self.last_epoch.get(trial.trial_id) or int(
+            (getattr(trial, "last_result", None) or {}).get("epoch", 0))
+        done = epoch >= self.epochs
+        note = self.stop_reason.get(trial.trial_id) or ("completed" if done else "stopped early")
+        self.tracker.end_trial(trial.trial_id, "FINISHED", note=note)
+        self.status.end(trial.trial_id, "completed" if done else "stopped")
+        if note == "stopped early":
+            logger.info("%s", self.status.stopped_line(trial.trial_id, epoch, self.epochs))
+        else:
+            logger.info("trial %s %s after epoch %d/%d", trial.trial_id, note, epoch,
+                        self.epochs)
+        self._status(trials, ending=trial)
+
+    @_guarded
+    def on_trial_error(self, iteration, trials, trial, **info):
+        _stop_if_disk_full(trial)
+        self.tracker.end_trial(trial.trial_id, "FAILED", note="error")
+        self.status.end(trial.trial_id, "errored")
+        self._status(trials, ending=trial)
+
+    @_guarded
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial that Ray retries from its last checkpoint: same MLflow run."""
+        _stop_if_disk_full(trial)
+        self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
+        self.tracker.note_retry(trial.trial_id, self.retries[trial.trial_id])
+        logger.warning("trial %s failed; retry %d from its last checkpoint", trial.trial_id,
+                       self.retries[trial.trial_id])
+
+    @_guarded
+    def on_experiment_end(self, trials, **info):
+        # Only runs that no trial event closed: stopped from outside, or by a full disk.
+        self.tracker.close_trials("FAILED" if stopping.stop_reason() == "disk full" else "KILLED")
+
+
+class JobCallback(MlflowCallback):
+    """MLflow runs of retrain jobs (`repeat`, `crossval`): one nested run per job under the
+    search's parent, named and tagged by the job."""
+
+    def __init__(self, tracker: Tracker, base: Spec, jobs: dict[str, dict[str, Any]],
+                 kind: str):
+        super().__init__(tracker, base)
+        self.jobs, self.kind = jobs, kind
+        self.status = SearchStatus(base.search.metric, len(jobs))
+
+    @_guarded
+    def on_trial_start(self, iteration, trials, trial, **info):
+        name = trial.config["job"]
+        job = self.jobs[name]
+        self.tracker.start_trial(
+            trial.trial_id, job_spec(self.base, job).flat(), job["config"],
+            run_name=f"{self.tracker.run_name}/{self.kind}/{name}",
+            tags={"segtune.kind": self.kind, "segtune.job": name,
+                  "segtune.source_trial": job["trial"]})
+        self.status.started(trial.trial_id, {"job": name})
+        logger.info("%s job %s started (trial %s)", self.kind, name, trial.trial_id)
+        self._status(trials, starting=trial)
+
+    @_guarded
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.end_trial(trial.trial_id, "FINISHED", note="completed")
+        self.status.end(trial.trial_id, "completed")
+        self._status(trials, ending=trial)
