@@ -56,7 +56,7 @@ def main() -> None:
     from search.tuner import make_tuner
 
     t0 = time.perf_counter()
-    ray.init(include_dashboard=False, num_cpus=2)
+    ray.init(address="local", include_dashboard=False, num_cpus=2)
     ray_start = time.perf_counter() - t0
 
     plain, tuned, plain_first, tuned_first = [], [], [], []
