@@ -13,6 +13,7 @@ from pathlib import Path
 
 from search import stopping
 from search.errors import ArgumentError, SegtuneError
+from search.runfolder import RunFolder
 from search.spec import load_spec
 from search.stopping import Interrupted
 
@@ -107,10 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _rehome(args) -> None:
-    if args.tracking_uri and (Path(args.run_dir) / "run.json").is_file():
-        from search.tracking import rehome
-
-        rehome(args.run_dir, args.tracking_uri)
+    folder = RunFolder(args.run_dir)
+    if args.tracking_uri and folder.is_run():
+        folder.rehome(args.tracking_uri)
 
 
 def _evaluate(args) -> int:
@@ -161,7 +161,7 @@ def _crossval(args) -> int:
 
     with _held(args.run_dir):
         _rehome(args)
-        spec = load_spec(Path(args.run_dir) / "spec.yaml")
+        spec = RunFolder(args.run_dir).spec
         folds = args.folds or spec.cv.folds or 5
         top_k = args.top_k or spec.cv.top_k
         print(crossval(args.run_dir, folds, top_k, args.trial)["table"])
@@ -282,7 +282,7 @@ def _soup(args) -> int:
     with _held(args.run_dir):
         _rehome(args)
         summary = soup_run(args.run_dir, args.top_k)
-    searched = list(load_spec(Path(args.run_dir) / "spec.yaml").searched())
+    searched = list(RunFolder(args.run_dir).spec.searched())
     print(format_summary(summary, searched))
     return 0
 

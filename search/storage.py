@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from search.errors import StorageError
+from search.runfolder import RunFolder
 
 BUCKET_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -85,12 +86,7 @@ def check_local_folder(folder: str | Path, flag: str) -> None:
 def experiment_location(run_dir: str | Path) -> str:
     """Ray's experiment of a run: `<storage URI>/<name>` when run.json records an
     object-store storage, else the run folder itself."""
-    run_dir = Path(run_dir)
-    info_path = run_dir / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    if info.get("storage_uri"):
-        return join(info["storage_uri"], info["name"])
-    return str(run_dir.resolve())
+    return RunFolder(run_dir).experiment_location
 
 
 def join(location: str, *parts: str) -> str:

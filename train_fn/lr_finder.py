@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from train_fn.files import write_json
+
 if TYPE_CHECKING:
     from search.spec import Spec
 
@@ -67,8 +69,6 @@ def range_test(spec: Spec, split: dict[str, list[str]], data: Any,
                out_dir: str | Path) -> dict[str, Any]:
     """Run the range test; save `lr_finder_plot.png` and `lr_finder.json` in `out_dir`.
     Returns the suggestion, the warning (or None), the curve and the plot's path."""
-    import json
-
     from monai.losses import DiceCELoss
     from monai.optimizers import LearningRateFinder
 
@@ -113,7 +113,7 @@ def range_test(spec: Spec, split: dict[str, list[str]], data: Any,
               "lr": [float(x) for x in lrs], "loss": [float(x) for x in losses],
               "plot": str(plot)}
     plot_range_test(result, plot)
-    (out_dir / "lr_finder.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out_dir / "lr_finder.json", result)
     return result
 
 
