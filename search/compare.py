@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search.errors import CompareError
-from search.runfolder import RunFolder, RunInfo
+from search.runfolder import RunFolder
 from search.scores import (  # noqa: F401 - the readers, importable from here too
     METRICS,
     MODELS,
@@ -184,20 +184,10 @@ def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
 def _log(run_dir: Path, rows: list[Row], out: Path, prefix: str) -> str | None:
     """Log to the run's parent MLflow run; a missing or unreachable store only warns."""
     folder = RunFolder(run_dir)
-    info = folder.info if folder.is_run() else RunInfo()
-    if not info.parent_run_id or not info.tracking_uri:
+    if not folder.is_run():
         logger.warning("%s: no MLflow run recorded in run.json; the comparison is in files "
                        "only", run_dir)
         return None
     # The store may be gone or offline: the files are written.
-    tracker = folder.tracker_or_none("the comparison is in files only")
-    if tracker is None:
-        return None
-    try:
-        tracker.log_parent(metrics_of(rows, prefix), [out / "compare.md", out / "compare.csv"],
-                           artifact_path=prefix)
-    except Exception as err:  # noqa: BLE001 - the files are written
-        logger.warning("MLflow store %s unavailable (%s); the comparison is in files only",
-                       info.tracking_uri, err)
-        return None
-    return info.parent_run_id
+    return folder.log_parent(metrics_of(rows, prefix), [out / "compare.md", out / "compare.csv"],
+                             "the comparison is in files only", artifact_path=prefix)

@@ -185,7 +185,11 @@ class RunFolder:
 
     def tracker_or_none(self, otherwise: str) -> Tracker | None:
         """The tracker, or None with a warning ending in `otherwise` when the store is gone
-        or offline (the files hold the results). A copied folder is still refused."""
+        or offline, or when run.json records no MLflow run (the files hold the results). A
+        copied folder is still refused."""
+        if not self.info.tracking_uri or not self.info.parent_run_id:
+            logger.warning("%s: no MLflow run recorded in run.json; %s", self.path, otherwise)
+            return None
         try:
             return self.tracker()
         except TrackingError:
@@ -194,6 +198,22 @@ class RunFolder:
             logger.warning("MLflow store %s unavailable (%s); %s", self.info.tracking_uri, err,
                            otherwise)
             return None
+
+    def log_parent(self, metrics: dict[str, float], artifacts: list[Path], otherwise: str,
+                   **kwargs: Any) -> str | None:
+        """Log to the run's parent MLflow run; the parent run's id, or None with a warning
+        ending in `otherwise` when the store is gone or offline. A copied folder is still
+        refused (TrackingError)."""
+        tracker = self.tracker_or_none(otherwise)
+        if tracker is None:
+            return None
+        try:
+            tracker.log_parent(metrics, artifacts, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any store failure: the files are written
+            logger.warning("MLflow store %s unavailable (%s); %s", self.info.tracking_uri, err,
+                           otherwise)
+            return None
+        return self.info.parent_run_id
 
     def rehome(self, uri: str, what: str = "--tracking-uri") -> RunInfo:
         """Give the folder a new parent run in the store `uri` (a copied or moved folder, or
