@@ -114,20 +114,12 @@ def _rehome(args) -> None:
 
 
 def _evaluate(args) -> int:
-    from search.evaluate import evaluate_run
+    from search.evaluate import evaluate_run, format_scores
 
     with _held(args.run_dir):
         summary = evaluate_run(args.run_dir, args.model, args.split, args.out)
-    info = summary["segtune"]
-    regions = list(summary["mean"])
-    print(f"{info['model']} on the {info['split']} split ({len(info['cases'])} cases):")
-    print("region".ljust(12) + "Dice    HD95 mm")
-    for region in regions:
-        m = summary["mean"][region]
-        print(f"{region:<12}{m['Dice']:.3f}   {m['HD95']:.1f}")
-    fg = summary["foreground_mean"]
-    print(f"{'foreground':<12}{fg['Dice']:.3f}   {fg['HD95']:.1f}")
-    print(f"predictions and summary.json: {info['out_dir']}")
+    print(format_scores(summary))
+    print(f"predictions and summary.json: {summary['segtune']['out_dir']}")
     return 0
 
 

@@ -26,6 +26,7 @@ from search.scores import (  # noqa: F401 - the readers, importable from here to
     read_run,
     region_names,
 )
+from search.tables import table
 from train_fn.files import write_text
 
 logger = logging.getLogger(__name__)
@@ -91,14 +92,13 @@ def to_markdown(rows: list[Row], run: Scores, baseline: Scores) -> str:
         if not mine:
             continue
         digits = 4 if metric == "dice" else 2
+        cells = [[f"**mean** ({r.note})" if r.note else ("**mean**" if r.cls == "mean"
+                                                         else r.cls),
+                  _stat(r.run, digits), _stat(r.baseline, digits), _signed(r.change, digits),
+                  _signed(r.change_pct, 1)] for r in mine]
         out += ["", f"## {shown}", "",
-                f"| class | {run.label} | {baseline.label} | change | change % |",
-                "| --- | ---: | ---: | ---: | ---: |"]
-        for r in mine:
-            name = f"**mean** ({r.note})" if r.note else (
-                "**mean**" if r.cls == "mean" else r.cls)
-            out.append(f"| {name} | {_stat(r.run, digits)} | {_stat(r.baseline, digits)} | "
-                       f"{_signed(r.change, digits)} | {_signed(r.change_pct, 1)} |")
+                *table(["class", run.label, baseline.label, "change", "change %"], cells,
+                       markdown=True, right=(1, 2, 3, 4))]
     notes = skipped(run, baseline)
     if notes:
         out += [""] + notes

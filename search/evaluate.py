@@ -23,6 +23,7 @@ import numpy as np
 from search.errors import ArgumentError, RunFolderError
 from search.runfolder import RunFolder
 from search.storage import join, load_run_checkpoint
+from search.tables import table
 from train_fn.files import write_json
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,17 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
                           "out_dir": str(out)}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def format_scores(summary: dict[str, Any]) -> str:
+    """The per-region means of an `evaluate_run` summary, and the foreground mean."""
+    info = summary["segtune"]
+    rows = [[region, f"{m['Dice']:.3f}", f"{m['HD95']:.1f}"]
+            for region, m in [*summary["mean"].items(),
+                              ("foreground", summary["foreground_mean"])]]
+    return "\n".join([f"{info['model']} on the {info['split']} split "
+                      f"({len(info['cases'])} cases):",
+                      *table(["region", "Dice", "HD95 mm"], rows, right=(1, 2))])
 
 
 def summarise(per_case: list[dict[str, Any]], regions: list[str]) -> dict[str, Any]:

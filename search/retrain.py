@@ -25,6 +25,7 @@ from search.soup import batchnorm_refresh, soup_pair
 from search.spec import Spec
 from search.stopping import Interrupted
 from search.storage import join, load_run_checkpoint, unfinished_trials
+from search.tables import table
 from train_fn.files import write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -364,17 +365,15 @@ def format_results(results: dict[str, Any], split: str) -> str:
                                     (results.get("soups") or {}).items()]
     dice_key, hd_key = f"{split}_dice", f"{split}_hd95"
     regions = [r for r in results[dice_key] if r != "mean"]
-    head = ["model", "metric", *regions, "mean"]
-    lines = [f"{results['kind']}: mean ± std over {over} ({split} cases)", "",
-             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    cells = []
     for label, block in rows:
         for metric, key, fmt in (("Dice", dice_key, "{:.3f}"), ("HD95 mm", hd_key, "{:.1f}")):
             stats = block.get(key)
-            if not stats:
-                continue
-            cells = [_pm(stats.get(r), fmt) for r in regions] + [_pm(stats.get("mean"), fmt)]
-            lines.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            if stats:
+                cells.append([label, metric, *[_pm(stats.get(r), fmt) for r in regions],
+                              _pm(stats.get("mean"), fmt)])
+    return "\n".join([f"{results['kind']}: mean ± std over {over} ({split} cases)", "",
+                      *table(["model", "metric", *regions, "mean"], cells, markdown=True)])
 
 
 def _pm(s: dict[str, float] | None, fmt: str) -> str:

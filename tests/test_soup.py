@@ -199,3 +199,23 @@ def test_candidates_are_ranked_best_first_and_never_an_errored_trial():
               {"trial_id": "none", "status": "stopped", "val_dice": None, "checkpoint": None}]
     ranked = candidates(Path("run"), {"trials": trials})
     assert [t["trial_id"] for t in ranked] == ["high", "low"]
+
+
+def test_an_interrupted_checkpoint_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    """Checkpoints go through the same atomic writer as every JSON file: a kill inside
+    torch.save leaves the previous checkpoint whole, and no temporary file."""
+    from train_fn.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path, {"w": torch.ones(3)})
+
+    def killed(obj, f, *args, **kwargs):
+        with open(f, "wb") as half:
+            half.write(b"PK\x03")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, {"w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(tmp_path)["w"], torch.ones(3))
+    assert not list(tmp_path.glob(".*.tmp-*"))
