@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from search.errors import RunFolderError, SoupError
 from search.progress import versus
-from search.results import log_results, results_of
+from search.results import log_finish
 from search.runfolder import SOUP_LINK, RunFolder, Scorer
 from search.storage import load_run_checkpoint
 
@@ -258,12 +258,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     test = folder.volumes("test")
     hd = bool(spec.train.val_hd95)  # off: the user turned HD95 off as too slow
 
-    best = ranked[0]
-    best_weights = load_run_checkpoint(folder.path, best["checkpoint"])["model"]
-    summary["best"] = {
-        "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
-        "val_dice_per_class": best["val_dice_per_class"],
-        **scores_on_test(judge(best_weights, test, hd)), "checkpoint": best["checkpoint"]}
+    best_weights, summary["best"] = score_best(folder, ranked[0], judge, test, hd)
     weights, out = {"best": best_weights}, None
     if soup:
         made = soup_trials(folder, ranked[:top_k], judge)
@@ -276,6 +271,16 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     if tracker is not None:
         log_finish(tracker, folder, summary, weights, judge.model)
     return summary
+
+
+def score_best(folder: RunFolder, best: dict[str, Any], judge: Scorer, test: list, hd: bool
+               ) -> tuple[Weights, dict[str, Any]]:
+    """The best trial's weights and its summary.json record, scored on the test split."""
+    weights = load_run_checkpoint(folder.path, best["checkpoint"])["model"]
+    return weights, {
+        "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
+        "val_dice_per_class": best["val_dice_per_class"],
+        **scores_on_test(judge(weights, test, hd)), "checkpoint": best["checkpoint"]}
 
 
 def scores_on_test(scores: tuple[float, dict[str, float], dict[str, float]]) -> dict[str, Any]:
@@ -375,33 +380,3 @@ def write_soup_set(folder: RunFolder, chosen: list[dict[str, Any]],
         {"trial_id": t["trial_id"], "val_dice": t["val_dice"]} for t in chosen],
         **{kind: record for kind, (_, record) in made.items()}})
     return out
-
-
-def log_finish(tracker, folder: RunFolder, summary: dict[str, Any],
-               weights: dict[str, Weights], model: torch.nn.Module) -> None:
-    """The best trial's and the soups' scores on the parent run (`best/*`, `soup/*`: scripts
-    read them), with summary.json and soup.json; and one result run per model, with it."""
-    import torch
-
-    best = summary["best"]
-    metrics = {"best/test_dice": best["test_dice"],
-               **{f"best/test_dice/{k}": v for k, v in best["test_dice_per_class"].items()},
-               **{f"best/test_hd95/{k}": v for k, v in best["test_hd95_per_class"].items()}}
-    for kind, soup in (summary["soups"] or {}).items():
-        metrics[f"soup/{kind}/val_dice"] = soup["val_dice"]
-        metrics[f"soup/{kind}/test_dice"] = soup["test_dice"]
-        metrics[f"soup/{kind}/size"] = len(soup["ingredients"])
-        metrics.update({f"soup/{kind}/test_dice/{k}": v
-                        for k, v in soup["test_dice_per_class"].items()})
-    artifacts = [folder.summary_json]
-    if summary["soups"]:
-        artifacts.append(folder.soup_link / "soup.json")
-    tracker.log_parent(metrics, artifacts)
-    ds, spec = folder.dataset, folder.spec
-    example = torch.zeros((1, len(ds.channels), *spec.train.patch_size)).numpy()
-    log_results(tracker, results_of(summary, weights), model, example, metadata={
-        "segtune": {"run": folder.path.name, "channels": list(ds.channels),
-                    "regions": {k: list(v) for k, v in ds.regions.items()},
-                    "num_classes": ds.num_classes,
-                    "patch_size": list(spec.train.patch_size),
-                    "preprocessing": spec.data.model_dump(mode="json")}})
