@@ -261,11 +261,15 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     best_weights, summary["best"] = score_best(folder, ranked[0], judge, test, hd)
     weights, out = {"best": best_weights}, None
     if soup:
-        made = soup_trials(folder, ranked[:top_k], judge)
+        chosen = ranked[:top_k]
+        check_lineage(folder, chosen)
+        # The new set is written beside the current one and switched to at the end.
+        out = soup_set(folder.path)
+        made = soup_trials(folder, chosen, judge)
         for kind, (soup_weights, record) in made.items():
             record.update(scores_on_test(judge(soup_weights, test, hd)))
             weights[kind] = soup_weights
-        out = write_soup_set(folder, ranked[:top_k], made, top_k)
+        write_soup_set(folder, out, chosen, made, top_k)
     summary["soups"] = {k: r for k, (_, r) in made.items()} if soup else None
     switch_soups(folder.path, summary, out)
     if tracker is not None:
@@ -327,17 +331,21 @@ def batchnorm_refresh(judge: Scorer, cases: list[str]) -> Callable[[Weights], We
     return refresh
 
 
-def soup_trials(folder: RunFolder, chosen: list[dict[str, Any]], judge: Scorer
-                ) -> dict[str, tuple[Weights, dict[str, Any]]]:
-    """The uniform and greedy soups of the `chosen` trials (best first), judged on the
-    validation split: {kind: (weights, its summary.json record)}. Refuses trials of different
-    architectures or initial weights."""
-    lineages = {}  # one checkpoint in memory at a time, its tensors not read
+def check_lineage(folder: RunFolder, chosen: list[dict[str, Any]]) -> None:
+    """Refuse to soup trials of different architectures or initial weights (read from their
+    checkpoints one at a time, their tensors not read)."""
+    lineages = {}
     for t in chosen:
         state = load_run_checkpoint(folder.path, t["checkpoint"], mmap=True)
         lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
         del state
     check_ingredients(lineages)
+
+
+def soup_trials(folder: RunFolder, chosen: list[dict[str, Any]], judge: Scorer
+                ) -> dict[str, tuple[Weights, dict[str, Any]]]:
+    """The uniform and greedy soups of the `chosen` trials (best first), judged on the
+    validation split: {kind: (weights, its summary.json record)}."""
     # From an object store, each is downloaded when needed and its copy deleted after.
     sources = [(t["trial_id"], (lambda p=t["checkpoint"]: load_run_checkpoint(
         folder.path, p, mmap=True)["model"])) for t in chosen]
@@ -354,11 +362,11 @@ def soup_trials(folder: RunFolder, chosen: list[dict[str, Any]], judge: Scorer
     return out
 
 
-def write_soup_set(folder: RunFolder, chosen: list[dict[str, Any]],
-                   made: dict[str, tuple[Weights, dict[str, Any]]], top_k: int) -> Path:
-    """Save the soups as a new soup set beside the current one (switched to by
-    `switch_soups`): one checkpoint per soup and `soup.json`. Each soup's record gets the
-    path of its weights."""
+def write_soup_set(folder: RunFolder, out: Path, chosen: list[dict[str, Any]],
+                   made: dict[str, tuple[Weights, dict[str, Any]]], top_k: int) -> None:
+    """Save the soups into the new soup set `out` (made by `soup_set` beside the current one;
+    switched to by `switch_soups`): one checkpoint per soup and `soup.json`. Each soup's
+    record gets the path of its weights."""
     from train_fn.checkpoint import save_checkpoint
 
     best = load_run_checkpoint(folder.path, chosen[0]["checkpoint"], mmap=True)
@@ -369,7 +377,6 @@ def write_soup_set(folder: RunFolder, chosen: list[dict[str, Any]],
     best_config = best["config"]
     del best
     by_id = {t["trial_id"]: t for t in chosen}
-    out = soup_set(folder.path)
     for kind, (weights, record) in made.items():
         record["weights"] = f"{out.name}/{kind}/checkpoint.pt"
         save_checkpoint(out / kind, {
@@ -379,4 +386,3 @@ def write_soup_set(folder: RunFolder, chosen: list[dict[str, Any]],
     write_json(out / "soup.json", {"top_k": top_k, "candidates": [
         {"trial_id": t["trial_id"], "val_dice": t["val_dice"]} for t in chosen],
         **{kind: record for kind, (_, record) in made.items()}})
-    return out
