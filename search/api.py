@@ -21,9 +21,10 @@ from search.errors import ArgumentError, ResourceError, RunFolderError
 from search.lazy import LazyModule
 from search.plots import write_plots
 from search.prepare import build_cache, check_device, check_resources, prepare_data
+from search.runfolder import RunFolder
 from search.runlock import run_lock
 from search.soup import finish, write_json, write_text
-from search.spec import Spec, SpecError, dump_spec, load_spec
+from search.spec import Spec, SpecError, dump_spec
 from search.stopping import Interrupted
 from search.storage import (
     DiskFullError,
@@ -43,11 +44,8 @@ from search.storage import (
 from search.study import study_url
 from search.tracking import (
     Tracker,
-    TrackingError,
     check_tracking,
     default_uri,
-    rehome,
-    run_tracker,
 )
 from search.tuner import make_tuner, restore_tuner, trial_records
 from train_fn.datasets import open_dataset, split_cases
@@ -312,12 +310,11 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
 
 def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
     """Check that an interrupted run can continue with this spec; re-attach its MLflow run."""
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
         raise SpecError(f"{run_dir}: nothing to resume (no run.json: the search never started); "
                         "run without --resume")
-    info = json.loads(info_path.read_text())
-    diff = _first_difference(info.get("input_spec", {}), _plain(spec.flat()))
+    diff = _first_difference(folder.info.input_spec, _plain(spec.flat()))
     if diff:
         raise SpecError(f"--resume {run_dir}: the spec differs from the run's ({diff}); a "
                         "search cannot change on resume: use another --name")
@@ -333,32 +330,22 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
                            "search cannot continue; start it again under another --name") \
             from None
     if tracking_uri:
-        info = rehome(run_dir, tracking_uri)
-    check_tracking(info["tracking_uri"], f"{info_path}: tracking_uri")
-    tracker = run_tracker(run_dir, info, reopen=True)
+        folder.rehome(tracking_uri)
+    check_tracking(folder.info.tracking_uri, f"{folder.run_json}: tracking_uri")
+    tracker = folder.tracker(reopen=True)
     for trial_id in tracker.drop_unknown_trials(saved_trial_ids(location)):
         logger.info("deleted the MLflow run of trial %s: killed before Ray saved it (it has no "
                     "checkpoint; a new trial takes its place)", trial_id)
-    logger.info("resuming %s; MLflow %s", run_dir, info["tracking_uri"])
-    return (load_spec(run_dir / "spec.yaml"), info["split"], Path(info["data_root"]), tracker)
+    logger.info("resuming %s; MLflow %s", run_dir, folder.info.tracking_uri)
+    return folder.spec, folder.split, Path(folder.data_root), tracker
 
 
 def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
     """Soup a finished run again (e.g. with another `top_k`); results go to its parent run."""
-    run_dir = Path(run_dir)
-    info_path = run_dir / "run.json"
-    if not info_path.is_file():
-        raise RunFolderError(f"{run_dir}: not a segtune run folder (no run.json)")
-    info = json.loads(info_path.read_text())
-    tracker = None
-    try:
-        tracker = run_tracker(run_dir, info)
-    except TrackingError:
-        raise
-    except Exception as err:  # the store may be gone or offline: the soup still runs
-        logger.warning("MLflow store %s unavailable (%s); soup results go to files only",
-                       info.get("tracking_uri"), err)
-        tracker = None
+    folder = RunFolder(run_dir)
+    info = folder.info  # not a run folder: one line, no run.json
+    # The store may be gone or offline: the soup still runs.
+    tracker = folder.tracker_or_none("soup results go to files only")
     summary = finish(run_dir, top_k, soup=True, tracker=tracker)
-    write_plots(run_dir, info["name"], None, tracker)  # the new greedy soup's steps
+    write_plots(run_dir, info.name, None, tracker)  # the new greedy soup's steps
     return summary

@@ -15,6 +15,7 @@ from pathlib import Path
 from search import stopping
 from search.errors import ArgumentError, SegtuneError
 from search.lazy import LazyModule
+from search.runfolder import RunFolder
 from search.runlock import run_lock
 from search.spec import _Leaf, load_spec
 from search.stopping import Interrupted
@@ -127,23 +128,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _rehome(args) -> None:
-    if args.tracking_uri and (Path(args.run_dir) / "run.json").is_file():
-        tracking.rehome(args.run_dir, args.tracking_uri)
+    folder = RunFolder(args.run_dir)
+    if args.tracking_uri and folder.is_run():
+        folder.rehome(args.tracking_uri)
 
 
 def _evaluate(args) -> int:
     with _held(args.run_dir):
         summary = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
-    info = summary["segtune"]
-    regions = list(summary["mean"])
-    print(f"{info['model']} on the {info['split']} split ({len(info['cases'])} cases):")
-    print("region".ljust(12) + "Dice    HD95 mm")
-    for region in regions:
-        m = summary["mean"][region]
-        print(f"{region:<12}{m['Dice']:.3f}   {m['HD95']:.1f}")
-    fg = summary["foreground_mean"]
-    print(f"{'foreground':<12}{fg['Dice']:.3f}   {fg['HD95']:.1f}")
-    print(f"predictions and summary.json: {info['out_dir']}")
+    print(evaluate.format_scores(summary))
+    print(f"predictions and summary.json: {summary['segtune']['out_dir']}")
     return 0
 
 
@@ -172,7 +166,7 @@ def _repeat(args) -> int:
 def _crossval(args) -> int:
     with _held(args.run_dir):
         _rehome(args)
-        spec = load_spec(Path(args.run_dir) / "spec.yaml")
+        spec = RunFolder(args.run_dir).spec
         folds = args.folds or spec.cv.folds or 5
         top_k = args.top_k or spec.cv.top_k
         print(retrain.crossval(args.run_dir, folds, top_k, args.trial)["table"])
@@ -274,7 +268,7 @@ def _soup(args) -> int:
     with _held(args.run_dir):
         _rehome(args)
         summary = api.soup_run(args.run_dir, args.top_k)
-    searched = list(load_spec(Path(args.run_dir) / "spec.yaml").searched())
+    searched = list(RunFolder(args.run_dir).spec.searched())
     print(report.format_summary(summary, searched))
     return 0
 

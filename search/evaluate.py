@@ -12,7 +12,6 @@ region absent from every case).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from search.errors import ArgumentError, RunFolderError
-from search.soup import write_json
-from search.storage import experiment_location, join, load_run_checkpoint
+from search.runfolder import RunFolder
+from search.storage import join, load_run_checkpoint
+from search.tables import table
+from train_fn.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -37,18 +38,18 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
     object store (downloaded to be read)."""
     from train_fn.checkpoint import load_checkpoint
 
+    folder = RunFolder(run_dir)
     if model == "best":
-        summary = _read(run_dir / "summary.json", "a finished segtune run folder")
+        summary = folder.summary()
         if not summary.get("best"):
             raise RunFolderError(f"{run_dir}: the run has no best trial yet (summary.json "
                                  "'best' is empty: the search did not finish)")
         checkpoint = summary["best"]["checkpoint"]
-        return ("best", join(experiment_location(run_dir), checkpoint, "checkpoint.pt"),
+        return ("best", join(folder.experiment_location, checkpoint, "checkpoint.pt"),
                 load_run_checkpoint(run_dir, checkpoint))
     if model in ("greedy", "uniform"):
         # summary.json names the soup set in use (the `soup` link may lag it after a kill).
-        summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = folder.summary() if folder.is_finished() else {}
         weights = ((summary.get("soups") or {}).get(model) or {}).get("weights")
         path = run_dir / (weights or f"soup/{model}/checkpoint.pt")
         if not path.is_file():
@@ -68,12 +69,6 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
     return name or "checkpoint", path, load_checkpoint(path)
 
 
-def _read(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise RunFolderError(f"{path.parent}: no {path.name} (not {what})")
-    return json.loads(path.read_text())
-
-
 def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
                  out_dir: str | Path | None = None) -> dict[str, Any]:
     """Predict every case of `split` with `model`; write `predictions/*.nii.gz` and
@@ -82,18 +77,18 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
     import nibabel as nib
     import torch
 
-    from search.predict import load_model, read_run
-    from train_fn.datasets import open_dataset
+    from search.predict import load_model, open_run
     from train_fn.metrics import region_scores
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
         raise ArgumentError(f"--split {split}: choose one of {', '.join(SPLITS)}")
-    run, spec = read_run(run_dir)
+    folder = open_run(run_dir)
+    spec = folder.spec
     segmenter = load_model(run_dir, model)
-    ds = open_dataset(spec.data, run["data_root"])
-    cases = ds.subset(run["split"][split])
-    out = Path(out_dir) if out_dir else run_dir / "eval" / f"{segmenter.name}-{split}"
+    ds = folder.dataset
+    cases = ds.subset(folder.split[split])
+    out = Path(out_dir) if out_dir else folder.eval_dir(segmenter.name, split)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -125,6 +120,17 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
                           "out_dir": str(out)}
     write_json(out / "summary.json", summary)
     return summary
+
+
+def format_scores(summary: dict[str, Any]) -> str:
+    """The per-region means of an `evaluate_run` summary, and the foreground mean."""
+    info = summary["segtune"]
+    rows = [[region, f"{m['Dice']:.3f}", f"{m['HD95']:.1f}"]
+            for region, m in [*summary["mean"].items(),
+                              ("foreground", summary["foreground_mean"])]]
+    return "\n".join([f"{info['model']} on the {info['split']} split "
+                      f"({len(info['cases'])} cases):",
+                      *table(["region", "Dice", "HD95 mm"], rows, right=(1, 2))])
 
 
 def summarise(per_case: list[dict[str, Any]], regions: list[str]) -> dict[str, Any]:

@@ -15,10 +15,11 @@ failing a search that has finished.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
+
+from search.runfolder import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -190,9 +191,10 @@ def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
 
     from search.study import load_study
 
-    out = run_dir / "plots"
+    folder = RunFolder(run_dir)
+    out = folder.plots
     out.mkdir(exist_ok=True)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = folder.summary()
     status = {t["trial_id"]: t["status"] for t in summary.get("trials", [])}
     figures = {} if results is None else {
         "dice_curves": lambda: dice_curves(curves, status),

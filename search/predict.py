@@ -12,7 +12,6 @@ labels for the same image. From Python, two lines:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from search.errors import SegtuneError
+from search.runfolder import RunFolder
+from train_fn.files import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -139,30 +140,25 @@ def save_labels(labels: np.ndarray, affine: np.ndarray, path: Path) -> None:
     """Write a label map as NIfTI atomically: a kill leaves the old file or none."""
     import nibabel as nib
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.nii.gz")
-    try:
-        nib.save(nib.Nifti1Image(labels, affine), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # nibabel picks the format by the name: the temporary file ends in .nii.gz too.
+    atomic_write(path, lambda tmp: nib.save(nib.Nifti1Image(labels, affine), tmp),
+                 suffix=".nii.gz")
 
 
-def read_run(run_dir: str | Path) -> tuple[dict[str, Any], Spec]:
-    """(run.json, spec) of a run folder, or one line saying why it is not one."""
-    from search.spec import load_spec
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+def open_run(run_dir: str | Path) -> RunFolder:
+    """A run folder that can predict, or one line saying why it is not one."""
+    folder = RunFolder(run_dir)
+    if not folder.path.is_dir():
         raise PredictError(f"{run_dir}: no such run folder (give a segtune run folder, "
                            "e.g. runs/novograd)")
-    for name in ("run.json", "spec.yaml"):
-        if not (run_dir / name).is_file():
-            raise PredictError(f"{run_dir}: not a segtune run folder (no {name}; a run "
+    for path in (folder.run_json, folder.spec_yaml):
+        if not path.is_file():
+            raise PredictError(f"{run_dir}: not a segtune run folder (no {path.name}; a run "
                                "folder holds run.json, spec.yaml and summary.json)")
-    return json.loads((run_dir / "run.json").read_text()), load_spec(run_dir / "spec.yaml")
+    return folder
 
 
-def model_spec(spec: Spec, state: dict[str, Any], run_dir: Path, name: str) -> Spec:
+def model_spec(spec: Spec, state: dict[str, Any], folder: RunFolder, name: str) -> Spec:
     """The run's spec with each searched setting at the model's own value: from the
     checkpoint's `config` (trials and soups record resolved values), else from the run's best
     trial (soups made before soups recorded values, checkpoints without a config)."""
@@ -170,10 +166,8 @@ def model_spec(spec: Spec, state: dict[str, Any], run_dir: Path, name: str) -> S
     if not searched:
         return spec
     params: dict[str, Any] = {}
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        best = json.loads(summary.read_text()).get("best") or {}
-        params.update(best.get("config") or {})
+    if folder.is_finished():
+        params.update((folder.summary().get("best") or {}).get("config") or {})
     config = state.get("config") or {}
     # A search leaf is a dict ({type, low, high}); a resolved value never is.
     params.update({k: v for k, v in config.items() if k in searched and not isinstance(v, dict)})
@@ -191,17 +185,15 @@ def load_model(run_dir: str | Path, model: str = "best", device: str | None = No
     the run's preprocessing, ready to `predict`. `device` defaults to the spec's
     `train.device` (auto: CUDA when there is one)."""
     from search.evaluate import load_weights
-    from train_fn.datasets import DataError, open_dataset
-    from train_fn.loop import pick_device
+    from train_fn.datasets import DataError
     from train_fn.models import build_model
 
-    run_dir = Path(run_dir)
-    run, spec = read_run(run_dir)
-    name, path, state = load_weights(run_dir, model)
-    spec = model_spec(spec, state, run_dir, model)
+    folder = open_run(run_dir)
+    name, path, state = load_weights(folder.path, model)
+    spec = model_spec(folder.spec, state, folder, model)
     arch = state.get("architecture") or {}
     try:  # the label names; the data may not be on this machine
-        ds = open_dataset(spec.data, run["data_root"])
+        ds = folder.dataset
         labels, channels, classes = dict(ds.labels), len(ds.channels), ds.num_classes
     except DataError:
         if not arch:
@@ -216,7 +208,7 @@ def load_model(run_dir: str | Path, model: str = "best", device: str | None = No
         first = str(err).splitlines()[0] if str(err) else "no 'model' weights"
         raise PredictError(f"--model {model}: {path} does not fit this run's network "
                            f"({first})") from None
-    chosen = pick_device(device or spec.train.device)
+    chosen = folder.device(device)
     return Segmenter(name, str(path), spec, net.to(chosen), chosen, labels, channels)
 
 
@@ -293,7 +285,7 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     import torch
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    read_run(run_dir)  # a wrong folder is named before the inputs are looked at
+    open_run(run_dir)  # a wrong folder is named before the inputs are looked at
     images = find_images(inputs)
     segmenter = load_model(run_dir, model, device)
     for image in images:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from search.tables import table
+
 
 def _f(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
@@ -22,12 +24,6 @@ def _short(name: str) -> str:
     return name[:5]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False))  # noqa: E731
-    return [line(header), line(["-" * w for w in widths]), *map(line, rows)]
-
-
 def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
     """Trials (best first), then the best trial and the soups on the test split."""
     names = _names(summary)
@@ -44,7 +40,7 @@ def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
                      *[_fmt_param(config.get(k)) for k in searched]])
     short = [k.rsplit(".", 1)[-1] for k in searched]
     out = ["Trials (validation Dice of each trial's best epoch):"]
-    out += _table(["trial", "status", "epochs", "val_dice", *classes, *short], rows)
+    out += table(["trial", "status", "epochs", "val_dice", *classes, *short], rows)
     errors = [t for t in summary["trials"] if t.get("error")]
     if errors:
         out += ["", "Errors:"] + [f"  {t['trial_id']}: {t['error']}" for t in errors]
@@ -56,7 +52,7 @@ def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
         for kind, soup in (summary.get("soups") or {}).items():
             rows.append([f"{kind} soup", str(len(soup["ingredients"])), _f(soup["val_dice"]),
                          _f(soup["test_dice"]), *_classes(soup["test_dice_per_class"])])
-        out += _table(["model", "size", "val_dice", "test_dice", *classes], rows)
+        out += table(["model", "size", "val_dice", "test_dice", *classes], rows)
     return "\n".join(out)
 
 

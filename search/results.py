@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from search.runfolder import RunFolder
 from search.tracking import NOTE_TAG, PARENT_TAG, RUN_DIR_TAG, Tracker, params_of
 
 logger = logging.getLogger(__name__)
@@ -151,3 +152,33 @@ def log_model(uri: str, run_id: str, model, weights: dict[str, Any], example,
                        str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
     finally:
         pickle_warning.setLevel(level)
+
+
+def log_finish(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
+               weights: dict[str, Any], model: Any) -> None:
+    """The best trial's and the soups' scores on the parent run (`best/*`, `soup/*`: scripts
+    read them), with summary.json and soup.json; and one result run per model, with it."""
+    import torch
+
+    best = summary["best"]
+    metrics = {"best/test_dice": best["test_dice"],
+               **{f"best/test_dice/{k}": v for k, v in best["test_dice_per_class"].items()},
+               **{f"best/test_hd95/{k}": v for k, v in best["test_hd95_per_class"].items()}}
+    for kind, soup in (summary["soups"] or {}).items():
+        metrics[f"soup/{kind}/val_dice"] = soup["val_dice"]
+        metrics[f"soup/{kind}/test_dice"] = soup["test_dice"]
+        metrics[f"soup/{kind}/size"] = len(soup["ingredients"])
+        metrics.update({f"soup/{kind}/test_dice/{k}": v
+                        for k, v in soup["test_dice_per_class"].items()})
+    artifacts = [folder.summary_json]
+    if summary["soups"]:
+        artifacts.append(folder.soup_link / "soup.json")
+    tracker.log_parent(metrics, artifacts)
+    ds, spec = folder.dataset, folder.spec
+    example = torch.zeros((1, len(ds.channels), *spec.train.patch_size)).numpy()
+    log_results(tracker, results_of(summary, weights), model, example, metadata={
+        "segtune": {"run": folder.path.name, "channels": list(ds.channels),
+                    "regions": {k: list(v) for k, v in ds.regions.items()},
+                    "num_classes": ds.num_classes,
+                    "patch_size": list(spec.train.patch_size),
+                    "preprocessing": spec.data.model_dump(mode="json")}})

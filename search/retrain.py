@@ -11,7 +11,6 @@ parent run.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 
 from search import stopping
 from search.callbacks import JobCallback
 from search.errors import ArgumentError, RunFolderError
-from search.soup import average, greedy, write_json, write_text
-from search.spec import load_spec
+from search.runfolder import RunFolder
+from search.soup import batchnorm_refresh, soup_pair
 from search.stopping import Interrupted
 from search.storage import (
     experiment_location,
@@ -37,13 +35,10 @@ from search.storage import (
     relative,
     unfinished_trials,
 )
-from search.tracking import TrackingError, run_tracker
+from search.tables import table
 from search.tuner import make_job_tuner
-from train_fn.data import load_volumes
-from train_fn.datasets import fold_splits, open_dataset
-from train_fn.loop import pick_device
-from train_fn.metrics import evaluate
-from train_fn.models import build_model
+from train_fn.datasets import fold_splits
+from train_fn.files import write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +101,10 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
         where = join(location, name) if stored else out
         raise RunFolderError(f"{where}: exists (these jobs ran already); remove it to run them "
                         "again")
-    run = json.loads((run_dir / "run.json").read_text())
-    spec = load_spec(run_dir / "spec.yaml")
-    tracker = run_tracker(run_dir, run)
-    tuner = make_job_tuner(spec, jobs, run["data_root"], name, location,
+    folder = RunFolder(run_dir)
+    spec = folder.spec
+    tracker = folder.tracker()
+    tuner = make_job_tuner(spec, jobs, folder.data_root, name, location,
                            [JobCallback(tracker, spec, jobs, kind)])
     if not ray.is_initialized():
         stopping.start_ray()
@@ -154,7 +149,7 @@ def repeat(run_dir: str | Path, seeds: list[int], trial: str | None = None) -> d
         raise ArgumentError(f"--seeds {','.join(map(str, seeds))}: give two or more distinct "
                             "seeds")
     chosen = pick_trials(summary, trial)[0]
-    split = json.loads((run_dir / "run.json").read_text())["split"]
+    split = RunFolder(run_dir).split
     jobs = {f"seed{s}": {"trial": chosen["trial_id"], "config": chosen["config"], "seed": s,
                          "split": split} for s in seeds}
     name = f"repeat-{chosen['trial_id']}-seeds-{'-'.join(map(str, seeds))}"
@@ -175,16 +170,16 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     cases (and the held-out test cases); with several configurations, soup them per fold."""
     run_dir = Path(run_dir)
     summary = _summary(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    splits = fold_splits(run["split"], folds, seed=run.get("input_spec", {}).get(
-        "data.split_seed", 0))
+    folder = RunFolder(run_dir)
+    # The folds are drawn with the seed the trials' split was (the run's spec), one source.
+    splits = fold_splits(folder.split, folds, seed=folder.spec.data.split_seed)
     chosen = pick_trials(summary, trial, top_k)
     jobs = {f"fold{k}-{t['trial_id']}": {"trial": t["trial_id"], "config": t["config"],
                                          "fold": k, "seed": None, "split": splits[k]}
             for k in range(folds) for t in chosen}
     name = f"crossval-{folds}folds-top{len(chosen)}" if trial is None else \
         f"crossval-{folds}folds-{trial}"
-    write_json(run_dir / "splits.json", splits)
+    write_json(folder.splits_json, splits)
     records = run_jobs(run_dir, "crossval", jobs, name)
     results: dict[str, Any] = {"kind": "crossval", "folds": folds,
                                "trials": [t["trial_id"] for t in chosen], "jobs": records}
@@ -210,10 +205,10 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
     uniform and greedy soups per fold of the top_k trials that ran every fold."""
     run_dir = Path(run_dir)
     summary = _summary(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    spec = load_spec(run_dir / "spec.yaml")
-    splits = fold_splits(run["split"], spec.cv.folds, spec.data.split_seed)
-    write_json(run_dir / "splits.json", splits)
+    folder = RunFolder(run_dir)
+    spec = folder.spec
+    splits = fold_splits(folder.split, spec.cv.folds, spec.data.split_seed)
+    write_json(folder.splits_json, splits)
     full = [t for t in pick_trials(summary, None, len(summary["trials"]))
             if t["epochs"] >= spec.cv.folds and t.get("checkpoint")]
     if not full:
@@ -222,14 +217,11 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
     best = load_run_checkpoint(run_dir, chosen[0]["checkpoint"])
     val = [{f"final/{k}": v for k, v in f["metrics"].items()
             if k.startswith(("val_dice", "val_hd95"))} for f in best["folds"]]
-    ds = open_dataset(spec.data, run["data_root"])
-    device = pick_device(spec.train.device)
-    model = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
-    test_vols = load_volumes(ds.subset(run["split"]["test"]), spec.data, ds.num_classes)
+    judge = folder.scorer()
+    test_vols = folder.volumes("test")
     test = []
     for fold in best["folds"]:
-        model.load_state_dict(fold["model"])
-        mean, dice, hd = evaluate(model, test_vols, spec.train, device, ds.regions)
+        mean, dice, hd = judge(fold["model"], test_vols)
         test.append({"final/test_dice": mean,
                      **{f"final/test_dice/{r}": v for r, v in dice.items()},
                      **{f"final/test_hd95/{r}": v for r, v in hd.items()}})
@@ -256,27 +248,20 @@ def fold_soups(run_dir: Path, candidates: dict[int, list[tuple[str, float, Any]]
     """Per fold, the uniform and greedy soups of that fold's candidate models (name, fold
     validation Dice, weight loader; greedy in that order), scored on the fold's validation
     cases; mean and std over folds."""
-    spec = load_spec(run_dir / "spec.yaml")
-    run = json.loads((run_dir / "run.json").read_text())
-    ds = open_dataset(spec.data, run["data_root"])
-    device = pick_device(spec.train.device)
-    model = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
+    folder = RunFolder(run_dir)
+    judge = folder.scorer()
     per_kind: dict[str, list[dict[str, float]]] = {"uniform": [], "greedy": []}
     for k, split in enumerate(splits):
         ranked = sorted(candidates.get(k, []), key=lambda c: c[1], reverse=True)
         if len(ranked) < 2:
             continue
-        val = load_volumes(ds.subset(split["val"]), spec.data, ds.num_classes)
-        sources = [(name, load) for name, _, load in ranked]
-
-        def judge(weights: dict[str, torch.Tensor], volumes=val):
-            model.load_state_dict(weights)
-            return evaluate(model, volumes, spec.train, device, ds.regions)
-
-        soups = {"uniform": average([w for _, w in sources])}
-        _, soups["greedy"], _ = greedy(sources, lambda w: judge(w)[0])
-        for kind, weights in soups.items():
-            mean, dice, hd = judge(weights)
+        val = folder.volumes(split["val"])
+        # The fold's models trained on the fold's training cases: their BatchNorm patches.
+        soups = soup_pair([(name, load) for name, _, load in ranked],
+                          lambda w, v=val: judge(w, v, hd95=False)[0],
+                          batchnorm_refresh(judge, split["train"]))
+        for kind, (weights, _, _) in soups.items():
+            mean, dice, hd = judge(weights, val)
             per_kind[kind].append({"final/val_dice": mean,
                                    **{f"final/val_dice/{r}": v for r, v in dice.items()},
                                    **{f"final/val_hd95/{r}": v for r, v in hd.items()}})
@@ -286,11 +271,11 @@ def fold_soups(run_dir: Path, candidates: dict[int, list[tuple[str, float, Any]]
 
 
 def _summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "summary.json"
-    if not (run_dir / "run.json").is_file() or not path.is_file():
+    folder = RunFolder(run_dir)
+    if not folder.is_run() or not folder.is_finished():
         raise RunFolderError(f"{run_dir}: not a finished segtune run folder (no run.json or "
                         "summary.json)")
-    return json.loads(path.read_text())
+    return folder.summary()
 
 
 def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> dict[str, Any]:
@@ -302,21 +287,15 @@ def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> di
     table = format_results(results, split)
     write_text(out / "results.md", table + "\n")
     results["table"] = table
-    run = json.loads((run_dir / "run.json").read_text())
     metrics = {}
     for key in ("val_dice", "val_hd95", "test_dice", "test_hd95"):
         for region, s in (results.get(key) or {}).items():
             if not math.isnan(s["mean"]):
                 metrics[f"{name}/{key}/{region}/mean"] = s["mean"]
                 metrics[f"{name}/{key}/{region}/std"] = s["std"]
-    try:
-        tracker = run_tracker(run_dir, run)
-        tracker.log_parent(metrics, [out / "results.json", out / "results.md"])
-    except TrackingError:
-        raise
-    except Exception as err:  # the store may be offline: the files hold everything
-        logger.warning("MLflow store %s unavailable (%s); results are in %s",
-                       run.get("tracking_uri"), err, out)
+    # The store may be offline: the files hold everything.
+    RunFolder(run_dir).log_parent(metrics, [out / "results.json", out / "results.md"],
+                                  f"results are in {out}")
     return results
 
 
@@ -328,17 +307,15 @@ def format_results(results: dict[str, Any], split: str) -> str:
                                     (results.get("soups") or {}).items()]
     dice_key, hd_key = f"{split}_dice", f"{split}_hd95"
     regions = [r for r in results[dice_key] if r != "mean"]
-    head = ["model", "metric", *regions, "mean"]
-    lines = [f"{results['kind']}: mean ± std over {over} ({split} cases)", "",
-             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    cells = []
     for label, block in rows:
         for metric, key, fmt in (("Dice", dice_key, "{:.3f}"), ("HD95 mm", hd_key, "{:.1f}")):
             stats = block.get(key)
-            if not stats:
-                continue
-            cells = [_pm(stats.get(r), fmt) for r in regions] + [_pm(stats.get("mean"), fmt)]
-            lines.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            if stats:
+                cells.append([label, metric, *[_pm(stats.get(r), fmt) for r in regions],
+                              _pm(stats.get("mean"), fmt)])
+    return "\n".join([f"{results['kind']}: mean ± std over {over} ({split} cases)", "",
+                      *table(["model", "metric", *regions, "mean"], cells, markdown=True)])
 
 
 def _pm(s: dict[str, float] | None, fmt: str) -> str:

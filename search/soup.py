@@ -18,6 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from search.errors import RunFolderError, SoupError
 from search.progress import versus
+from search.results import log_finish
+from search.runfolder import SOUP_LINK, RunFolder, Scorer
+from search.storage import load_run_checkpoint
+
+# The one atomic writer (train_fn.files); search.api and search.retrain take it from here.
+from train_fn.files import write_json, write_text  # noqa: F401
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI starts without it
     import torch
@@ -136,20 +142,6 @@ def greedy(candidates: list[tuple[str, Source]], score: Callable[[Weights], floa
     return kept_ids, soup, steps
 
 
-def write_text(path: Path, text: str) -> None:
-    """Atomic write: a kill leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-SOUP_LINK = "soup"  # -> the soup set that summary.json names
-
-
 def soup_set(run_dir: Path) -> Path:
     """A new, empty folder for one soup step's outputs, beside the run's current set."""
     path = run_dir / f".soup-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -228,8 +220,6 @@ def readable(run_dir: Path, ranked: list[dict[str, Any]], need: int
              ) -> list[dict[str, Any]]:
     """The first `need` trials, best first, whose checkpoint loads; one that does not (cut
     short by a full disk or a kill while Ray copied it) is skipped with a warning."""
-    from search.storage import load_run_checkpoint
-
     kept = []
     for trial in ranked:
         try:
@@ -249,146 +239,150 @@ def readable(run_dir: Path, ranked: list[dict[str, Any]], need: int
 
 def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
            tracker=None) -> dict[str, Any]:
-    """Evaluate the best trial on the test split and, with `soup`, build, judge and save the
-    uniform and greedy soups of the top-k trials. Updates `<run_dir>/summary.json`."""
+    """Score the best trial on the test split and, with `soup`, build the uniform and greedy
+    soups of the top-k trials, score them too and save them as a new soup set. Updates
+    `<run_dir>/summary.json`; logs to `tracker`'s parent run when given."""
     import torch
 
-    from search.spec import load_spec
-    from search.storage import load_run_checkpoint
-    from train_fn.checkpoint import save_checkpoint
-    from train_fn.data import PatchSampler, load_volumes
-    from train_fn.datasets import open_dataset
-    from train_fn.loop import BN_EPOCH, pick_device
-    from train_fn.metrics import evaluate
-    from train_fn.models import build_model, has_batchnorm, refresh_batchnorm
-
-    run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        raise RunFolderError(f"{run_dir}: no summary.json (not a finished segtune run folder)")
-    tidy(run_dir)  # what a killed earlier step left
-    summary = json.loads(summary_path.read_text())
-    run = json.loads((run_dir / "run.json").read_text())
-    spec = load_spec(run_dir / "spec.yaml")
+    folder = RunFolder(run_dir)
+    if not folder.is_finished():
+        raise RunFolderError(f"{folder.path}: no summary.json (not a finished segtune run "
+                             "folder)")
+    tidy(folder.path)  # what a killed earlier step left
+    summary = folder.summary()
+    spec = folder.spec
     top_k = top_k or spec.soup.top_k
-    ranked = readable(run_dir, candidates(run_dir, summary), top_k if soup else 1)
-
-    ds = open_dataset(spec.data, run["data_root"])
-    # The validation cases only judge soups.
-    val = load_volumes(ds.subset(run["split"]["val"]), spec.data, ds.num_classes) if soup else []
-    test = load_volumes(ds.subset(run["split"]["test"]), spec.data, ds.num_classes)
-    device = pick_device(spec.train.device)
+    ranked = readable(folder.path, candidates(folder.path, summary), top_k if soup else 1)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model = build_model(spec.model, len(ds.channels), ds.num_classes).to(device)
-
-    bn_patches: list[torch.Tensor] = []
-
-    def with_bn_stats(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Averaged weights have no BatchNorm statistics of their own: recompute them on
-        fixed training patches (no-op for the instance/group-norm networks)."""
-        if not has_batchnorm(model):
-            return weights
-        if not bn_patches:
-            train_vols = load_volumes(ds.subset(run["split"]["train"]), spec.data)
-            sampler = PatchSampler(train_vols, spec.train.patch_size, spec.train.seed,
-                                   ds.num_classes)
-            bn_patches.extend(x for x, _ in sampler.epoch(BN_EPOCH, 8, spec.train.batch_size))
-        model.load_state_dict(weights)
-        refresh_batchnorm(model, bn_patches, device)
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-    def judge(weights: dict[str, torch.Tensor], volumes, hd: bool = False
-              ) -> tuple[float, dict[str, float], dict[str, float]]:
-        model.load_state_dict(weights)
-        return evaluate(model, volumes, spec.train, device, ds.regions, with_hd95=hd)
-
-    best = ranked[0]
-    best_state = load_run_checkpoint(run_dir, best["checkpoint"])
+    judge = folder.scorer()
+    test = folder.volumes("test")
     hd = bool(spec.train.val_hd95)  # off: the user turned HD95 off as too slow
-    test_dice, test_per_class, test_hd95 = judge(best_state["model"], test, hd=hd)
-    summary["best"] = {
-        "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
-        "val_dice_per_class": best["val_dice_per_class"], "test_dice": test_dice,
-        "test_dice_per_class": test_per_class, "test_hd95_per_class": test_hd95,
-        "checkpoint": best["checkpoint"],
-    }
-    metrics = {"best/test_dice": test_dice,
-               **{f"best/test_dice/{k}": v for k, v in test_per_class.items()},
-               **{f"best/test_hd95/{k}": v for k, v in test_hd95.items()}}
-    artifacts = [summary_path]
 
+    best_weights, summary["best"] = score_best(folder, ranked[0], judge, test, hd)
+    weights, out = {"best": best_weights}, None
     if soup:
         chosen = ranked[:top_k]
-        # Lineage first (one checkpoint in memory at a time), then weights on demand.
-        lineages = {}
-        for t in chosen:
-            state = load_run_checkpoint(run_dir, t["checkpoint"], mmap=True)  # no tensor read
-            lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
-            if t is best:
-                best_config = state["config"]  # the trial's resolved settings
-            del state
-        check_ingredients(lineages)
-        # From an object store, each is downloaded when needed and its copy deleted after.
-        paths = {t["trial_id"]: t["checkpoint"] for t in chosen}
-        by_id = {t["trial_id"]: t for t in chosen}
-        weights = [(tid, (lambda p=path: load_run_checkpoint(run_dir, p, mmap=True)["model"]))
-                   for tid, path in paths.items()]
-        lineage = {k: lineages[best["trial_id"]][k] for k in LINEAGE_KEYS}
+        check_lineage(folder, chosen)
         # The new set is written beside the current one and switched to at the end.
-        out = soup_set(run_dir)
-        soups: dict[str, Any] = {}
-
-        uniform = with_bn_stats(average([w for _, w in weights]))
-        val_u, val_u_pc, _ = judge(uniform, val)
-        soups["uniform"] = {"ingredients": [tid for tid, _ in weights], "val_dice": val_u,
-                            "val_dice_per_class": val_u_pc}
-        kept, greedy_w, steps = greedy(weights, lambda w: judge(with_bn_stats(w), val)[0])
-        greedy_w = with_bn_stats(greedy_w)
-        val_g, val_g_pc, _ = judge(greedy_w, val)
-        soups["greedy"] = {"ingredients": kept, "val_dice": val_g,
-                           "val_dice_per_class": val_g_pc, "steps": steps}
-        for kind, soup_w in (("uniform", uniform), ("greedy", greedy_w)):
-            t_dice, t_pc, t_hd = judge(soup_w, test, hd=hd)
-            soups[kind].update(test_dice=t_dice, test_dice_per_class=t_pc,
-                               test_hd95_per_class=t_hd,
-                               weights=f"{out.name}/{kind}/checkpoint.pt")
-            # Settings as values, like a trial's checkpoint, not the run's search space: a
-            # soup is loaded (predict, evaluate) with the settings of its best ingredient,
-            # which every soup starts from; each ingredient's searched values are kept too.
-            save_checkpoint(out / kind, {
-                "model": soup_w, "config": best_config,
-                "ingredients": soups[kind]["ingredients"],
-                "ingredient_configs": {tid: by_id[tid]["config"]
-                                       for tid in soups[kind]["ingredients"]},
-                **lineage})
-            metrics[f"soup/{kind}/val_dice"] = soups[kind]["val_dice"]
-            metrics[f"soup/{kind}/test_dice"] = t_dice
-            metrics[f"soup/{kind}/size"] = len(soups[kind]["ingredients"])
-            metrics.update({f"soup/{kind}/test_dice/{k}": v for k, v in t_pc.items()})
-        write_json(out / "soup.json", {"top_k": top_k, "candidates": [
-            {"trial_id": t["trial_id"], "val_dice": t["val_dice"]} for t in chosen],
-            **soups})
-        summary["soups"] = soups
-    else:
-        summary["soups"], out = None, None
-
-    switch_soups(run_dir, summary, out)
-    if out is not None:
-        artifacts.append(run_dir / SOUP_LINK / "soup.json")
+        out = soup_set(folder.path)
+        made = soup_trials(folder, chosen, judge)
+        for kind, (soup_weights, record) in made.items():
+            record.update(scores_on_test(judge(soup_weights, test, hd)))
+            weights[kind] = soup_weights
+        write_soup_set(folder, out, chosen, made, top_k)
+    summary["soups"] = {k: r for k, (_, r) in made.items()} if soup else None
+    switch_soups(folder.path, summary, out)
     if tracker is not None:
-        from search.results import log_results, results_of
-
-        # The parent's `best/*` and `soup/*` metrics stay (scripts read them); the result
-        # runs show the same scores side by side, with their models.
-        tracker.log_parent(metrics, artifacts)
-        weights = {"best": best_state["model"]}
-        if summary["soups"]:
-            weights.update(uniform=uniform, greedy=greedy_w)
-        example = torch.zeros((1, len(ds.channels), *spec.train.patch_size)).numpy()
-        log_results(tracker, results_of(summary, weights), model, example, metadata={
-            "segtune": {"run": run_dir.name, "channels": list(ds.channels),
-                        "regions": {k: list(v) for k, v in ds.regions.items()},
-                        "num_classes": ds.num_classes,
-                        "patch_size": list(spec.train.patch_size),
-                        "preprocessing": spec.data.model_dump(mode="json")}})
+        log_finish(tracker, folder, summary, weights, judge.model)
     return summary
+
+
+def score_best(folder: RunFolder, best: dict[str, Any], judge: Scorer, test: list, hd: bool
+               ) -> tuple[Weights, dict[str, Any]]:
+    """The best trial's weights and its summary.json record, scored on the test split."""
+    weights = load_run_checkpoint(folder.path, best["checkpoint"])["model"]
+    return weights, {
+        "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
+        "val_dice_per_class": best["val_dice_per_class"],
+        **scores_on_test(judge(weights, test, hd)), "checkpoint": best["checkpoint"]}
+
+
+def scores_on_test(scores: tuple[float, dict[str, float], dict[str, float]]) -> dict[str, Any]:
+    """A model's scores on the test split, as summary.json records them."""
+    dice, per_class, hd95 = scores
+    return {"test_dice": dice, "test_dice_per_class": per_class, "test_hd95_per_class": hd95}
+
+
+def soup_pair(sources: list[tuple[str, Source]], score: Callable[[Weights], float],
+              refresh: Callable[[Weights], Weights]
+              ) -> dict[str, tuple[Weights, list[str], list[dict[str, Any]] | None]]:
+    """The uniform and greedy soups of `sources` (sorted best first): {kind: (weights,
+    ingredients, the greedy steps or None)}. Averaged weights have no BatchNorm statistics of
+    their own: `refresh` recomputes them on each soup, and on each greedy candidate before
+    `score` judges it. The search's soups and the per-fold soups are both made here."""
+    uniform = refresh(average([w for _, w in sources]))
+    kept, greedy_w, steps = greedy(sources, lambda w: score(refresh(w)))
+    return {"uniform": (uniform, [tid for tid, _ in sources], None),
+            "greedy": (refresh(greedy_w), kept, steps)}
+
+
+def batchnorm_refresh(judge: Scorer, cases: list[str]) -> Callable[[Weights], Weights]:
+    """A function that gives weights the BatchNorm statistics of `judge`'s network on fixed
+    patches of the training `cases` (sampled once, when first needed); the identity for the
+    instance- and group-norm networks."""
+    from train_fn.data import PatchSampler
+    from train_fn.loop import BN_EPOCH
+    from train_fn.models import has_batchnorm, refresh_batchnorm
+
+    model, folder = judge.model, judge.folder
+    if not has_batchnorm(model):
+        return lambda weights: weights
+    spec, patches = folder.spec, []
+
+    def refresh(weights: Weights) -> Weights:
+        if not patches:
+            sampler = PatchSampler(folder.volumes(cases, labels=False), spec.train.patch_size,
+                                   spec.train.seed, folder.dataset.num_classes)
+            patches.extend(x for x, _ in sampler.epoch(BN_EPOCH, 8, spec.train.batch_size))
+        model.load_state_dict(weights)
+        refresh_batchnorm(model, patches, judge.device)
+        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+    return refresh
+
+
+def check_lineage(folder: RunFolder, chosen: list[dict[str, Any]]) -> None:
+    """Refuse to soup trials of different architectures or initial weights (read from their
+    checkpoints one at a time, their tensors not read)."""
+    lineages = {}
+    for t in chosen:
+        state = load_run_checkpoint(folder.path, t["checkpoint"], mmap=True)
+        lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
+        del state
+    check_ingredients(lineages)
+
+
+def soup_trials(folder: RunFolder, chosen: list[dict[str, Any]], judge: Scorer
+                ) -> dict[str, tuple[Weights, dict[str, Any]]]:
+    """The uniform and greedy soups of the `chosen` trials (best first), judged on the
+    validation split: {kind: (weights, its summary.json record)}."""
+    # From an object store, each is downloaded when needed and its copy deleted after.
+    sources = [(t["trial_id"], (lambda p=t["checkpoint"]: load_run_checkpoint(
+        folder.path, p, mmap=True)["model"])) for t in chosen]
+    val = folder.volumes("val")  # the validation cases only judge soups
+    made = soup_pair(sources, lambda w: judge(w, val, hd95=False)[0],
+                     batchnorm_refresh(judge, folder.split["train"]))
+    out = {}
+    for kind, (weights, kept, steps) in made.items():
+        dice, per_class, _ = judge(weights, val, hd95=False)
+        record = {"ingredients": kept, "val_dice": dice, "val_dice_per_class": per_class}
+        if steps is not None:
+            record["steps"] = steps
+        out[kind] = (weights, record)
+    return out
+
+
+def write_soup_set(folder: RunFolder, out: Path, chosen: list[dict[str, Any]],
+                   made: dict[str, tuple[Weights, dict[str, Any]]], top_k: int) -> None:
+    """Save the soups into the new soup set `out` (made by `soup_set` beside the current one;
+    switched to by `switch_soups`): one checkpoint per soup and `soup.json`. Each soup's
+    record gets the path of its weights."""
+    from train_fn.checkpoint import save_checkpoint
+
+    best = load_run_checkpoint(folder.path, chosen[0]["checkpoint"], mmap=True)
+    lineage = {k: best.get(k) for k in LINEAGE_KEYS}
+    # Settings as values, like a trial's checkpoint, not the run's search space: a soup is
+    # loaded (predict, evaluate) with the settings of its best ingredient, which every soup
+    # starts from; each ingredient's searched values are kept too.
+    best_config = best["config"]
+    del best
+    by_id = {t["trial_id"]: t for t in chosen}
+    for kind, (weights, record) in made.items():
+        record["weights"] = f"{out.name}/{kind}/checkpoint.pt"
+        save_checkpoint(out / kind, {
+            "model": weights, "config": best_config, "ingredients": record["ingredients"],
+            "ingredient_configs": {tid: by_id[tid]["config"] for tid in record["ingredients"]},
+            **lineage})
+    write_json(out / "soup.json", {"top_k": top_k, "candidates": [
+        {"trial_id": t["trial_id"], "val_dice": t["val_dice"]} for t in chosen],
+        **{kind: record for kind, (_, record) in made.items()}})

@@ -24,6 +24,7 @@ from pyarrow import fs
 
 from search.errors import StorageError
 from search.lazy import LazyModule
+from search.runfolder import RunFolder
 
 # Import torch (see search.lazy): only to read checkpoints.
 checkpoint_io = LazyModule("train_fn.checkpoint")
@@ -89,12 +90,7 @@ def check_local_folder(folder: str | Path, flag: str) -> None:
 def experiment_location(run_dir: str | Path) -> str:
     """Ray's experiment of a run: `<storage URI>/<name>` when run.json records an
     object-store storage, else the run folder itself."""
-    run_dir = Path(run_dir)
-    info_path = run_dir / "run.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    if info.get("storage_uri"):
-        return join(info["storage_uri"], info["name"])
-    return str(run_dir.resolve())
+    return RunFolder(run_dir).experiment_location
 
 
 def join(location: str, *parts: str) -> str:

@@ -388,29 +388,3 @@ def run_tracker(run_dir: str | Path, info: dict[str, Any], reopen: bool = False)
     tracker = Tracker(info["tracking_uri"], info["experiment"], info["name"], run_dir)
     (tracker.reopen_parent if reopen else tracker.attach_parent)(info["parent_run_id"])
     return tracker
-
-
-def rehome(run_dir: str | Path, uri: str, what: str = "--tracking-uri") -> dict[str, Any]:
-    """Give an existing run folder a new parent run in the store `uri` (a copied or moved
-    folder, or a run whose store is gone) and record it in run.json; later results of the
-    folder go there. The earlier trials' runs stay where they were. No-op when the folder is
-    home and already logs to `uri`."""
-    from search.soup import write_json
-    from search.spec import load_spec
-
-    run_dir = Path(run_dir)
-    info_path = run_dir / "run.json"
-    info = json.loads(info_path.read_text())
-    here = str(run_dir.resolve())
-    if info.get("tracking_uri") == uri and info.get("home", here) == here:
-        return info
-    check_tracking(uri, what)
-    spec = load_spec(run_dir / "spec.yaml")
-    tracker = Tracker(uri, info["experiment"], info["name"], run_dir)
-    tags = {"segtune.copied_from": info["home"]} if info.get("home", here) != here else {}
-    info.update(tracking_uri=uri, home=here, parent_run_id=tracker.start_parent(
-        spec.flat(), list(spec.searched()), tags=tags))
-    tracker.close_all("FINISHED")
-    write_json(info_path, info)
-    logger.info("%s now logs to MLflow %s (parent run %s)", run_dir, uri, info["parent_run_id"])
-    return info

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from search.spec import Spec, SpecError, load_spec
-from train_fn.data import find_cases, split_cases
+from train_fn.datasets import find_cases, split_cases
 from train_fn.loop import train
 from train_fn.models import MODELS, build_model, model_depth, place_params
 from train_fn.optim import (

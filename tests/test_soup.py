@@ -304,3 +304,23 @@ def test_a_batchnorm_soup_gets_statistics_of_its_own_weights(tmp_path, phantom_r
             assert not torch.allclose(soup["model"][key], averaged[key])
             torch.testing.assert_close(soup["model"][key], model.state_dict()[key],
                                        rtol=1e-4, atol=1e-5)
+
+
+def test_an_interrupted_checkpoint_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    """Checkpoints go through the same atomic writer as every JSON file: a kill inside
+    torch.save leaves the previous checkpoint whole, and no temporary file."""
+    from train_fn.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path, {"w": torch.ones(3)})
+
+    def killed(obj, f, *args, **kwargs):
+        with open(f, "wb") as half:
+            half.write(b"PK\x03")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, {"w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(tmp_path)["w"], torch.ones(3))
+    assert not list(tmp_path.glob(".*.tmp-*"))

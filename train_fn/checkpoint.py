@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from train_fn.files import atomic_write
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -17,10 +18,7 @@ def save_checkpoint(folder: str | Path, state: dict[str, Any]) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CHECKPOINT_FILE
-    tmp = folder / f".{CHECKPOINT_FILE}.tmp-{os.getpid()}"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
