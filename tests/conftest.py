@@ -50,7 +50,7 @@ def cli(*args, cwd=None, own_ray=False):
     does (what the tests of local start-up need, and runs whose trials read the environment)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     if args[0] in ("run", "repeat", "crossval") and not own_ray and "RAY_ADDRESS" not in env:
-        env["RAY_ADDRESS"] = shared_ray()
+        env.update(SHARED_RAY_ENV, RAY_ADDRESS=shared_ray())
     return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -68,13 +68,18 @@ def ray_temp_dir() -> str:
     return tempfile.mkdtemp(prefix="segray-", dir="/tmp")
 
 
+# The session's Ray listens on loopback only, as a local run's does (search.stopping); a driver
+# then needs the same switch to connect to it (else Ray turns 127.0.0.1 into the machine's
+# address, where nothing listens).
+SHARED_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def start_ray(temp_dir: str, *options: str, env=None, log: str = "ray-start.log"
               ) -> subprocess.Popen:
-    """`ray start --block OPTIONS` on loopback in `temp_dir`, once its node is up. SIGTERM to
-    the process it returns stops every process of that node and nothing else (unlike
-    `ray stop`, which stops every Ray on the machine); see `stop_ray`."""
-    env = {**(env or os.environ), "RAY_AUTH_MODE": "disabled",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # loopback only, as a local run's Ray
+    """`ray start --block OPTIONS` in `temp_dir`, once its node is up. SIGTERM to the process
+    it returns stops every process of that node and nothing else (unlike `ray stop`, which
+    stops every Ray on the machine); see `stop_ray`."""
+    env = {**(env or os.environ), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     path = Path(temp_dir) / log
     with open(path, "w") as out:
@@ -157,7 +162,8 @@ def shared_ray() -> str:
     SEGTUNE_CACHE). Stopped at the end of the session (`pytest_unconfigure`)."""
     if "address" not in _shared:
         temp, port = ray_temp_dir(), free_port()
-        head = start_ray(temp, "--head", "--port", str(port), "--include-dashboard", "false")
+        head = start_ray(temp, "--head", "--port", str(port), "--include-dashboard", "false",
+                         env={**os.environ, **SHARED_RAY_ENV})
         _shared.update(temp=temp, head=head, address=f"127.0.0.1:{port}")
     return _shared["address"]
 
