@@ -43,13 +43,14 @@ def write_spec(tmp_path):
     return write
 
 
-def cli(*args, cwd=None, own_ray=False):
+def cli(*args, cwd=None):
     """`python -m search ARGS` as a user runs it, in a subprocess. A command that needs Ray
-    connects to the session's Ray (`shared_ray`: what a user's `RAY_ADDRESS` does) instead of
-    starting its own, which takes seconds per call; `own_ray` starts one as a user's first run
-    does (what the tests of local start-up need, and runs whose trials read the environment)."""
+    connects to the session's Ray (`shared_ray`, as a user's `RAY_ADDRESS` makes it) instead
+    of starting one of its own, which takes seconds per call. The tests of a local Ray's
+    start-up and stop, and runs whose trials must see the test's environment (fault
+    injection, S3), start their CLI themselves, with a Ray of its own."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    if args[0] in ("run", "repeat", "crossval") and not own_ray and "RAY_ADDRESS" not in env:
+    if args[0] in ("run", "repeat", "crossval") and "RAY_ADDRESS" not in env:
         env.update(SHARED_RAY_ENV, RAY_ADDRESS=shared_ray())
     return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -168,9 +169,15 @@ def shared_ray() -> str:
     return _shared["address"]
 
 
-def pytest_unconfigure(config):
+def stop_shared_ray() -> None:
+    """Stop the session's Ray, if it runs (the next `cli` call starts it again)."""
     if "head" in _shared:
         stop_ray(_shared["temp"], _shared["head"])
+        _shared.clear()
+
+
+def pytest_unconfigure(config):
+    stop_shared_ray()
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import RAY, ROOT, free_port, ray_temp_dir, start_ray, stop_ray
+from conftest import RAY, ROOT, free_port, ray_temp_dir, start_ray, stop_ray, stop_shared_ray
 
 CLUSTER = ROOT / "cluster"
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -64,6 +64,7 @@ def test_search_on_a_two_process_ray_cluster(tmp_path):
 
 @pytest.mark.e2e
 def test_slurm_symmetric_run_script_under_a_faked_slurm(tmp_path):
+    stop_shared_ray()  # `ray symmetric-run` refuses to start while any Ray runs on the machine
     shims = tmp_path / "bin"
     shims.mkdir()
     # Ray of the test's own: RAY_TMPDIR gives its processes a folder of their own, where
