@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,7 +102,7 @@ def start_ray(temp_dir: str, *options: str, env=None, log: str = "ray-start.log"
 def stop_ray(temp_dir: str, *blocks: subprocess.Popen) -> None:
     """Stop the Ray processes of `temp_dir` only: the `ray start --block` processes get
     SIGTERM (each stops its node's processes), then whatever still names `temp_dir` on its
-    command line is killed with every process below it (workers)."""
+    command line is killed with every process below it (workers). The folder goes too."""
     for block in blocks:
         if block.poll() is None:
             block.send_signal(signal.SIGTERM)
@@ -145,6 +146,7 @@ def stop_ray(temp_dir: str, *blocks: subprocess.Popen) -> None:
         time.sleep(0.1)
         if all(_zombie(p) for p in doomed if Path(f"/proc/{p}").exists()):
             break
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _zombie(pid: int) -> bool:
