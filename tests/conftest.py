@@ -1,13 +1,21 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULT_HOOK = ROOT / "tests" / "fault_hook"
+RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray this Python runs
 
 
 def fault_env(setting: str) -> dict[str, str]:
@@ -37,13 +45,141 @@ def write_spec(tmp_path):
 
 
 def cli(*args, cwd=None):
-    """`python -m search ARGS` as a user runs it, in a subprocess."""
-    import subprocess
-    import sys
-
+    """`python -m search ARGS` as a user runs it, in a subprocess. A command that needs Ray
+    connects to the session's Ray (`shared_ray`, as a user's `RAY_ADDRESS` makes it) instead
+    of starting one of its own, which takes seconds per call. The tests of a local Ray's
+    start-up and stop, and runs whose trials must see the test's environment (fault
+    injection, S3), start their CLI themselves, with a Ray of its own."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    if args[0] in ("run", "repeat", "crossval") and "RAY_ADDRESS" not in env:
+        env.update(SHARED_RAY_ENV, RAY_ADDRESS=shared_ray())
     return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_temp_dir() -> str:
+    """A Ray temporary folder of a test's own (short: Ray's socket paths must fit in 107
+    bytes). Ray then writes its `ray_current_cluster` there, not in /tmp/ray: a `ray.init()`
+    elsewhere on the machine never finds the test's cluster, nor the test another's."""
+    return tempfile.mkdtemp(prefix="segray-", dir="/tmp")
+
+
+# The session's Ray listens on loopback only, as a local run's does (search.stopping); a driver
+# then needs the same switch to connect to it (else Ray turns 127.0.0.1 into the machine's
+# address, where nothing listens).
+SHARED_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def start_ray(temp_dir: str, *options: str, env=None, log: str = "ray-start.log"
+              ) -> subprocess.Popen:
+    """`ray start --block OPTIONS` in `temp_dir`, once its node is up. SIGTERM to the process
+    it returns stops every process of that node and nothing else (unlike `ray stop`, which
+    stops every Ray on the machine); see `stop_ray`."""
+    env = {**(env or os.environ), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    path = Path(temp_dir) / log
+    with open(path, "w") as out:
+        block = subprocess.Popen(
+            [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir,
+             "--disable-usage-stats", *options],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while "Ray runtime started." not in path.read_text():
+        if block.poll() is not None or time.monotonic() > deadline:
+            block.kill()
+            raise RuntimeError(f"ray start {' '.join(options)} failed:\n"
+                               f"{path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return block
+
+
+def stop_ray(temp_dir: str, *blocks: subprocess.Popen) -> None:
+    """Stop the Ray processes of `temp_dir` only: the `ray start --block` processes get
+    SIGTERM (each stops its node's processes), then whatever still names `temp_dir` on its
+    command line is killed with every process below it (workers). The folder goes too."""
+    for block in blocks:
+        if block.poll() is None:
+            block.send_signal(signal.SIGTERM)
+    for block in blocks:
+        try:
+            block.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            block.kill()
+            block.wait()
+    children: dict[int, list[int]] = {}
+    named = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+        if temp_dir.encode() in cmdline:
+            named.append(int(proc.name))
+    mine, pid = set(), os.getpid()
+    while pid > 1:  # never this process nor its callers (a `ray stop` shim names the folder)
+        mine.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            break
+    doomed, todo = set(), [p for p in named if p not in mine]
+    while todo:
+        pid = todo.pop()
+        if pid not in doomed and pid not in mine:
+            doomed.add(pid)
+            todo += children.get(pid, [])
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in doomed):
+        time.sleep(0.1)
+        if all(_zombie(p) for p in doomed if Path(f"/proc/{p}").exists()):
+            break
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+_shared: dict[str, object] = {}
+
+
+def shared_ray() -> str:
+    """The address of one Ray for the whole test session, started at the first call (on
+    loopback, in a temporary folder of its own; its processes inherit this environment:
+    SEGTUNE_CACHE). Stopped at the end of the session (`pytest_unconfigure`)."""
+    if "address" not in _shared:
+        temp, port = ray_temp_dir(), free_port()
+        head = start_ray(temp, "--head", "--port", str(port), "--include-dashboard", "false",
+                         env={**os.environ, **SHARED_RAY_ENV})
+        _shared.update(temp=temp, head=head, address=f"127.0.0.1:{port}")
+    return _shared["address"]
+
+
+def stop_shared_ray() -> None:
+    """Stop the session's Ray, if it runs (the next `cli` call starts it again)."""
+    if "head" in _shared:
+        stop_ray(_shared["temp"], _shared["head"])
+        _shared.clear()
+
+
+def pytest_unconfigure(config):
+    stop_shared_ray()
 
 
 @pytest.fixture(scope="session")

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import RAY, ROOT, free_port, ray_temp_dir, start_ray, stop_ray, stop_shared_ray
 
 CLUSTER = ROOT / "cluster"
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray this Python runs
+ENV.pop("RAY_ADDRESS", None)
 
 
 def test_launch_files_parse_and_name_what_they_need():
@@ -40,29 +38,24 @@ def test_launch_files_parse_and_name_what_they_need():
     assert (CLUSTER / "README.md").is_file()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_search_on_a_two_process_ray_cluster(tmp_path):
-    port = free_port()
-    ray = [RAY]
+    # Two `ray start` processes of this test's own (its temporary folder, stopped by their
+    # process, not by `ray stop`, which would stop every Ray on the machine).
+    port, temp = free_port(), ray_temp_dir()
+    blocks = []
     try:
-        subprocess.run([*ray, "start", "--head", "--node-ip-address", "127.0.0.1",
-                        "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false"],
-                       env=ENV, check=True, capture_output=True, timeout=120)
-        subprocess.run([*ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-                       env=ENV, check=True, capture_output=True, timeout=120)
+        blocks.append(start_ray(temp, "--head", "--port", str(port), "--num-cpus", "1",
+                                "--include-dashboard", "false", env=ENV, log="head.log"))
+        blocks.append(start_ray(temp, "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+                                env=ENV, log="worker.log"))
         proc = subprocess.run(
             [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage",
              str(tmp_path), "--address", f"127.0.0.1:{port}", "--set",
              "lr_finder.enabled=false"],
             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     finally:
-        subprocess.run([*ray, "stop", "--force"], env=ENV, capture_output=True, timeout=120)
+        stop_ray(temp, *blocks)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Ray: 2 node(s), 2.0 CPUs" in proc.stderr
     summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
@@ -71,29 +64,42 @@ def test_search_on_a_two_process_ray_cluster(tmp_path):
 
 @pytest.mark.e2e
 def test_slurm_symmetric_run_script_under_a_faked_slurm(tmp_path):
+    stop_shared_ray()  # `ray symmetric-run` refuses to start while any Ray runs on the machine
     shims = tmp_path / "bin"
     shims.mkdir()
+    # Ray of the test's own: RAY_TMPDIR gives its processes a folder of their own, where
+    # `ray start` writes the address that `--address auto` reads (not /tmp/ray, where another
+    # Ray on this machine may be the latest). `ray symmetric-run` ends with `ray stop`, which
+    # stops every Ray on the machine: the `ray` shim stops this test's Ray instead.
+    temp = ray_temp_dir()
+    stop = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import conftest; " \
+        f"conftest.stop_ray({temp!r})"
+    (shims / "ray").write_text(f'#!/bin/bash\nif [[ "$1" == stop ]]; then\n'
+                               f'  exec {sys.executable} -c "{stop}"\nfi\nexec {RAY} "$@"\n')
     (shims / "scontrol").write_text("#!/bin/bash\necho localhost\n")
-    # srun on one node: drop its options, run the command here.
+    # srun on one node: drop its options, run the command here (the shims first again: the
+    # script's venv activation put the venv's `ray` before them).
     (shims / "srun").write_text('#!/bin/bash\nwhile [[ $# -gt 0 ]]; do case "$1" in\n'
                                 '  -w) shift 2;; -*) shift;; *) break;; esac; done\n'
-                                'exec "$@"\n')
+                                f'PATH="{shims}:$PATH" exec "$@"\n')
     for shim in shims.iterdir():
         shim.chmod(0o755)
     env = {**ENV, "PATH": f"{shims}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "localhost",
            "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_ID": "4242", "SLURM_CPUS_PER_TASK": "2",
            "SLURM_GPUS_ON_NODE": "0", "SEGTUNE_VENV": str(ROOT / ".venv"),
-           "SEGTUNE_STORAGE": str(tmp_path / "runs"), "RAY_PORT": str(free_port())}
+           "SEGTUNE_STORAGE": str(tmp_path / "runs"), "RAY_PORT": str(free_port()),
+           "RAY_TMPDIR": temp}
     if not (ROOT / ".venv" / "bin" / "activate").is_file():
         env["SEGTUNE_VENV"] = str(tmp_path / "venv")
         (tmp_path / "venv" / "bin").mkdir(parents=True)
         (tmp_path / "venv" / "bin" / "activate").write_text("")  # the running interpreter
         env["PATH"] = f"{shims}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
-    proc = subprocess.run(["bash", str(CLUSTER / "slurm" / "segtune-symmetric.sbatch"),
-                           "spaces/smoke.yaml", "--name", "slurm"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    subprocess.run([RAY, "stop", "--force"], env=ENV,
-                   capture_output=True, timeout=120)
+    try:
+        proc = subprocess.run(["bash", str(CLUSTER / "slurm" / "segtune-symmetric.sbatch"),
+                               "spaces/smoke.yaml", "--name", "slurm"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        stop_ray(temp)  # whatever the script's own stop left
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "segtune: head localhost (127.0.0.1:" in out and "On head node" in out
