@@ -228,3 +228,14 @@ def bucket(s3_env, monkeypatch):
     name = f"segtune-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_behind():
+    """A test that started Ray in this process (in-process `main([...])` calls, Ray's
+    auto-start on a first task) shuts it down: the next test's `ray.init` starts afresh
+    instead of failing as a second init."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
