@@ -6,7 +6,7 @@ Runs a search of the spec (a local Ray, its dashboard on loopback), photographs 
 actors page in Debian's headless Chromium while the trials run, then draws one axial slice of a
 test patient with the finished run's best model's prediction over it. Writes
 docs/ray_dashboard.png and docs/predict_overlay.png. The MLflow UI pictures come from the
-browser test: `SEGTUNE_DOCS_SCREENSHOTS=1 python -m pytest tests/test_browser.py`.
+browser test: `SEGTUNE_DOCS_SCREENSHOTS=1 python -m pytest tests/e2e/test_browser.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 # The browser helpers are the browser test's own, so both drive Chromium the same way.
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from headless import chromium, kill_group, missing_browser, save_png  # noqa: E402
 
 WAIT_S = 600

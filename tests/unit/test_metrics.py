@@ -160,7 +160,7 @@ def test_hd95_is_the_larger_directed_percentile_not_the_pooled_one():
     assert hd95(pred, ref, spacing) == pytest.approx(directed, rel=1e-6)
 
     # ... and where it is documented, it is stated so, not as "symmetric surface distances".
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     evaluation = readme.split("## Evaluation", 1)[1].split("\n## ", 1)[0]
     for text in (metrics.__doc__, evaluation):
         flat = " ".join(text.split())
