@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from search.spec import Spec, dump_spec
-from train_fn.datasets import find_cases, split_cases
-from train_fn.datasets import fold_splits
+from train_fn.datasets import find_cases, fold_splits, split_cases
 
 BATCHNORM = {
     "data": {"source": "phantom", "cases": 6},
