@@ -21,10 +21,10 @@ from search.errors import ArgumentError, ResourceError, RunFolderError
 from search.lazy import LazyModule
 from search.plots import write_plots
 from search.prepare import build_cache, check_device, check_resources, prepare_data
-from search.runfolder import RunFolder
+from search.runfolder import RunFolder, RunInfo
 from search.runlock import run_lock
-from search.soup import finish, write_json, write_text
-from search.spec import Spec, SpecError, dump_spec
+from search.soup import finish
+from search.spec import Spec, SpecError
 from search.stopping import Interrupted
 from search.storage import (
     DiskFullError,
@@ -205,7 +205,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         summary = {"name": name, "metric": spec.search.metric, "run_dir": str(run_dir),
                    "trials": trial_records(results, location, spec),
                    "best": None, "soups": None}
-        write_json(run_dir / "summary.json", summary)
+        RunFolder(run_dir).write_summary(summary)
         # With cv.mode every the trials' fold models are souped per fold instead: the run's
         # validation cases are in every fold's training data.
         summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled and not spec.cv.every,
@@ -214,7 +214,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
             cv = (retrain.crossval_every(run_dir, spec.cv.top_k) if spec.cv.every else
                   retrain.crossval(run_dir, spec.cv.folds, spec.cv.top_k))
             summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
-            write_json(run_dir / "summary.json", summary)
+            RunFolder(run_dir).write_summary(summary)
         write_plots(run_dir, name, results, tracker)  # warns, never raises
         status = "FINISHED"
         return summary
@@ -286,23 +286,24 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
     finder = None
     if spec.lr_finder.enabled:
         spec, finder = lrfind.lr_find(spec, data_root, split, run_dir)
-    write_text(run_dir / "spec.yaml", dump_spec(spec))
-    write_json(run_dir / "split.json", split)
-    run_info = {"name": name, "home": str(run_dir.resolve()),
-                "spec_file": str(Path(spec_path).resolve()),
-                "data_root": str(Path(data_root).resolve()), "split": split,
-                "tracking_uri": uri, "experiment": experiment, "segtune": _version(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "input_spec": input_spec}
-    if storage_uri:  # Ray's experiment (checkpoints) is at <storage_uri>/<name>
-        run_info["storage_uri"] = storage_uri
+    folder = RunFolder(run_dir)
+    folder.write_spec(spec)
+    folder.write_split(split)
+    # storage_uri: Ray's experiment (checkpoints) is at <storage_uri>/<name>
+    info = RunInfo(name=name, home=str(run_dir.resolve()),
+                   spec_file=str(Path(spec_path).resolve()),
+                   data_root=str(Path(data_root).resolve()), split=split,
+                   tracking_uri=uri, experiment=experiment, segtune=_version(),
+                   started=time.strftime("%Y-%m-%dT%H:%M:%S"), input_spec=input_spec,
+                   storage_uri=storage_uri or None)
     tracker = Tracker(uri, experiment, name, run_dir)
-    run_info["parent_run_id"] = tracker.start_parent(
-        spec.flat(), list(spec.searched()), tags={"segtune.spec_file": run_info["spec_file"]}
+    info.parent_run_id = tracker.start_parent(
+        spec.flat(), list(spec.searched()), tags={"segtune.spec_file": info.spec_file}
     )
     if finder is not None:
         tracker.log_parent({"lr_finder/suggestion": finder["suggestion"]},
                            [Path(finder["plot"]), run_dir / "lr_finder.json"])
-    write_json(run_dir / "run.json", run_info)
+    folder.write_info(info)
     logger.info("run folder %s; checkpoints in %s; MLflow %s (experiment %r)", run_dir,
                 join(storage_uri, name) if storage_uri else run_dir, uri, experiment)
     return spec, split, data_root, tracker
@@ -312,16 +313,16 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
     """Check that an interrupted run can continue with this spec; re-attach its MLflow run."""
     folder = RunFolder(run_dir)
     if not folder.is_run():
-        raise SpecError(f"{run_dir}: nothing to resume (no run.json: the search never started); "
-                        "run without --resume")
+        raise RunFolderError(f"{run_dir}: nothing to resume (no run.json: the search never "
+                             "started); run without --resume")
     diff = _first_difference(folder.info.input_spec, _plain(spec.flat()))
     if diff:
         raise SpecError(f"--resume {run_dir}: the spec differs from the run's ({diff}); a "
                         "search cannot change on resume: use another --name")
     location = experiment_location(run_dir)
     if not tune.Tuner.can_restore(location):
-        raise SpecError(f"{location}: no Ray Tune state to resume from (stopped before the "
-                        "first trial); delete the folder and run again")
+        raise RunFolderError(f"{location}: no Ray Tune state to resume from (stopped before "
+                             "the first trial); delete the folder and run again")
     try:
         newest_experiment_state(location)
     except ValueError:  # Ray would start the search over and leave the old trials' runs

@@ -20,53 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from search.errors import ArgumentError, RunFolderError
-from search.runfolder import RunFolder
-from search.storage import join, load_run_checkpoint
+from search.errors import ArgumentError
+from search.lazy import LazyModule
+from search.predict import load_model, open_run
 from search.tables import table
 from train_fn.files import write_json
 
+metrics = LazyModule("train_fn.metrics")
+
 logger = logging.getLogger(__name__)
 
-MODELS = ("best", "greedy", "uniform")
 SPLITS = ("test", "val", "train")
-
-
-def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, Any]]:
-    """(name, checkpoint file, checkpoint state) of `best`, a soup, or a checkpoint file or
-    folder path. The best trial's checkpoint is a URI when the run keeps its checkpoints in an
-    object store (downloaded to be read)."""
-    from train_fn.checkpoint import load_checkpoint
-
-    folder = RunFolder(run_dir)
-    if model == "best":
-        summary = folder.summary()
-        if not summary.get("best"):
-            raise RunFolderError(f"{run_dir}: the run has no best trial yet (summary.json "
-                                 "'best' is empty: the search did not finish)")
-        checkpoint = summary["best"]["checkpoint"]
-        return ("best", join(folder.experiment_location, checkpoint, "checkpoint.pt"),
-                load_run_checkpoint(run_dir, checkpoint))
-    if model in ("greedy", "uniform"):
-        # summary.json names the soup set in use (the `soup` link may lag it after a kill).
-        summary = folder.summary() if folder.is_finished() else {}
-        weights = ((summary.get("soups") or {}).get(model) or {}).get("weights")
-        path = run_dir / (weights or f"soup/{model}/checkpoint.pt")
-        if not path.is_file():
-            raise RunFolderError(f"{path}: no {model} soup in this run (soup.enabled was off "
-                                 f"or the search did not finish; make one with: python -m "
-                                 f"search soup {run_dir})")
-        return model, path, load_checkpoint(path.parent)
-    path = Path(model)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        looks_like_path = path != Path(model) or len(path.parts) > 1 or path.suffix
-        raise ArgumentError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
-                        "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
-    # Exactly the file named: `DIR/mymodel.pt` is not `DIR/checkpoint.pt`.
-    name = path.parent.name if path.name == "checkpoint.pt" else path.stem
-    return name or "checkpoint", path, load_checkpoint(path)
 
 
 def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
@@ -76,9 +40,6 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
     are `search.predict`'s, so `predict` gives the same labels for the same images."""
     import nibabel as nib
     import torch
-
-    from search.predict import load_model, open_run
-    from train_fn.metrics import region_scores
 
     run_dir = Path(run_dir)
     if split not in SPLITS:
@@ -103,7 +64,7 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
                                f"inverting the preprocessing, reference {reference.shape}")
         label = torch.as_tensor(np.asanyarray(reference.dataobj).round().astype(np.uint8))
         zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
-        scores = region_scores(back, label, ds.regions,
+        scores = metrics.region_scores(back, label, ds.regions,
                                zooms if spec.train.val_hd95 else None, empty=math.nan)
         voxels = int(np.prod(reference.shape))
         for s in scores.values():

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from search.soup import write_json
 from search.space import centre
 from search.spec import Spec, with_lr
+from train_fn.files import write_json
 from train_fn.lr_finder import plot_range_test, range_test
 
 logger = logging.getLogger(__name__)

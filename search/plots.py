@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from search.runfolder import RunFolder
+from search.study import load_study
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +189,6 @@ def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
     matplotlib.use("Agg")  # no display on a cluster node; never plt.show()
     import matplotlib.pyplot as plt
     import optuna
-
-    from search.study import load_study
 
     folder = RunFolder(run_dir)
     out = folder.plots

@@ -20,17 +20,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search.errors import SegtuneError
+from search.errors import ArgumentError, RunFolderError, SegtuneError
+from search.lazy import LazyModule
 from search.runfolder import RunFolder
+from search.spec import Spec
+from search.storage import join, load_run_checkpoint
+from train_fn.data import preprocessing
+from train_fn.errors import DataError
 from train_fn.files import atomic_write
+from train_fn.models import build_model
 
 if TYPE_CHECKING:
     import torch
 
-    from search.spec import Spec
+checkpoint_io = LazyModule("train_fn.checkpoint")
+metrics = LazyModule("train_fn.metrics")
 
 logger = logging.getLogger(__name__)
 
+MODELS = ("best", "greedy", "uniform")
 SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -61,8 +69,6 @@ class Segmenter:
     channels: int  # input channels (modalities) the network takes
 
     def __post_init__(self):
-        from train_fn.data import preprocessing
-
         self.net.eval()
         self._from_file = preprocessing(self.spec.data, meta=True, label=False)
         self._from_array = preprocessing(self.spec.data, meta=True, label=False, load=False)
@@ -118,12 +124,10 @@ class Segmenter:
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
-        from train_fn.metrics import predict
-
         item = transform(item)
         train = self.spec.train
         with torch.no_grad():
-            pred = predict(self.net, item["image"].as_tensor(), train.patch_size,
+            pred = metrics.predict(self.net, item["image"].as_tensor(), train.patch_size,
                            train.sw_batch_size, train.sw_overlap, self.device)
         if not item["image"].applied_operations:  # no spatial step to undo
             return pred[0].to(torch.uint8).numpy()
@@ -179,15 +183,46 @@ def model_spec(spec: Spec, state: dict[str, Any], folder: RunFolder, name: str) 
     return spec.resolve({k: params[k] for k in searched})
 
 
+def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, Any]]:
+    """(name, checkpoint file, checkpoint state) of `best`, a soup, or a checkpoint file or
+    folder path. The best trial's checkpoint is a URI when the run keeps its checkpoints in an
+    object store (downloaded to be read)."""
+    folder = RunFolder(run_dir)
+    if model == "best":
+        summary = folder.summary()
+        if not summary.get("best"):
+            raise RunFolderError(f"{run_dir}: the run has no best trial yet (summary.json "
+                                 "'best' is empty: the search did not finish)")
+        checkpoint = summary["best"]["checkpoint"]
+        return ("best", join(folder.experiment_location, checkpoint, "checkpoint.pt"),
+                load_run_checkpoint(run_dir, checkpoint))
+    if model in ("greedy", "uniform"):
+        # summary.json names the soup set in use (the `soup` link may lag it after a kill).
+        summary = folder.summary() if folder.is_finished() else {}
+        weights = ((summary.get("soups") or {}).get(model) or {}).get("weights")
+        path = run_dir / (weights or f"soup/{model}/checkpoint.pt")
+        if not path.is_file():
+            raise RunFolderError(f"{path}: no {model} soup in this run (soup.enabled was off "
+                                 f"or the search did not finish; make one with: python -m "
+                                 f"search soup {run_dir})")
+        return model, path, checkpoint_io.load_checkpoint(path.parent)
+    path = Path(model)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        looks_like_path = path != Path(model) or len(path.parts) > 1 or path.suffix
+        raise ArgumentError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
+                        "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
+    # Exactly the file named: `DIR/mymodel.pt` is not `DIR/checkpoint.pt`.
+    name = path.parent.name if path.name == "checkpoint.pt" else path.stem
+    return name or "checkpoint", path, checkpoint_io.load_checkpoint(path)
+
+
 def load_model(run_dir: str | Path, model: str = "best", device: str | None = None
                ) -> Segmenter:
     """A run's `best` trial, `greedy` or `uniform` soup, or a checkpoint file or folder, with
     the run's preprocessing, ready to `predict`. `device` defaults to the spec's
     `train.device` (auto: CUDA when there is one)."""
-    from search.evaluate import load_weights
-    from train_fn.datasets import DataError
-    from train_fn.models import build_model
-
     folder = open_run(run_dir)
     name, path, state = load_weights(folder.path, model)
     spec = model_spec(folder.spec, state, folder, model)

@@ -20,14 +20,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import RunFolderError
-from search.spec import Spec, load_spec
+from search.lazy import LazyModule
+from search.spec import Spec, dump_spec, load_spec
 from search.tracking import Tracker, TrackingError, check_tracking, run_tracker
-from train_fn.files import write_json
+from train_fn.data import load_volumes
+from train_fn.datasets import Dataset, open_dataset
+from train_fn.files import write_json, write_text
+from train_fn.models import build_model
 
-if TYPE_CHECKING:  # torch and MONAI load when a command scores or soups, not before
+if TYPE_CHECKING:
     import torch
 
-    from train_fn.datasets import Dataset
+# torch and MONAI load when a command scores or soups, not before (search.lazy)
+loop = LazyModule("train_fn.loop")
+metrics = LazyModule("train_fn.metrics")
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +150,10 @@ class RunFolder:
         """The run's train / val / test case ids."""
         return self.info.split
 
+    def write_split(self, split: dict[str, list[str]]) -> None:
+        """split.json: the split on its own, for reading without run.json."""
+        write_json(self.split_json, split)
+
     @property
     def data_root(self) -> str | None:
         return self.info.data_root
@@ -164,6 +174,10 @@ class RunFolder:
         if not self.spec_yaml.is_file():
             raise RunFolderError(f"{self.path}: not a segtune run folder (no spec.yaml)")
         return load_spec(self.spec_yaml)
+
+    def write_spec(self, spec: Spec) -> None:
+        write_text(self.spec_yaml, dump_spec(spec))
+        self.__dict__.pop("spec", None)
 
     # -- summary.json -----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -240,29 +254,21 @@ class RunFolder:
     @cached_property
     def dataset(self) -> Dataset:
         """The run's dataset (its cases, channels, labels and regions)."""
-        from train_fn.datasets import open_dataset
-
         return open_dataset(self.spec.data, self.data_root)
 
     def volumes(self, cases: str | list[str], labels: bool = True) -> list[dict[str, Any]]:
         """The preprocessed volumes of a part of the split (`"test"`) or of case ids; without
         `labels`, without the per-class sampling locations (BatchNorm patches)."""
-        from train_fn.data import load_volumes
-
         ids = self.split[cases] if isinstance(cases, str) else cases
         ds = self.dataset
         return load_volumes(ds.subset(ids), self.spec.data, ds.num_classes if labels else None)
 
     def device(self, choice: str | None = None) -> torch.device:
         """`choice`, else the spec's `train.device` (auto: CUDA when there is one)."""
-        from train_fn.loop import pick_device
-
-        return pick_device(choice or self.spec.train.device)
+        return loop.pick_device(choice or self.spec.train.device)
 
     def network(self, device: torch.device | None = None) -> torch.nn.Module:
         """A fresh network of the run's architecture for its dataset, on `device`."""
-        from train_fn.models import build_model
-
         ds = self.dataset
         net = build_model(self.spec.model, len(ds.channels), ds.num_classes)
         return net.to(device) if device is not None else net
@@ -282,8 +288,6 @@ class Scorer:
 
     def __call__(self, weights: dict[str, torch.Tensor], volumes: list[dict[str, Any]],
                  hd95: bool = False) -> tuple[float, dict[str, float], dict[str, float]]:
-        from train_fn import metrics
-
         self.model.load_state_dict(weights)
         spec = self.folder.spec
         return metrics.evaluate(self.model, volumes, spec.train, self.device,

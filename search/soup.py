@@ -17,19 +17,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search.errors import RunFolderError, SoupError
+from search.lazy import LazyModule
 from search.progress import versus
 from search.results import log_finish
 from search.runfolder import SOUP_LINK, RunFolder, Scorer
 from search.storage import load_run_checkpoint
-
-# The one atomic writer (train_fn.files); search.api and search.retrain take it from here.
-from train_fn.files import write_json, write_text  # noqa: F401
+from train_fn.data import PatchSampler
+from train_fn.files import write_json
+from train_fn.models import has_batchnorm, refresh_batchnorm
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the CLI starts without it
     import torch
 
     Weights = dict[str, torch.Tensor]
     Source = Weights | Callable[[], Weights]  # weights, or a loader called when needed
+
+# torch loads when a soup is made, not before (search.lazy)
+checkpoint_io = LazyModule("train_fn.checkpoint")
+loop = LazyModule("train_fn.loop")
 
 logger = logging.getLogger(__name__)
 
@@ -310,10 +315,6 @@ def batchnorm_refresh(judge: Scorer, cases: list[str]) -> Callable[[Weights], We
     """A function that gives weights the BatchNorm statistics of `judge`'s network on fixed
     patches of the training `cases` (sampled once, when first needed); the identity for the
     instance- and group-norm networks."""
-    from train_fn.data import PatchSampler
-    from train_fn.loop import BN_EPOCH
-    from train_fn.models import has_batchnorm, refresh_batchnorm
-
     model, folder = judge.model, judge.folder
     if not has_batchnorm(model):
         return lambda weights: weights
@@ -323,7 +324,7 @@ def batchnorm_refresh(judge: Scorer, cases: list[str]) -> Callable[[Weights], We
         if not patches:
             sampler = PatchSampler(folder.volumes(cases, labels=False), spec.train.patch_size,
                                    spec.train.seed, folder.dataset.num_classes)
-            patches.extend(x for x, _ in sampler.epoch(BN_EPOCH, 8, spec.train.batch_size))
+            patches.extend(x for x, _ in sampler.epoch(loop.BN_EPOCH, 8, spec.train.batch_size))
         model.load_state_dict(weights)
         refresh_batchnorm(model, patches, judge.device)
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -367,8 +368,6 @@ def write_soup_set(folder: RunFolder, out: Path, chosen: list[dict[str, Any]],
     """Save the soups into the new soup set `out` (made by `soup_set` beside the current one;
     switched to by `switch_soups`): one checkpoint per soup and `soup.json`. Each soup's
     record gets the path of its weights."""
-    from train_fn.checkpoint import save_checkpoint
-
     best = load_run_checkpoint(folder.path, chosen[0]["checkpoint"], mmap=True)
     lineage = {k: best.get(k) for k in LINEAGE_KEYS}
     # Settings as values, like a trial's checkpoint, not the run's search space: a soup is
@@ -379,7 +378,7 @@ def write_soup_set(folder: RunFolder, out: Path, chosen: list[dict[str, Any]],
     by_id = {t["trial_id"]: t for t in chosen}
     for kind, (weights, record) in made.items():
         record["weights"] = f"{out.name}/{kind}/checkpoint.pt"
-        save_checkpoint(out / kind, {
+        checkpoint_io.save_checkpoint(out / kind, {
             "model": weights, "config": best_config, "ingredients": record["ingredients"],
             "ingredient_configs": {tid: by_id[tid]["config"] for tid in record["ingredients"]},
             **lineage})

@@ -8,7 +8,6 @@ Every numeric or boolean hyperparameter can be a fixed value or an Optuna-style 
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import types
 import typing
@@ -20,7 +19,6 @@ from pydantic import BaseModel, ValidationError, model_validator
 
 from search.errors import SpecError
 from search.leaves import (
-    _TAGS,
     CategoricalLeaf,
     FloatLeaf,
     IntLeaf,
@@ -43,6 +41,7 @@ from search.sections import (
     TrainSpec,
     _names_for,
 )
+from search.spec_errors import did_you_mean, explain
 from search.spec_yaml import (
     MAX_SPEC_BYTES,
     _compose,
@@ -295,7 +294,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     try:
         return Spec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(_explain(err, path, lines, set_keys)) from None
+        raise SpecError(explain(err, Spec, path, lines, set_keys)) from None
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -316,7 +315,7 @@ def _check_override_key(key: str) -> None:
         if part not in fields:
             where = ".".join(parts[:i]) or "the spec"
             raise SpecError(f"--set {key}: unknown key {part!r} in {where}; "
-                            f"{_did_you_mean(part, list(fields))}")
+                            f"{did_you_mean(part, list(fields))}")
         sub = fields[part].annotation
         if isinstance(sub, type) and issubclass(sub, BaseModel) and i < len(parts) - 1:
             model = sub
@@ -349,59 +348,6 @@ def _set_override(tree: dict, key: str, value: Any) -> None:
                             f"leaf; give the whole leaf, e.g. --set '{setting}={{type: float, "
                             "low: ..., high: ...}'")
     tree[last] = value
-
-
-def _did_you_mean(word: str, valid: list[str]) -> str:
-    hint = difflib.get_close_matches(word, valid, n=1, cutoff=0.5)
-    return (f"did you mean {hint[0]!r}? " if hint else "") + f"valid: {', '.join(valid)}"
-
-
-def _explain(err: ValidationError, path: Path, lines: dict[str, int], set_keys: set[str]) -> str:
-    first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if p not in _TAGS and not isinstance(p, int)]
-    index = [p for p in first["loc"] if isinstance(p, int)]
-    key = ".".join(loc)
-    origin = next((f"--set {k}" for k in set_keys if key == k or key.startswith(k + ".")), None)
-    if origin is None:
-        probe = key
-        while probe and probe not in lines:
-            probe = probe.rpartition(".")[0]
-        origin = f"{path}:{lines[probe]}" if probe else str(path)
-    if first["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        valid = list(parent.model_fields) if parent else []
-        return f"{origin}: {key}: unknown key; {_did_you_mean(loc[-1], valid)}"
-    msg = first["msg"].removeprefix("Value error, ")
-    if not key and first["type"] == "value_error":
-        # A rule across sections: name the file line of the first setting it mentions.
-        named = msg.split(" ", 1)[0].rstrip(":")
-        probe = named
-        while probe and probe not in lines:
-            probe = probe.rpartition(".")[0]
-        if probe and not set_keys:
-            origin = f"{path}:{lines[probe]}"
-        return f"{origin}: {msg}"
-    where = key + (f"[{index[-1]}]" if index and first["type"] != "value_error" else "")
-    got = first.get("input")
-    got_text = "" if isinstance(got, dict) or first["type"] == "value_error" else f", got {got!r}"
-    if first["type"] == "bool_type":
-        msg += " (write true or false)"
-    return f"{origin}: {where or 'spec'}: {msg}{got_text}"
-
-
-def _model_at(parts: list[str]) -> type[BaseModel] | None:
-    model: Any = Spec
-    for part in parts:
-        field = model.model_fields.get(part) if model else None
-        if field is None:
-            return None
-        model = field.annotation if isinstance(field.annotation, type) else None
-        if model is not None and not issubclass(model, BaseModel):
-            return None
-    if model is None and parts:  # a search leaf: every leaf key is valid somewhere
-        return type("LeafKeys", (), {"model_fields": {**FloatLeaf.model_fields,
-                                                       **CategoricalLeaf.model_fields}})
-    return model
 
 
 def dump_spec(spec: Spec) -> str:

@@ -26,7 +26,8 @@ def test_user_errors_share_one_base(kind):
 
 
 def test_errors_are_typed_by_meaning(tmp_path):
-    from search.evaluate import evaluate_run, load_weights
+    from search.evaluate import evaluate_run
+    from search.predict import load_weights
     from search.retrain import pick_trials, repeat
 
     with pytest.raises(ArgumentError, match="^--split nope: choose one of"):
@@ -40,6 +41,20 @@ def test_errors_are_typed_by_meaning(tmp_path):
                     "zz")
     with pytest.raises(RunFolderError, match="the run has no best trial yet"):
         load_weights(tmp_path, "best")
+
+
+def test_resume_errors_are_about_the_run_folder(tmp_path):
+    import json
+
+    from search.api import _plain, _reopen
+    from search.spec import load_spec
+
+    spec = load_spec("spaces/smoke.yaml")
+    with pytest.raises(RunFolderError, match="nothing to resume \\(no run.json"):
+        _reopen(spec, tmp_path / "never")
+    (tmp_path / "run.json").write_text(json.dumps({"input_spec": _plain(spec.flat())}))
+    with pytest.raises(RunFolderError, match="no Ray Tune state to resume from"):
+        _reopen(spec, tmp_path)
 
 
 def test_cli_catches_the_base_once(monkeypatch, capsys):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from search.errors import ArgumentError
-from search.evaluate import load_weights, summarise
+from search.evaluate import summarise
+from search.predict import load_weights
 from train_fn.checkpoint import save_checkpoint
 
 

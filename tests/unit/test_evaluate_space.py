@@ -129,7 +129,7 @@ def test_predictions_are_in_the_inputs_own_grid_voxel_for_voxel(dataset, tmp_pat
 
 def test_evaluate_scores_its_predictions_against_the_labels_in_their_grid(dataset, tmp_path,
                                                                         monkeypatch):
-    import search.predict
+    import search.evaluate
     from search.evaluate import evaluate_run
 
     root, cases = dataset
@@ -139,7 +139,7 @@ def test_evaluate_scores_its_predictions_against_the_labels_in_their_grid(datase
     (run / "run.json").write_text(json.dumps({
         "name": "run", "data_root": str(root),
         "split": {"train": [], "val": [], "test": sorted(cases)}}))
-    monkeypatch.setattr(search.predict, "load_model", lambda run_dir, model: _segmenter(root))
+    monkeypatch.setattr(search.evaluate, "load_model", lambda run_dir, model: _segmenter(root))
     summary = evaluate_run(run)
     assert summary["segtune"]["cases"] == ["c0", "c1", "c2"]
     for entry in summary["metric_per_case"]:

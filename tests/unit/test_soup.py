@@ -152,7 +152,7 @@ def test_an_interrupted_json_write_keeps_the_previous_file(tmp_path, monkeypatch
     import os
     from pathlib import Path
 
-    from search.soup import write_json
+    from train_fn.files import write_json
 
     path = tmp_path / "summary.json"
     write_json(path, {"best": "a"})
