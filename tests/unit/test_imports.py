@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULES = {f"{p.parent.name}.{p.stem}": p
            for package in ("search", "train_fn") for p in sorted((ROOT / package).glob("*.py"))}
 
@@ -33,6 +33,11 @@ def _graph() -> dict[str, set[str]]:
         graph[module] = set().union(*(_imported(node) for node in body
                                       if not _is_type_checking(node)))
     return graph
+
+
+def test_every_module_is_read():
+    assert len(MODULES) > 30 and "search.cli" in MODULES and "train_fn.loop" in MODULES
+    assert "search.cli" in _graph()["search.__main__"]
 
 
 def test_segtune_modules_are_imported_at_the_top_only():
