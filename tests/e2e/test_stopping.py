@@ -6,9 +6,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -232,3 +234,33 @@ def test_a_stop_reason_belongs_to_one_search():
     assert stopping.stop_reason() == "disk full"
     assert stopping.tune_fit(lambda: "done") == "done"
     assert stopping.stop_reason() is None  # the next search starts without it
+
+
+def test_a_local_run_starts_its_own_ray_not_a_cluster_left_running_on_the_machine(tmp_path):
+    """Ray's own default (`ray.init()`) joins the newest cluster started on the machine, found
+    through `<RAY_TMPDIR>/ray/ray_current_cluster`: here one of 64 CPUs that a `ray start`
+    left running. A run without `--address` or `RAY_ADDRESS` must start a Ray of its own (this
+    machine's CPUs) and so refuse trials of 16 CPUs, not send them to that cluster."""
+    from conftest import free_port, start_ray, stop_ray
+
+    base = Path(tempfile.mkdtemp(prefix="segtmp-", dir="/tmp"))  # Ray's socket paths are short
+    (base / "ray").mkdir()
+    temp_dir = str(base / "ray")
+    block = start_ray(temp_dir, "--head", "--num-cpus", "64", "--port", str(free_port()),
+                      "--include-dashboard", "false")
+    try:
+        assert (base / "ray" / "ray_current_cluster").exists()
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        result = subprocess.run(
+            [sys.executable, "-m", "search", "run", str(ROOT / "spaces" / "smoke.yaml"),
+             "--storage", str(tmp_path), "--set", "resources.cpu=16"],
+            env={**env, "RAY_TMPDIR": str(base), "RAY_AUTH_MODE": "disabled"},
+            capture_output=True, text=True, timeout=300)
+    finally:
+        stop_ray(temp_dir, block)
+        shutil.rmtree(base, ignore_errors=True)
+    assert "Connecting to existing Ray cluster" not in result.stderr
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("segtune: error: resources: each trial asks for 16 CPUs"), last
+    assert f"(1 node(s): {os.cpu_count()} CPUs, 0 GPUs)" in last, last

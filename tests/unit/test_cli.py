@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -77,7 +74,6 @@ def _read_only_folder(tmp_path):
     """A folder this process cannot write in: a read-only one, or for root (who writes
     anywhere) /sys, where nobody can create files."""
     import os
-    import tempfile
 
     if os.geteuid() != 0:
         folder = tmp_path / "read-only"
@@ -113,36 +109,3 @@ def test_storage_that_cannot_hold_runs(tmp_path, write_spec, capsys, monkeypatch
     assert err.count("\n") == 1
     assert (tmp_path / "file").read_text() == "not a folder"
     assert not (read_only / "runs").exists()
-
-
-@pytest.mark.e2e
-def test_a_local_run_starts_its_own_ray_not_a_cluster_left_running_on_the_machine(tmp_path):
-    """Ray's own default (`ray.init()`) joins the newest cluster started on the machine, found
-    through `<RAY_TMPDIR>/ray/ray_current_cluster`: here one of 64 CPUs that a `ray start`
-    left running. A run without `--address` or `RAY_ADDRESS` must start a Ray of its own (this
-    machine's CPUs) and so refuse trials of 16 CPUs, not send them to that cluster."""
-    import os
-
-    from conftest import ROOT, free_port, start_ray, stop_ray
-
-    base = Path(tempfile.mkdtemp(prefix="segtmp-", dir="/tmp"))  # Ray's socket paths are short
-    (base / "ray").mkdir()
-    temp_dir = str(base / "ray")
-    block = start_ray(temp_dir, "--head", "--num-cpus", "64", "--port", str(free_port()),
-                      "--include-dashboard", "false")
-    try:
-        assert (base / "ray" / "ray_current_cluster").exists()
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        result = subprocess.run(
-            [sys.executable, "-m", "search", "run", str(ROOT / "spaces" / "smoke.yaml"),
-             "--storage", str(tmp_path), "--set", "resources.cpu=16"],
-            env={**env, "RAY_TMPDIR": str(base), "RAY_AUTH_MODE": "disabled"},
-            capture_output=True, text=True, timeout=300)
-    finally:
-        stop_ray(temp_dir, block)
-        shutil.rmtree(base, ignore_errors=True)
-    assert "Connecting to existing Ray cluster" not in result.stderr
-    assert result.returncode == 2, result.stderr[-2000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("segtune: error: resources: each trial asks for 16 CPUs"), last
-    assert f"(1 node(s): {os.cpu_count()} CPUs, 0 GPUs)" in last, last
