@@ -11,7 +11,8 @@ after the first (warm-up: cuDNN autotuning, first allocations), validation inclu
 peak allocated memory. Total = the sum over the N trials. Repeats take medians.
 
     python bench/gpu_sharing.py --device cuda --trials 1 2 4 --repeats 3
-    python bench/gpu_sharing.py --device cuda --oom --batch 32   # more than a quarter each
+    python bench/gpu_sharing.py --device cuda --oom --batch 32 --patch 128 128 128
+        # trial 0 needs more than its quarter; it is retried once, the 3 others go on
     python bench/gpu_sharing.py --device cpu --trials 1 2 --repeats 3 \\
         --channels 8 16 32 --patch 32 32 16             # the same on CPU cores (1 thread each)
 
@@ -30,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def make_spec(args, share: float):
+def make_spec(args, share: float, batch: int | None = None):
     from search.spec import Spec
 
     return Spec.model_validate({
@@ -39,34 +40,44 @@ def make_spec(args, share: float):
         "model": {"name": "unet", "channels": args.channels,
                   "strides": [2] * (len(args.channels) - 1), "num_res_units": 1, "init_seed": 0},
         "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01},
-        "train": {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": args.batch,
+        "train": {"epochs": args.epochs, "steps_per_epoch": args.steps,
+                  "batch_size": batch or args.batch,
                   "patch_size": args.patch, "device": args.device, "threads": args.threads,
                   "precision": args.precision, "val_hd95": False},
-        "resources": {"cpu": 1, "gpu": share if args.device == "cuda" else 0},
+        "resources": {"cpu": args.cpus, "gpu": share if args.device == "cuda" else 0},
         "search": {"max_concurrent": args.concurrent},
     })
 
 
 def trial(rank: int, share: float, args, barrier, queue) -> None:
-    """One trial process: train, then send (rank, per-epoch end times, peak GiB or error)."""
+    """One trial process: train, then send (rank, per-epoch end times, peak GiB or error).
+    With --oom, trial 0 takes `--batch` and the others `--oom-others-batch`; a failed trial 0
+    is run once more in the same process, as Ray retries it (`search.max_failures: 1`)."""
     import torch
 
     from train_fn.datasets import open_dataset, split_cases
     from train_fn.loop import train
 
-    spec = make_spec(args, share)
+    big = not args.oom or rank == 0
+    spec = make_spec(args, share, None if big else args.oom_others_batch)
     ds = open_dataset(spec.data)
     split = split_cases([c.case_id for c in ds.cases], 0.2, 0.2, 0)
     ends: list[float] = []
+    errors: list[str] = []
     barrier.wait()
     start = time.perf_counter()
-    try:
-        train(spec, split, ds, report=lambda m, s: ends.append(time.perf_counter()))
-        error = None
-    except Exception as err:  # noqa: BLE001 -- reported, as Ray would record the trial's error
-        error = f"{type(err).__name__}: {err}"
+    for _ in range(2 if args.oom and rank == 0 else 1):
+        ends.clear()
+        try:
+            train(spec, split, ds, report=lambda m, s: ends.append(time.perf_counter()))
+            break
+        except Exception as err:  # noqa: BLE001 -- reported, as Ray records the trial's error
+            errors.append(f"{type(err).__name__} after {time.perf_counter() - start:.1f} s: "
+                          f"{err}")
     peak = (torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None)
-    queue.put({"rank": rank, "start": start, "ends": ends, "peak_gib": peak, "error": error,
+    queue.put({"rank": rank, "start": start, "ends": ends, "peak_gib": peak,
+               "error": errors[-1] if len(errors) == (2 if args.oom and rank == 0 else 1)
+               else None, "errors": errors, "batch": spec.train.batch_size,
                "wall_s": time.perf_counter() - start})
 
 
@@ -103,6 +114,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="the first is warm-up")
     parser.add_argument("--cases", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per trial")
+    parser.add_argument("--cpus", type=int, default=1,
+                        help="resources.cpu per trial (sets the patch-sampling threads)")
+    parser.add_argument("--oom-others-batch", type=int, default=2,
+                        help="with --oom: the batch of trials 1-3")
     parser.add_argument("--share", type=float, default=None,
                         help="resources.gpu of every trial (default: 1/N)")
     parser.add_argument("--oom", action="store_true",
@@ -153,16 +168,21 @@ def main() -> None:
 
 
 def oom(args) -> None:
-    """4 trials at resources.gpu 0.25 with a batch too big for a quarter: each must fail
-    promptly with segtune's OutOfMemory, not hang or take the others down."""
+    """4 trials at resources.gpu 0.25; trial 0's batch is too big for a quarter. It must fail
+    promptly with segtune's OutOfMemory (and again on its retry), not hang, and the other
+    three must finish their training."""
     n = 4
     t0 = time.perf_counter()
     results = run(n, args)
-    print(f"{n} trials at resources.gpu 0.25, batch {args.batch} x {tuple(args.patch)}: "
+    print(f"{n} trials at resources.gpu 0.25, patch {tuple(args.patch)}, trial 0 batch "
+          f"{args.batch}, trials 1-3 batch {args.oom_others_batch}: "
           f"{time.perf_counter() - t0:.1f} s")
     for r in results:
-        print(f"  trial {r['rank']}: {len(r['ends'])} epochs, "
-              f"{r['error'] or 'finished'} ({r['wall_s']:.1f} s)")
+        print(f"  trial {r['rank']} (batch {r['batch']}): {len(r['ends'])}/{args.epochs} "
+              f"epochs, {'failed' if r['error'] else 'finished'} in {r['wall_s']:.1f} s, "
+              f"peak {r['peak_gib'] or 0:.2f} GiB")
+        for i, e in enumerate(r["errors"]):
+            print(f"    attempt {i + 1}: {e}")
 
 
 if __name__ == "__main__":

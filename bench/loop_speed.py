@@ -11,8 +11,10 @@ warm-up (cuDNN autotuning, torch.compile) and not timed. Repeats alternate which
 first; the report gives each loop's median steps/s and the ratio segtune / plain, and checks
 that both reach the same per-epoch losses and final weights.
 
-Needs torch, monai, numpy, nibabel, pydantic and pyyaml; never imports ray, mlflow or optuna,
-so it runs on a GPU machine with only the training stack installed:
+Needs torch, monai, numpy, nibabel, pydantic, pyyaml and optuna (the spec's search leaves); never
+imports ray or mlflow, so it runs on a GPU machine with only the training stack installed.
+`--data live --workers N` crops with N background threads (pinned batches on CUDA), as a
+trial does:
 
     python bench/loop_speed.py --device cpu --repeats 5
     python bench/loop_speed.py --device cuda --precision bf16 --patch 96 96 96 --batch 4 \\
@@ -32,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # As on a machine without them: any import of these fails (MONAI's optional imports skip them).
-for _absent in ("ray", "mlflow", "optuna"):
+for _absent in ("ray", "mlflow"):
     sys.modules[_absent] = None  # type: ignore[assignment]
 
 
@@ -48,7 +50,8 @@ def make_spec(args):
         "train": {"epochs": args.epochs, "steps_per_epoch": args.steps,
                   "batch_size": args.batch, "patch_size": args.patch, "grad_clip": 1.0,
                   "device": args.device, "threads": args.threads,
-                  "precision": args.precision, "compile": args.compile},
+                  "precision": args.precision, "compile": args.compile,
+                  "sample_workers": args.workers},
     })
 
 
@@ -57,7 +60,7 @@ def draw_patches(spec, volumes, device, cached: bool):
     from train_fn.data import PatchSampler
 
     sampler = PatchSampler(volumes, spec.train.patch_size, spec.train.seed, num_classes=5,
-                           workers=spec.train.sample_workers or 0)
+                           workers=spec.train.sample_workers or 0, pin=device.type == "cuda")
     if not cached:
         return sampler
     return [[(x.to(device), y.to(device))
@@ -211,6 +214,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="the first is warm-up")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="with --data live: background threads cropping patches")
     args = parser.parse_args()
 
     from train_fn.data import load_volumes
@@ -240,8 +245,10 @@ def main() -> None:
               flush=True)
 
     med = {n: statistics.median(r) for n, r in rates.items()}
+    data = f"live data ({args.workers} sampling threads)" if args.data == "live" else \
+        "cached data"
     print(f"\n{args.device}, {args.precision}{' + compile' if args.compile else ''}, "
-          f"{args.data} data, UNet{tuple(args.channels)}, batch {args.batch} x "
+          f"{data}, UNet{tuple(args.channels)}, batch {args.batch} x "
           f"{tuple(args.patch)}, {args.threads} thread(s), {args.steps} steps x "
           f"{args.epochs - 1} timed epochs, {args.repeats} repeats:")
     print(f"  steps/s median: segtune {med['segtune']:.3f}, plain {med['plain']:.3f}, "
