@@ -18,6 +18,8 @@ if [ "$dev" = cuda ] && [ -d .whl ]; then
 fi
 step() {  # step SECONDS TITLE COMMAND...: run with a time limit, log everything
   local limit=$1 title=$2; shift 2
+  # GPU_ALL_STEPS="2 3": only the steps whose titles begin with these
+  if [ -n "${GPU_ALL_STEPS:-}" ] && [[ " $GPU_ALL_STEPS " != *" ${title%% *} "* ]]; then return; fi
   echo -e "\n### $title\n\$ $*" | tee -a "$log"
   local t0=$SECONDS
   timeout "$limit" "$@" 2>&1 | grep -v -E "Warning|warn\(|^ *$" | tee -a "$log"
@@ -40,7 +42,7 @@ L=bench/loop_speed.py
 } 2>&1 | tee -a "$log"
 step 90 "1a loop, GPU example, bf16" python3 $L --device "$dev" --precision bf16 "${big[@]}" "${steps[@]}" --repeats 3
 step 90 "1b loop, GPU example, fp32" python3 $L --device "$dev" "${big[@]}" "${steps[@]}" --repeats 3
-step 170 "2 trials per GPU, GPU example, bf16" python3 bench/gpu_sharing.py --device "$dev" --precision bf16 --trials 1 2 4 --repeats 2 "${share[@]}"
+step 200 "2 trials per GPU, GPU example, bf16" python3 bench/gpu_sharing.py --device "$dev" --precision bf16 --trials 1 2 4 --repeats 2 "${share[@]}"
 step 75 "3 out of memory: trial 0 over its quarter" python3 bench/gpu_sharing.py --device "$dev" --oom --precision bf16 "${oom[@]}"
 step 45 "4a data path: live, 0 sampling threads" python3 $L --device "$dev" --precision bf16 --data live --workers 0 "${big[@]}" "${steps[@]}" --repeats 2
 step 45 "4b data path: live, 2 sampling threads" python3 $L --device "$dev" --precision bf16 --data live --workers 2 "${big[@]}" "${steps[@]}" --repeats 2

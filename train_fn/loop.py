@@ -63,7 +63,8 @@ def share_gpu(spec: Spec, device: torch.device) -> None:
     needs more than its share fails itself (with `OutOfMemory`), not a random neighbour."""
     share = spec.resources.gpu
     if device.type == "cuda" and 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share, device)
+        # torch refuses a bare "cuda" device here: pass its index, or None for the current one.
+        torch.cuda.set_per_process_memory_fraction(float(share), device.index)
 
 
 def out_of_memory(spec: Spec, device: torch.device, epoch: int, phase: str,

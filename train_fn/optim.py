@@ -109,18 +109,25 @@ def _novograd(groups, o, warmup_steps):
                     weight_decay=o["weight_decay"], grad_averaging=o["grad_averaging"])
 
 
+def _on_cuda(groups) -> bool:
+    return all(p.is_cuda for g in groups for p in g["params"])
+
+
+# On CUDA, torch's fused kernels: one launch per parameter group instead of a dozen `foreach`
+# launches per group, which a step with five layer bands pays five times (measured on an H200:
+# bf16 steps of the GPU example are launch-bound; bench/RESULTS.md, "GPU").
 def _adamw(groups, o, warmup_steps):
     import torch
 
     return torch.optim.AdamW(groups, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
-                             weight_decay=o["weight_decay"])
+                             weight_decay=o["weight_decay"], fused=_on_cuda(groups) or None)
 
 
 def _sgd(groups, o, warmup_steps):
     import torch
 
     return torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"],
-                           weight_decay=o["weight_decay"])
+                           weight_decay=o["weight_decay"], fused=_on_cuda(groups) or None)
 
 
 # Schedule-free: keywords only (the classes order their positional arguments differently).

@@ -228,3 +228,23 @@ def test_fault_injection_per_trial_times_and_kinds(tmp_path, monkeypatch):
     inject_fault(1)
     monkeypatch.setenv("SEGTUNE_TRIAL_ID", "third")
     inject_fault(1)  # not one of the 2 faulty trials
+
+
+@pytest.mark.parametrize("device, expected", [("cuda", 0), ("cuda:1", 1)])
+def test_a_gpu_share_caps_the_allocator_of_a_device_given_without_an_index(monkeypatch, device,
+                                                                         expected):
+    """Found on a real H200: `train.device: cuda` with `resources.gpu: 0.5` failed every trial,
+    because torch's own `set_per_process_memory_fraction` refuses a bare "cuda" device. Its
+    real body runs here with only the CUDA calls below it replaced."""
+    import torch
+
+    from train_fn.loop import share_gpu
+
+    capped = []
+    monkeypatch.setattr(torch.cuda.memory, "_lazy_init", lambda: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_setMemoryFraction",
+                        lambda fraction, index: capped.append((fraction, index)), raising=False)
+    spec = Spec.model_validate({"resources": {"gpu": 0.5}})
+    share_gpu(spec, torch.device(device))
+    assert capped == [(0.5, expected)]
