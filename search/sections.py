@@ -253,7 +253,7 @@ class TrainSpec(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)  # torch threads per trial; default: CPUs per trial
     # threads cropping patches ahead of the training step (0: in the training thread);
-    # default one per 4 CPUs of the trial, 1 to 4
+    # default one per 2 CPUs of the trial, 1 to 4
     sample_workers: int | None = Field(None, ge=0, le=32)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 only on CUDA
     compile: StrictBool = False  # torch.compile the model for the training steps

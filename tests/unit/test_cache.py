@@ -244,7 +244,8 @@ def test_patch_centres_are_balanced_over_the_classes_like_monai(data_spec, phant
 
 
 @pytest.mark.parametrize("cpu, setting, workers", [
-    (1, None, 1), (4, None, 1), (8, None, 2), (32, None, 4), (8, 0, 0), (1, 3, 3)])
+    (1, None, 1), (2, None, 1), (4, None, 2), (8, None, 4), (32, None, 4), (8, 0, 0),
+    (1, 3, 3)])
 def test_sampling_threads_come_from_the_trials_cpus(cpu, setting, workers):
     spec = Spec.model_validate({"resources": {"cpu": cpu},
                                 "train": {"sample_workers": setting}})
