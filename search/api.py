@@ -215,7 +215,8 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                   retrain.crossval(run_dir, spec.cv.folds, spec.cv.top_k))
             summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
             RunFolder(run_dir).write_summary(summary)
-        write_plots(run_dir, name, results, tracker)  # warns, never raises
+        if spec.tracking.plots:
+            write_plots(run_dir, name, results, tracker)  # warns, never raises
         status = "FINISHED"
         return summary
     except BaseException as err:
@@ -348,5 +349,6 @@ def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
     # The store may be gone or offline: the soup still runs.
     tracker = folder.tracker_or_none("soup results go to files only")
     summary = finish(run_dir, top_k, soup=True, tracker=tracker)
-    write_plots(run_dir, info.name, None, tracker)  # the new greedy soup's steps
+    if folder.spec.tracking.plots:
+        write_plots(run_dir, info.name, None, tracker)  # the new greedy soup's steps
     return summary

@@ -308,6 +308,8 @@ class CVSpec(_Section):
 class TrackingSpec(_Section):
     uri: str | None = None  # default: sqlite:///<storage>/mlflow.db
     experiment: str | None = None  # default: the run name
+    # the run's figures (<run>/plots/ and the parent MLflow run); false: none (~2 s less a run)
+    plots: StrictBool = True
 
 
 class LRFinderSpec(_Section):

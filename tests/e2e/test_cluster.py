@@ -52,7 +52,7 @@ def test_search_on_a_two_process_ray_cluster(tmp_path):
         proc = subprocess.run(
             [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage",
              str(tmp_path), "--address", f"127.0.0.1:{port}", "--set",
-             "lr_finder.enabled=false"],
+             "lr_finder.enabled=false", "--set", "tracking.plots=false"],
             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     finally:
         stop_ray(temp, *blocks)

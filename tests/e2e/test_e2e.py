@@ -239,7 +239,7 @@ def test_a_failing_trial_is_retried_and_one_that_keeps_failing_is_failed(tmp_pat
     proc = subprocess.run(
         [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage", str(storage),
          "--name", "failing", "--set", "search.max_failures=1",
-         "--set", "search.scheduler=fifo"],
+         "--set", "search.scheduler=fifo", "--set", "tracking.plots=false"],
         cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", **fault_env(env_fault)},
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -283,7 +283,8 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
     storage = tmp_path / "runs"
     args = ["spaces/smoke.yaml", "--storage", str(storage), "--name", "resumed",
             "--set", "train.epochs=4", "--set", "search.scheduler=fifo",
-            "--set", "search.num_trials=3", "--set", "lr_finder.enabled=false"]
+            "--set", "search.num_trials=3", "--set", "lr_finder.enabled=false",
+            "--set", "tracking.plots=false"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen([sys.executable, "-m", "search", "run", *args], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)

@@ -26,8 +26,9 @@ def run(tmp_path_factory):
     proc = cli("run", "spaces/smoke.yaml", "--storage", str(storage),
                "--set", "lr_finder.enabled=false", "--set", "optimizer.lr=0.05",
                "--set", "cv.folds=2", "--set", "cv.mode=every", "--set", "cv.top_k=2",
-               "--set", "search.scheduler=fifo")
+               "--set", "search.scheduler=fifo", "--set", "tracking.plots=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (storage / "smoke" / "plots").exists()
     return storage, storage / "smoke"
 
 

@@ -10,12 +10,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import IN_PROCESS, ROOT, in_process
 
 pytestmark = pytest.mark.e2e
 
 
 def cli(*args, env):
+    if args[0] in IN_PROCESS:  # no Ray: in this process, in the S3 environment
+        return in_process(*args, env=env)
     # --address local: a Ray of our own, whose workers inherit the S3 environment, even when
     # another Ray runs on this machine.
     return subprocess.run([sys.executable, "-m", "search", *args, *(
@@ -40,7 +42,7 @@ def s3_run(tmp_path_factory, s3_env):
     local = tmp_path_factory.mktemp("local")
     env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled"}
     proc = cli("run", "spaces/smoke.yaml", "--storage", "s3://segtune/runs", "--local-dir",
-               str(local), env=env)
+               str(local), "--set", "tracking.plots=false", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return local / "smoke", env, proc
 
@@ -108,7 +110,8 @@ def test_an_interrupted_s3_search_resumes(tmp_path, s3_env, bucket):
     local = tmp_path / "local"
     args = ["spaces/smoke.yaml", "--storage", f"s3://{bucket}/runs", "--local-dir", str(local),
             "--name", "resumed", "--set", "train.epochs=4", "--set", "search.scheduler=fifo",
-            "--set", "search.num_trials=3", "--set", "lr_finder.enabled=false"]
+            "--set", "search.num_trials=3", "--set", "lr_finder.enabled=false",
+            "--set", "tracking.plots=false"]
     env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen([sys.executable, "-m", "search", "run", *args, "--address", "local"],
                             cwd=ROOT, env=env, stderr=subprocess.PIPE,

@@ -103,7 +103,8 @@ def wait_for(proc, text: str) -> list[str]:
 def test_sigterm_mid_search_stops_cleanly_on_loopback_and_leaves_no_ray_process(tmp_path):
     storage = tmp_path / "runs"
     proc = start(["spaces/smoke.yaml", "--name", "term", "--set", "train.epochs=6",
-                  "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false"],
+                  "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false",
+                  "--set", "tracking.plots=false"],
                  storage)
     wait_for(proc, " epoch 1/6")
     ray_processes = descendants(proc.pid)
@@ -185,7 +186,8 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes(small_disk
     import torch
 
     args = ["spaces/smoke.yaml", "--name", "full", "--set", "train.epochs=4",
-            "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false"]
+            "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false",
+            "--set", "tracking.plots=false"]
     proc = start(args, small_disk)
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 2, err[-3000:]
