@@ -96,7 +96,9 @@ def test_slurm_symmetric_run_script_under_a_faked_slurm(tmp_path):
         env["PATH"] = f"{shims}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
     try:
         proc = subprocess.run(["bash", str(CLUSTER / "slurm" / "segtune-symmetric.sbatch"),
-                               "spaces/smoke.yaml", "--name", "slurm"],
+                               "spaces/smoke.yaml", "--name", "slurm",
+                               "--set", "lr_finder.enabled=false",
+                               "--set", "tracking.plots=false"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
         stop_ray(temp)  # whatever the script's own stop left

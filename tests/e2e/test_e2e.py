@@ -239,7 +239,8 @@ def test_a_failing_trial_is_retried_and_one_that_keeps_failing_is_failed(tmp_pat
     proc = subprocess.run(
         [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage", str(storage),
          "--name", "failing", "--set", "search.max_failures=1",
-         "--set", "search.scheduler=fifo", "--set", "tracking.plots=false"],
+         "--set", "search.scheduler=fifo", "--set", "tracking.plots=false",
+         "--set", "lr_finder.enabled=false"],
         cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", **fault_env(env_fault)},
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

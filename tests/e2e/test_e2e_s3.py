@@ -42,7 +42,8 @@ def s3_run(tmp_path_factory, s3_env):
     local = tmp_path_factory.mktemp("local")
     env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled"}
     proc = cli("run", "spaces/smoke.yaml", "--storage", "s3://segtune/runs", "--local-dir",
-               str(local), "--set", "tracking.plots=false", env=env)
+               str(local), "--set", "tracking.plots=false", "--set", "lr_finder.enabled=false",
+               env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return local / "smoke", env, proc
 
