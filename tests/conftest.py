@@ -30,6 +30,14 @@ def pytest_configure(config):
     cache = Path(config.rootpath) / ".pytest_cache" / "segtune-data"
     os.environ.setdefault("SEGTUNE_CACHE", str(cache))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray reads its loopback switch once, at import: this process's drivers (in-process
+    # searches on the session's Ray, unit tests' local Rays) use loopback, as a local run does,
+    # while the CLIs the tests start inherit no such setting.
+    if "ray" not in sys.modules and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ:
+        os.environ.update(SHARED_RAY_ENV)
+        import ray  # noqa: F401
+
+        del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
 
 
 @pytest.fixture
@@ -46,20 +54,26 @@ def write_spec(tmp_path):
 
 # Commands that start no Ray and no process of their own: `cli` runs them in this process.
 IN_PROCESS = ("soup", "evaluate", "predict", "compare")
+# Commands that need Ray: `cli` runs them in this process too, on the session's Ray.
+ON_SHARED_RAY = ("run", "repeat", "crossval")
 
 
 def cli(*args, cwd=None):
     """`python -m search ARGS` as a user runs it: its exit code, stdout and stderr.
 
-    `run`, `repeat` and `crossval` run in a subprocess, connected to the session's Ray
-    (`shared_ray`, as a user's `RAY_ADDRESS` makes it) instead of starting one of their own,
-    which takes seconds per call. The tests of a local Ray's start-up and stop, and runs whose
-    trials must see the test's environment (fault injection, S3), start their CLI themselves,
-    with a Ray of their own. The commands in `IN_PROCESS` run here, through
-    `search.cli.main`, which saves a Python start and ~6 s of imports per call
-    (`in_process`)."""
+    Every command runs here, through `search.cli.main` (`in_process`), which saves a Python
+    start and ~10 s of imports (torch, MONAI, Ray, MLflow) per call. `run`, `repeat` and
+    `crossval` connect to the session's Ray (`shared_ray`, as a user's `RAY_ADDRESS` makes
+    it) instead of starting one of their own, which takes seconds per call; the trials run in
+    that Ray's workers, as ever. The tests of a local Ray's start-up and stop, of signals, and
+    runs whose trials must see the test's environment (fault injection, S3), start their CLI
+    themselves, in a subprocess with a Ray of its own. With `RAY_ADDRESS` set (a cluster of
+    the developer's), `cli` starts a subprocess on it."""
     if args[0] in IN_PROCESS:
         return in_process(*args, cwd=cwd)
+    if args[0] in ON_SHARED_RAY and "RAY_ADDRESS" not in os.environ:
+        return in_process(*args, cwd=cwd, env={**os.environ, "RAY_AUTH_MODE": "disabled",
+                                               "RAY_ADDRESS": shared_ray()})
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     if args[0] in ("run", "repeat", "crossval") and "RAY_ADDRESS" not in env:
         env.update(SHARED_RAY_ENV, RAY_ADDRESS=shared_ray())
@@ -78,6 +92,7 @@ def in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
 
     import torch
 
+    from search import stopping
     from search.cli import main
 
     out, err = io.StringIO(), io.StringIO()
@@ -92,11 +107,17 @@ def in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
         if env is not None:
             os.environ.clear()
             os.environ.update(env)
+        stopping._received.clear()  # a signal or stop reason of an earlier call
+        stopping._reasons.clear()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main(list(args))
             except SystemExit as exit_:  # argparse's usage errors
                 code = exit_.code if isinstance(exit_.code, int) else 1
+            finally:
+                ray = sys.modules.get("ray")
+                if ray is not None and ray.is_initialized():
+                    ray.shutdown()  # as the process's exit would: the driver leaves Ray
     finally:
         root.removeHandler(handler)
         cwd_, environ, level, threads, handlers = saved
