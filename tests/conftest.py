@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import shutil
 import signal
@@ -54,30 +57,26 @@ def write_spec(tmp_path):
 
 # Commands that start no Ray and no process of their own: `cli` runs them in this process.
 IN_PROCESS = ("soup", "evaluate", "predict", "compare")
-# Commands that need Ray: `cli` runs them in this process too, on the session's Ray.
-ON_SHARED_RAY = ("run", "repeat", "crossval")
 
 
 def cli(*args, cwd=None):
     """`python -m search ARGS` as a user runs it: its exit code, stdout and stderr.
 
-    Every command runs here, through `search.cli.main` (`in_process`), which saves a Python
+    The commands run here, through `search.cli.main` (`in_process`), which saves a Python
     start and ~10 s of imports (torch, MONAI, Ray, MLflow) per call. `run`, `repeat` and
     `crossval` connect to the session's Ray (`shared_ray`, as a user's `RAY_ADDRESS` makes
     it) instead of starting one of their own, which takes seconds per call; the trials run in
-    that Ray's workers, as ever. The tests of a local Ray's start-up and stop, of signals, and
-    runs whose trials must see the test's environment (fault injection, S3), start their CLI
-    themselves, in a subprocess with a Ray of its own. With `RAY_ADDRESS` set (a cluster of
-    the developer's), `cli` starts a subprocess on it."""
+    that Ray's workers, as ever. With `RAY_ADDRESS` set (a cluster of the developer's), those
+    three run in a subprocess on it instead. The tests of a local Ray's start-up and stop, of
+    signals, and runs whose trials must see the test's environment (fault injection, S3),
+    start their CLI themselves, in a subprocess with a Ray of its own."""
     if args[0] in IN_PROCESS:
         return in_process(*args, cwd=cwd)
-    if args[0] in ON_SHARED_RAY and "RAY_ADDRESS" not in os.environ:
+    if "RAY_ADDRESS" not in os.environ:
         return in_process(*args, cwd=cwd, env={**os.environ, "RAY_AUTH_MODE": "disabled",
                                                "RAY_ADDRESS": shared_ray()})
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    if args[0] in ("run", "repeat", "crossval") and "RAY_ADDRESS" not in env:
-        env.update(SHARED_RAY_ENV, RAY_ADDRESS=shared_ray())
-    return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"},
                           capture_output=True, text=True, timeout=600)
 
 
@@ -86,11 +85,7 @@ def in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     `cwd`, with the environment `env`): its stdout, its stderr (log lines in the CLI's format
     included) and exit code; the process's working folder, environment, signal handlers,
     logging and torch threads are put back after."""
-    import contextlib
-    import io
-    import logging
-
-    import torch
+    import torch  # here, not at the top: after pytest_configure has imported Ray
 
     from search import stopping
     from search.cli import main
