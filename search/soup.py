@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search import stopping
 from search.errors import RunFolderError, SoupError
 from search.lazy import LazyModule
 from search.progress import versus
@@ -132,6 +133,7 @@ def greedy(candidates: list[tuple[str, Source]], score: Callable[[Weights], floa
     best = score(soup)
     steps = [{"trial_id": kept_ids[0], "val_dice": best, "accepted": True}]
     for trial_id, source in candidates[1:]:
+        stopping.check()
         weights = _load(source)
         trial_soup = total.mean(extra=weights)
         value = score(trial_soup)
@@ -276,6 +278,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
             weights[kind] = soup_weights
         write_soup_set(folder, out, chosen, made, top_k)
     summary["soups"] = {k: r for k, (_, r) in made.items()} if soup else None
+    stopping.check()  # before the new results become the run's
     switch_soups(folder.path, summary, out)
     if tracker is not None:
         log_finish(tracker, folder, summary, weights, judge.model)

@@ -37,7 +37,7 @@ class Interrupted(Exception):
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM arrived outside Ray Tune's run loop."""
+    """A stop signal arrived outside Ray Tune's run loop."""
 
 
 def received() -> int | None:
@@ -79,6 +79,16 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)  # the same, but remembers that it came
+
+
+def check() -> None:
+    """Raise `Stopped` if a stop signal came and its KeyboardInterrupt never reached the
+    caller: a library on the way caught it, or it came while `Tuner.fit()` ended. The steps
+    after the search (scoring, soups) call it between steps, so a Ctrl-C there is never lost:
+    one was, once in a few runs, during the greedy soup (the soups were published and the
+    search exited 0)."""
+    if _received:
+        raise Stopped(f"signal {_received[0]}")
 
 
 def stop_search(reason: str) -> None:

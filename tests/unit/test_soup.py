@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -41,6 +43,37 @@ def lineage(**over):
     base = {"architecture": {"name": "unet", "channels": [8, 16], "strides": [2]},
             "init_fingerprint": "abc", "init_seed": 0}
     return {**base, **over}
+
+
+def test_a_ctrl_c_that_a_library_swallowed_still_stops_the_greedy_soup():
+    # Once in a few runs a Ctrl-C during the greedy soup was lost: the soups were published
+    # and the search exited 0. Whatever swallows the KeyboardInterrupt, the next step stops.
+    import os
+    import signal
+
+    from search import stopping
+
+    scored = []
+
+    def score(weights):
+        scored.append(float(weights["w"].mean()))
+        if len(scored) == 2:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while B is scored...
+                time.sleep(5)
+            except KeyboardInterrupt:
+                pass  # ...and a library on the way catches it
+        return 1.0
+
+    before = signal.signal(signal.SIGINT, stopping._on_sigint)
+    try:
+        with pytest.raises(stopping.Stopped, match="signal 2"):
+            greedy([("A", state(1.0)), ("B", state(2.0)), ("C", state(3.0))], score)
+        assert scored == [1.0, 1.5]  # C was never loaded nor scored
+        assert stopping.exit_code() == 130
+    finally:
+        signal.signal(signal.SIGINT, before)
+        stopping._received.clear()
 
 
 def test_refuses_different_architecture_naming_the_difference():
