@@ -82,11 +82,10 @@ def install() -> None:
 
 
 def check() -> None:
-    """Raise `Stopped` if a stop signal came and its KeyboardInterrupt never reached the
-    caller: a library on the way caught it, or it came while `Tuner.fit()` ended. The steps
-    after the search (scoring, soups) call it between steps, so a Ctrl-C there is never lost:
-    one was, once in a few runs, during the greedy soup (the soups were published and the
-    search exited 0)."""
+    """Raise `Stopped` if a stop signal came whose KeyboardInterrupt never reached this code:
+    a SIGTERM that Ray Tune's handler took as `fit()` was ending with every trial finished,
+    or an interrupt a library caught. The steps after the search (scoring, soups) call it
+    between steps, so such a signal stops them before their results are published."""
     if _received:
         raise Stopped(f"signal {_received[0]}")
 

@@ -29,6 +29,13 @@ def fault_env(setting: str) -> dict[str, str]:
 
 
 def pytest_configure(config):
+    # The tests send SIGINT to the CLIs they start, as a terminal's Ctrl-C does. A suite
+    # started in the background (`cmd &` in a script, nohup) has SIGINT ignored, and so would
+    # its CLIs (an ignored signal stays ignored across exec; Python and segtune then keep it
+    # so): Ctrl-C during the post-search scoring was ignored and that test failed. Handled
+    # here, the CLIs start with SIGINT at its default.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Generated phantoms go to a cache of the test run, never to the user's ~/.cache.
     cache = Path(config.rootpath) / ".pytest_cache" / "segtune-data"
     os.environ.setdefault("SEGTUNE_CACHE", str(cache))

@@ -46,8 +46,8 @@ def lineage(**over):
 
 
 def test_a_ctrl_c_that_a_library_swallowed_still_stops_the_greedy_soup():
-    # Once in a few runs a Ctrl-C during the greedy soup was lost: the soups were published
-    # and the search exited 0. Whatever swallows the KeyboardInterrupt, the next step stops.
+    # A stop signal whose KeyboardInterrupt a library on the way caught still stops the soup
+    # before its next candidate (and before its results are published).
     import os
     import signal
 
