@@ -35,25 +35,47 @@ def keys(bucket, prefix):
 
 @pytest.fixture(scope="module")
 def s3_run(tmp_path_factory, s3_env):
+    """A search with its checkpoints and Ray's experiment state in a bucket, interrupted with
+    Ctrl-C once its third trial has reported (a slot came free) and then resumed; every test
+    here reads or adds to it: (run folder, environment, the interrupted CLI as
+    (exit code, stderr, whether summary.json existed after it), the resumed CLI)."""
     import boto3
 
     os.environ.update(s3_env)  # for boto3 here; the subprocesses get it explicitly
     boto3.client("s3").create_bucket(Bucket="segtune")
     local = tmp_path_factory.mktemp("local")
     env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled"}
-    proc = cli("run", "spaces/smoke.yaml", "--storage", "s3://segtune/runs", "--local-dir",
-               str(local), "--set", "tracking.plots=false", "--set", "lr_finder.enabled=false",
-               env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return local / "smoke", env, proc
+    args = ["spaces/smoke.yaml", "--storage", "s3://segtune/runs", "--local-dir", str(local),
+            "--set", "train.epochs=4", "--set", "search.scheduler=fifo",
+            "--set", "search.num_trials=3", "--set", "soup.top_k=3",
+            "--set", "lr_finder.enabled=false", "--set", "tracking.plots=false"]
+    proc = subprocess.Popen([sys.executable, "-m", "search", "run", *args, "--address", "local"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    seen, started = [], []
+    for line in proc.stderr:
+        seen.append(line)
+        if "search.callbacks: trial " in line and " epoch " in line:  # reported: Ray saved it
+            trial_id = line.split("trial ")[1].split()[0]
+            if trial_id not in started:
+                started.append(trial_id)
+            if len(started) == 3:
+                break
+    proc.send_signal(signal.SIGINT)
+    seen.append(proc.stderr.read())
+    interrupted = (proc.wait(timeout=300), "".join(seen),
+                   (local / "smoke" / "summary.json").exists())
+    resumed = cli("run", *args, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return local / "smoke", env, interrupted, resumed
 
 
 def test_checkpoints_go_to_the_bucket_and_results_to_the_local_folder(s3_run):
-    run_dir, _, proc = s3_run
+    run_dir, _, (_, first_stderr, _), _ = s3_run
     run = json.loads((run_dir / "run.json").read_text())
     assert run["storage_uri"] == "s3://segtune/runs"
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert len(summary["trials"]) == 2
+    assert len(summary["trials"]) == 3
     stored = keys("segtune", "runs/smoke/")
     for trial in summary["trials"]:
         assert trial["checkpoint"].startswith(f"trial_{trial['trial_id']}/checkpoint_")
@@ -71,11 +93,11 @@ def test_checkpoints_go_to_the_bucket_and_results_to_the_local_folder(s3_run):
     assert best["trial_id"] == summary["trials"][0]["trial_id"]
     assert best["test_dice"] == pytest.approx(sum(best["test_dice_per_class"].values()) / 4)
     assert (run_dir.parent / "mlflow.db").is_file()  # the default MLflow store is local
-    assert "checkpoints in s3://segtune/runs/smoke" in proc.stderr
+    assert "checkpoints in s3://segtune/runs/smoke" in first_stderr
 
 
 def test_evaluate_and_soup_read_checkpoints_from_the_bucket(s3_run):
-    run_dir, env, _ = s3_run
+    run_dir, env, _, _ = s3_run
     proc = cli("evaluate", str(run_dir), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((run_dir / "eval" / "best-test" / "summary.json").read_text())
@@ -94,7 +116,7 @@ def test_evaluate_and_soup_read_checkpoints_from_the_bucket(s3_run):
 def test_crossval_jobs_checkpoint_to_the_bucket(s3_run):
     # One configuration on 2 folds: the jobs' experiment goes to the bucket (souping from
     # downloaded checkpoints is covered by the soup and evaluate test above).
-    run_dir, env, _ = s3_run
+    run_dir, env, _, _ = s3_run
     proc = cli("crossval", str(run_dir), "--folds", "2", "--top-k", "1", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "crossval-2folds-top1" / "results.json").read_text())
@@ -107,35 +129,14 @@ def test_crossval_jobs_checkpoint_to_the_bucket(s3_run):
     assert results["val_dice"]["mean"]["n"] == 2 and "2 folds" in proc.stdout
 
 
-def test_an_interrupted_s3_search_resumes(tmp_path, s3_env, bucket):
-    local = tmp_path / "local"
-    args = ["spaces/smoke.yaml", "--storage", f"s3://{bucket}/runs", "--local-dir", str(local),
-            "--name", "resumed", "--set", "train.epochs=4", "--set", "search.scheduler=fifo",
-            "--set", "search.num_trials=3", "--set", "lr_finder.enabled=false",
-            "--set", "tracking.plots=false"]
-    env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, "-m", "search", "run", *args, "--address", "local"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
-    started = []
-    for line in proc.stderr:  # interrupt once the third trial starts (a slot came free)
-        if "search.callbacks: trial " in line and " epoch " in line:  # reported: Ray saved it
-            trial_id = line.split("trial ")[1].split()[0]
-            if trial_id not in started:
-                started.append(trial_id)
-            if len(started) == 3:
-                break
-    proc.send_signal(signal.SIGINT)
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=300) == 130
-    assert f"--storage s3://{bucket}/runs --local-dir {local} --resume" in rest
-    assert not (local / "resumed" / "summary.json").exists()
-
-    again = cli("run", *args, "--resume", env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
-    summary = json.loads((local / "resumed" / "summary.json").read_text())
+def test_an_interrupted_s3_search_resumes(s3_run):
+    run_dir, _, (code, stderr, had_summary), _ = s3_run
+    assert code == 130, stderr[-3000:]
+    assert f"--storage s3://segtune/runs --local-dir {run_dir.parent} --resume" in stderr
+    assert not had_summary  # no result before the resume
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert len(summary["trials"]) == 3
     assert {t["status"] for t in summary["trials"]} == {"completed"}
-    stored = keys(bucket, "runs/resumed/")
+    stored = keys("segtune", "runs/smoke/")
     for trial in summary["trials"]:
-        assert f"runs/resumed/{trial['checkpoint']}/checkpoint.pt" in stored
+        assert f"runs/smoke/{trial['checkpoint']}/checkpoint.pt" in stored
