@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray this Python
 
 
 def fault_env(setting: str) -> dict[str, str]:
-    """Environment for a CLI subprocess whose trials fail as SEGTUNE_FAULT says (see
+    """Environment for trials that fail as SEGTUNE_FAULT says (`cli_for_trials`; see
     tests/fault_hook/sitecustomize.py: injected from outside, segtune reads none of it)."""
     path = os.pathsep.join(p for p in (str(FAULT_HOOK), os.environ.get("PYTHONPATH")) if p)
     return {"SEGTUNE_FAULT": setting, "PYTHONPATH": path}
@@ -74,9 +75,10 @@ def cli(*args, cwd=None):
     `crossval` connect to the session's Ray (`shared_ray`, as a user's `RAY_ADDRESS` makes
     it) instead of starting one of their own, which takes seconds per call; the trials run in
     that Ray's workers, as ever. With `RAY_ADDRESS` set (a cluster of the developer's), those
-    three run in a subprocess on it instead. The tests of a local Ray's start-up and stop, of
-    signals, and runs whose trials must see the test's environment (fault injection, S3),
-    start their CLI themselves, in a subprocess with a Ray of its own."""
+    three run in a subprocess on it instead. A search whose trials must see the test's
+    environment (fault injection, S3) goes through `cli_for_trials`. The tests of a local
+    Ray's start-up and stop, and of signals, start their CLI themselves, in a subprocess with
+    a Ray of its own."""
     if args[0] in IN_PROCESS:
         return in_process(*args, cwd=cwd)
     if "RAY_ADDRESS" not in os.environ:
@@ -85,6 +87,22 @@ def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "search", *args], cwd=cwd or ROOT,
                           env={**os.environ, "RAY_AUTH_MODE": "disabled"},
                           capture_output=True, text=True, timeout=600)
+
+
+def cli_for_trials(env: dict[str, str], *args):
+    """`cli(*args)` for a command whose trials must see `env` (fault injection, an S3
+    endpoint): in this process on the session's Ray, `env` in this driver's environment and,
+    through the job's runtime environment, in its trials' workers (Ray's
+    `RAY_JOB_CONFIG_JSON_ENV_VAR`, through which `ray job submit` gives its drivers theirs).
+    With `RAY_ADDRESS` set, in a subprocess with a Ray of its own, which inherits `env`."""
+    full = {**os.environ, "RAY_AUTH_MODE": "disabled", **env}
+    if "RAY_ADDRESS" in os.environ:
+        local = ["--address", "local"] if args[0] == "run" else []
+        return subprocess.run([sys.executable, "-m", "search", *args, *local], cwd=ROOT,
+                              env=full, capture_output=True, text=True, timeout=900)
+    job = {"runtime_env": {"env_vars": env}}
+    return in_process(*args, env={**full, "RAY_ADDRESS": shared_ray(),
+                                  "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job)})
 
 
 def in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, cli, fault_env
+from conftest import ROOT, cli, cli_for_trials, fault_env
 
 pytestmark = pytest.mark.e2e
 CLASSES = {"esophagus", "heart", "trachea", "aorta"}
@@ -236,13 +236,10 @@ def test_a_failing_trial_is_retried_and_one_that_keeps_failing_is_failed(tmp_pat
     # search goes on.
     storage = tmp_path / "runs"
     env_fault = f"epoch=2,times=1/9,kind=error/oom,dir={tmp_path / 'faults'},trials=2"
-    proc = subprocess.run(
-        [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage", str(storage),
-         "--name", "failing", "--set", "search.max_failures=1",
-         "--set", "search.scheduler=fifo", "--set", "tracking.plots=false",
-         "--set", "lr_finder.enabled=false"],
-        cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled", **fault_env(env_fault)},
-        capture_output=True, text=True, timeout=600)
+    proc = cli_for_trials(fault_env(env_fault), "run", "spaces/smoke.yaml", "--storage",
+                          str(storage), "--name", "failing", "--set", "search.max_failures=1",
+                          "--set", "search.scheduler=fifo", "--set", "tracking.plots=false",
+                          "--set", "lr_finder.enabled=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((storage / "failing" / "summary.json").read_text())
     by_status = {t["status"]: t for t in summary["trials"]}

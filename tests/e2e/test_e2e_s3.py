@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import IN_PROCESS, ROOT, in_process
+from conftest import IN_PROCESS, ROOT, cli_for_trials, in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -18,11 +18,7 @@ pytestmark = pytest.mark.e2e
 def cli(*args, env):
     if args[0] in IN_PROCESS:  # no Ray: in this process, in the S3 environment
         return in_process(*args, env=env)
-    # --address local: a Ray of our own, whose workers inherit the S3 environment, even when
-    # another Ray runs on this machine.
-    return subprocess.run([sys.executable, "-m", "search", *args, *(
-        ["--address", "local"] if args[0] == "run" else [])], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=900)
+    return cli_for_trials({k: v for k, v in env.items() if k.startswith("AWS_")}, *args)
 
 
 def keys(bucket, prefix):

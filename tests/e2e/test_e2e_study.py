@@ -4,12 +4,9 @@ TPE + ASHA through the CLI, with one trial failing for good."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, fault_env
+from conftest import cli_for_trials, fault_env
 
 optuna = pytest.importorskip("optuna")
 State = optuna.trial.TrialState
@@ -23,14 +20,12 @@ def study_run(tmp_path_factory):
     ends at 0.1, where the smoke spec's trials learn something in 3 epochs."""
     tmp = tmp_path_factory.mktemp("study")
     storage = tmp / "runs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage", str(storage),
-         "--name", "study", "--set", "search.num_trials=6", "--set", "train.epochs=3",
-         "--set", "search.max_concurrent=1", "--set", "search.max_failures=0",
-         "--set", "lr_finder.end_lr=0.1"],
-        cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled",
-                       **fault_env(f"epoch=1,times=9,dir={tmp / 'faults'},trials=1")},
-        capture_output=True, text=True, timeout=600)
+    proc = cli_for_trials(
+        fault_env(f"epoch=1,times=9,dir={tmp / 'faults'},trials=1"),
+        "run", "spaces/smoke.yaml", "--storage", str(storage), "--name", "study",
+        "--set", "search.num_trials=6", "--set", "train.epochs=3",
+        "--set", "search.max_concurrent=1", "--set", "search.max_failures=0",
+        "--set", "lr_finder.end_lr=0.1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return storage, storage / "study", proc
 
