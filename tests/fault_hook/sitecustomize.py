@@ -2,7 +2,8 @@
 it). Put this folder first on PYTHONPATH and set SEGTUNE_FAULT: every process that then
 imports `train_fn.data` (trial workers given both through the job's runtime environment,
 see `cli_for_trials` in tests/conftest.py; a CLI started with them) gets a
-`PatchSampler.epoch` that raises once an epoch's training batches are used up, like a fault at the end of that epoch.
+`PatchSampler.epoch` that raises once an epoch's training batches are used up, like a fault
+at the end of that epoch.
 
 SEGTUNE_FAULT="epoch=E,times=N,dir=D[,trials=K][,kind=oom]": the first N attempts of a trial
 raise at the end of epoch E (a RuntimeError, or with `kind=oom` the error torch raises when
