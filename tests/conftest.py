@@ -76,9 +76,9 @@ def cli(*args, cwd=None):
     it) instead of starting one of their own, which takes seconds per call; the trials run in
     that Ray's workers, as ever. With `RAY_ADDRESS` set (a cluster of the developer's), those
     three run in a subprocess on it instead. A search whose trials must see the test's
-    environment (fault injection, S3) goes through `cli_for_trials`. The tests of a local
-    Ray's start-up and stop, and of signals, start their CLI themselves, in a subprocess with
-    a Ray of its own."""
+    environment (fault injection, S3) goes through `cli_for_trials`; one that a test signals
+    runs in a subprocess on the session's Ray (`cli_process`). The tests of a local Ray's own
+    start-up and stop start their CLI themselves, with a Ray of its own."""
     if args[0] in IN_PROCESS:
         return in_process(*args, cwd=cwd)
     if "RAY_ADDRESS" not in os.environ:
@@ -92,17 +92,36 @@ def cli(*args, cwd=None):
 def cli_for_trials(env: dict[str, str], *args):
     """`cli(*args)` for a command whose trials must see `env` (fault injection, an S3
     endpoint): in this process on the session's Ray, `env` in this driver's environment and,
-    through the job's runtime environment, in its trials' workers (Ray's
-    `RAY_JOB_CONFIG_JSON_ENV_VAR`, through which `ray job submit` gives its drivers theirs).
-    With `RAY_ADDRESS` set, in a subprocess with a Ray of its own, which inherits `env`."""
+    through the job's runtime environment, in its trials' workers (`on_shared_ray`). With
+    `RAY_ADDRESS` set, in a subprocess with a Ray of its own, which inherits `env`."""
     full = {**os.environ, "RAY_AUTH_MODE": "disabled", **env}
     if "RAY_ADDRESS" in os.environ:
         local = ["--address", "local"] if args[0] == "run" else []
         return subprocess.run([sys.executable, "-m", "search", *args, *local], cwd=ROOT,
                               env=full, capture_output=True, text=True, timeout=900)
-    job = {"runtime_env": {"env_vars": env}}
-    return in_process(*args, env={**full, "RAY_ADDRESS": shared_ray(),
-                                  "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job)})
+    return in_process(*args, env=on_shared_ray(full, env))
+
+
+def cli_process(*args, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m search ARGS` in a process of its own, for a test that signals it (Ctrl-C,
+    kill -9) or fills its disk: a driver on the session's Ray, as on a cluster (trials that
+    must see `env` get it as in `cli_for_trials`), or with `RAY_ADDRESS` set, on that one.
+    Its stderr is piped, as text. The tests of a local Ray's own start and stop start theirs
+    without this."""
+    full = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    if "RAY_ADDRESS" not in os.environ:
+        full = on_shared_ray(full, env or {})
+    return subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ROOT, env=full,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+
+
+def on_shared_ray(environ: dict[str, str], trials: dict[str, str]) -> dict[str, str]:
+    """`environ` for a driver on the session's Ray whose trials' workers get `trials` too,
+    through the job's runtime environment (Ray's `RAY_JOB_CONFIG_JSON_ENV_VAR`, through which
+    `ray job submit` gives its drivers theirs)."""
+    job = {"runtime_env": {"env_vars": trials}} if trials else {}
+    return {**environ, **SHARED_RAY_ENV, "RAY_ADDRESS": shared_ray(),
+            **({"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job)} if job else {})}
 
 
 def in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:

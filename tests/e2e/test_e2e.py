@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, cli, cli_for_trials, fault_env
+from conftest import ROOT, cli, cli_for_trials, cli_process, fault_env
 
 pytestmark = pytest.mark.e2e
 CLASSES = {"esophagus", "heart", "trachea", "aorta"}
@@ -283,9 +283,7 @@ def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, 
             "--set", "train.epochs=4", "--set", "search.scheduler=fifo",
             "--set", "search.num_trials=3", "--set", "lr_finder.enabled=false",
             "--set", "tracking.plots=false"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen([sys.executable, "-m", "search", "run", *args], cwd=ROOT, env=env,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = cli_process("run", *args)
     finished, started = set(), []
     for line in proc.stderr:  # interrupt as the third trial starts (after one has finished)
         if "search.callbacks: trial " not in line:

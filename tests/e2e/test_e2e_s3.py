@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
-from conftest import IN_PROCESS, ROOT, cli_for_trials, in_process
+from conftest import IN_PROCESS, cli_for_trials, cli_process, in_process
 
 pytestmark = pytest.mark.e2e
 
@@ -45,9 +43,7 @@ def s3_run(tmp_path_factory, s3_env):
             "--set", "train.epochs=4", "--set", "search.scheduler=fifo",
             "--set", "search.num_trials=3", "--set", "soup.top_k=3",
             "--set", "lr_finder.enabled=false", "--set", "tracking.plots=false"]
-    proc = subprocess.Popen([sys.executable, "-m", "search", "run", *args, "--address", "local"],
-                            cwd=ROOT, env=env, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+    proc = cli_process("run", *args, env=s3_env)
     seen, started = [], []
     for line in proc.stderr:
         seen.append(line)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli_process
 from test_e2e import cli, runs_by_trial
 
 pytestmark = pytest.mark.e2e
@@ -141,7 +141,7 @@ def test_ctrl_c_during_the_post_search_scoring_stops_it_and_resume_finishes(tmp_
             "--set", "data.test_fraction=0.5", "--set", "search.num_trials=3",
             "--set", "search.scheduler=fifo", "--set", "soup.top_k=3",
             "--set", "train.epochs=1", "--set", "lr_finder.enabled=false"]
-    proc = start(args, storage)
+    proc = cli_process("run", *args, "--storage", str(storage))
     wait_for(proc, "greedy soup: ")
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
@@ -188,7 +188,7 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes(small_disk
     args = ["spaces/smoke.yaml", "--name", "full", "--set", "train.epochs=4",
             "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false",
             "--set", "tracking.plots=false"]
-    proc = start(args, small_disk)
+    proc = cli_process("run", *args, "--storage", str(small_disk))
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 2, err[-3000:]
     last = err.strip().splitlines()[-1]
