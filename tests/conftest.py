@@ -105,12 +105,15 @@ def cli_for_trials(env: dict[str, str], *args):
 def cli_process(*args, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`python -m search ARGS` in a process of its own, for a test that signals it (Ctrl-C,
     kill -9) or fills its disk: a driver on the session's Ray, as on a cluster (trials that
-    must see `env` get it as in `cli_for_trials`), or with `RAY_ADDRESS` set, on that one.
+    must see `env` get it as in `cli_for_trials`), or with `RAY_ADDRESS` set, on that one
+    (a search whose trials must see `env` then on a Ray of its own).
     Its stderr is piped, as text. The tests of a local Ray's own start and stop start theirs
     without this."""
     full = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
     if "RAY_ADDRESS" not in os.environ:
         full = on_shared_ray(full, env or {})
+    elif env and args[0] == "run":
+        args = (*args, "--address", "local")  # a Ray of its own, whose workers inherit env
     return subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ROOT, env=full,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
