@@ -144,6 +144,7 @@ def in_process(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     saved = (os.getcwd(), dict(os.environ), root.level, torch.get_num_threads(),
              {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
     root.addHandler(handler)
+    root.setLevel(logging.DEBUG if "--debug" in args else logging.INFO)  # as main's basicConfig
     try:
         os.chdir(cwd or ROOT)
         if env is not None:

@@ -11,7 +11,16 @@ import sys
 
 import pytest
 import yaml
-from conftest import RAY, ROOT, free_port, ray_temp_dir, start_ray, stop_ray, stop_shared_ray
+from conftest import (
+    RAY,
+    ROOT,
+    free_port,
+    in_process,
+    ray_temp_dir,
+    start_ray,
+    stop_ray,
+    stop_shared_ray,
+)
 
 CLUSTER = ROOT / "cluster"
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -42,18 +51,17 @@ def test_launch_files_parse_and_name_what_they_need():
 def test_search_on_a_two_process_ray_cluster(tmp_path):
     # Two `ray start` processes of this test's own (its temporary folder, stopped by their
     # process, not by `ray stop`, which would stop every Ray on the machine).
-    port, temp = free_port(), ray_temp_dir()
+    # The CLI runs in this process (`in_process`).
+    port, temp, env = free_port(), ray_temp_dir(), ENV
     blocks = []
     try:
         blocks.append(start_ray(temp, "--head", "--port", str(port), "--num-cpus", "1",
-                                "--include-dashboard", "false", env=ENV, log="head.log"))
+                                "--include-dashboard", "false", env=env, log="head.log"))
         blocks.append(start_ray(temp, "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
-                                env=ENV, log="worker.log"))
-        proc = subprocess.run(
-            [sys.executable, "-m", "search", "run", "spaces/smoke.yaml", "--storage",
-             str(tmp_path), "--address", f"127.0.0.1:{port}", "--set",
-             "lr_finder.enabled=false", "--set", "tracking.plots=false"],
-            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+                                env=env, log="worker.log"))
+        proc = in_process("run", "spaces/smoke.yaml", "--storage", str(tmp_path),
+                          "--address", f"127.0.0.1:{port}", "--set", "lr_finder.enabled=false",
+                          "--set", "tracking.plots=false", env=ENV)
     finally:
         stop_ray(temp, *blocks)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -140,7 +140,8 @@ def test_ctrl_c_during_the_post_search_scoring_stops_it_and_resume_finishes(tmp_
     args = ["spaces/smoke.yaml", "--name", "scoring", "--set", "data.cases=12",
             "--set", "data.test_fraction=0.5", "--set", "search.num_trials=3",
             "--set", "search.scheduler=fifo", "--set", "soup.top_k=3",
-            "--set", "train.epochs=1", "--set", "lr_finder.enabled=false"]
+            "--set", "train.epochs=1", "--set", "lr_finder.enabled=false",
+            "--set", "tracking.plots=false"]
     proc = cli_process("run", *args, "--storage", str(storage))
     wait_for(proc, "greedy soup: ")
     proc.send_signal(signal.SIGINT)

@@ -199,10 +199,8 @@ def test_a_folder_datasets_first_image_is_checked_for_its_channels(tmp_path, con
     assert str(err.value).startswith(f"{first}: {message}"), str(err.value)
 
 
-def test_bad_data_stops_the_cli_before_anything_runs(tmp_path, capsys):
-    from conftest import ROOT
-
-    from search.cli import main
+def test_bad_data_stops_the_cli_before_anything_runs(tmp_path):
+    from conftest import ROOT, cli
 
     spec = folder_dataset(tmp_path / "data", n=6)
     _break("values", tmp_path / "data")
@@ -210,8 +208,9 @@ def test_bad_data_stops_the_cli_before_anything_runs(tmp_path, capsys):
     for key in ("source", "root", "image_pattern", "label_pattern"):
         args += ["--set", f"data.{key}={getattr(spec, key)}"]
     args += ["--set", "data.labels={1: organ, 2: lesion}"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
+    proc = cli(*args)  # the data check runs as Ray tasks
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr
     assert "1 of 6 cases failed the data check" in err and "c1_seg.nii.gz: label values [7]" in err
     assert not (tmp_path / "runs").exists()
 
