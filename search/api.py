@@ -217,7 +217,6 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
             RunFolder(run_dir).write_summary(summary)
         if spec.tracking.plots:
             write_plots(run_dir, name, results, tracker)  # warns, never raises
-        stopping.check()
         status = "FINISHED"
         return summary
     except BaseException as err:

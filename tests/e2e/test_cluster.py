@@ -52,13 +52,13 @@ def test_search_on_a_two_process_ray_cluster(tmp_path):
     # Two `ray start` processes of this test's own (its temporary folder, stopped by their
     # process, not by `ray stop`, which would stop every Ray on the machine).
     # The CLI runs in this process (`in_process`).
-    port, temp, env = free_port(), ray_temp_dir(), ENV
+    port, temp = free_port(), ray_temp_dir()
     blocks = []
     try:
         blocks.append(start_ray(temp, "--head", "--port", str(port), "--num-cpus", "1",
-                                "--include-dashboard", "false", env=env, log="head.log"))
+                                "--include-dashboard", "false", env=ENV, log="head.log"))
         blocks.append(start_ray(temp, "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
-                                env=env, log="worker.log"))
+                                env=ENV, log="worker.log"))
         proc = in_process("run", "spaces/smoke.yaml", "--storage", str(tmp_path),
                           "--address", f"127.0.0.1:{port}", "--set", "lr_finder.enabled=false",
                           "--set", "tracking.plots=false", env=ENV)

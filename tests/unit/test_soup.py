@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -48,9 +50,6 @@ def lineage(**over):
 def test_a_ctrl_c_that_a_library_swallowed_still_stops_the_greedy_soup():
     # A stop signal whose KeyboardInterrupt a library on the way caught still stops the soup
     # before its next candidate (and before its results are published).
-    import os
-    import signal
-
     from search import stopping
 
     scored = []
