@@ -70,9 +70,25 @@ def test_search_on_a_two_process_ray_cluster(tmp_path):
     assert len(summary["trials"]) == 2 and summary["soups"]["greedy"]["test_dice"] >= 0
 
 
+def own_process_view() -> list[str]:
+    """A command prefix that runs a command in a PID namespace of its own, as on a SLURM node
+    of the job's own: `ray symmetric-run` refuses to start while `ps` shows any Ray on the
+    machine (the session's, another test worker's). Empty where no namespace can be made (not
+    root, no user namespaces): the session's Ray is stopped instead."""
+    for prefix in (["unshare", "--pid", "--fork", "--mount-proc"],
+                   ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]):
+        try:
+            if subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+                return prefix
+        except FileNotFoundError:
+            break
+    stop_shared_ray()
+    return []
+
+
 @pytest.mark.e2e
 def test_slurm_symmetric_run_script_under_a_faked_slurm(tmp_path):
-    stop_shared_ray()  # `ray symmetric-run` refuses to start while any Ray runs on the machine
+    isolated = own_process_view()
     shims = tmp_path / "bin"
     shims.mkdir()
     # Ray of the test's own: RAY_TMPDIR gives its processes a folder of their own, where
@@ -103,7 +119,8 @@ def test_slurm_symmetric_run_script_under_a_faked_slurm(tmp_path):
         (tmp_path / "venv" / "bin" / "activate").write_text("")  # the running interpreter
         env["PATH"] = f"{shims}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
     try:
-        proc = subprocess.run(["bash", str(CLUSTER / "slurm" / "segtune-symmetric.sbatch"),
+        proc = subprocess.run([*isolated, "bash",
+                               str(CLUSTER / "slurm" / "segtune-symmetric.sbatch"),
                                "spaces/smoke.yaml", "--name", "slurm",
                                "--set", "lr_finder.enabled=false",
                                "--set", "tracking.plots=false"],
