@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_process
+from conftest import ROOT, cli_process, free_port, start_ray, stop_ray
 from test_e2e import cli, runs_by_trial
 
 pytestmark = pytest.mark.e2e
@@ -83,8 +83,8 @@ def listening(pids) -> list[tuple[int, str]]:
     return found
 
 
-def start(args, storage):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+def start(args, storage, **extra: str):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **extra}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "search", "run", *args, "--storage",
                              str(storage)], cwd=ROOT, env=env, stderr=subprocess.PIPE,
@@ -100,25 +100,47 @@ def wait_for(proc, text: str) -> list[str]:
     raise AssertionError(f"never saw {text!r}:\n" + "".join(seen[-40:]))
 
 
-def test_sigterm_mid_search_stops_cleanly_on_loopback_and_leaves_no_ray_process(tmp_path):
-    storage = tmp_path / "runs"
-    proc = start(["spaces/smoke.yaml", "--name", "term", "--set", "train.epochs=6",
-                  "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false",
-                  "--set", "tracking.plots=false"],
-                 storage)
-    wait_for(proc, " epoch 1/6")
-    ray_processes = descendants(proc.pid)
-    assert len(ray_processes) >= 3  # gcs_server, raylet, trial workers, agents
-    sockets = listening([proc.pid, *ray_processes])
-    assert sockets, "no listening socket found: the check would pass vacuously"
-    exposed = [(pid, a) for pid, a in sockets if a not in ("127.0.0.1", "::1")]
-    assert not exposed, f"a local run listens beyond loopback: {exposed}"
+def test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving_nothing(
+        tmp_path):
+    """A run without `--address` or `RAY_ADDRESS` starts a Ray of its own. Ray's own default
+    (`ray.init()`) would join the newest cluster started on the machine, found through
+    `<RAY_TMPDIR>/ray/ray_current_cluster`: here one of 64 CPUs that a `ray start` left
+    running. The run's Ray listens on loopback only, and SIGTERM stops the search cleanly and
+    leaves no process of it."""
+    base = Path(tempfile.mkdtemp(prefix="segtmp-", dir="/tmp"))  # Ray's socket paths are short
+    (base / "ray").mkdir()
+    temp_dir = str(base / "ray")
+    stray = start_ray(temp_dir, "--head", "--num-cpus", "64", "--port", str(free_port()),
+                      "--include-dashboard", "false")
+    try:
+        assert (base / "ray" / "ray_current_cluster").exists()
+        storage = tmp_path / "runs"
+        proc = start(["spaces/smoke.yaml", "--name", "term", "--set", "train.epochs=6",
+                      "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false",
+                      "--set", "tracking.plots=false"], storage, RAY_TMPDIR=str(base))
+        seen = "".join(wait_for(proc, " epoch 1/6"))
+        assert "Connecting to existing Ray cluster" not in seen
+        assert f"search.api: Ray: 1 node(s), {float(os.cpu_count())} CPUs, 0 GPUs" in seen, seen
+        ray_processes = descendants(proc.pid)
+        assert len(ray_processes) >= 3  # gcs_server, raylet, trial workers, agents
+        sockets = listening([proc.pid, *ray_processes])
+        assert sockets, "no listening socket found: the check would pass vacuously"
+        exposed = [(pid, a) for pid, a in sockets if a not in ("127.0.0.1", "::1")]
+        assert not exposed, f"a local run listens beyond loopback: {exposed}"
 
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.stderr.read()
-    code = proc.wait(timeout=120)
-    took = time.monotonic() - sent
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - sent
+        deadline = time.monotonic() + 20
+        while alive(ray_processes) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80]
+                for pid in alive(ray_processes)}
+    finally:
+        stop_ray(temp_dir, stray)
+        shutil.rmtree(base, ignore_errors=True)
     assert code == 143, rest[-3000:]
     assert took < 60, f"took {took:.0f} s to stop"
     assert "segtune: search interrupted with" in rest
@@ -127,10 +149,6 @@ def test_sigterm_mid_search_stops_cleanly_on_loopback_and_leaves_no_ray_process(
     _, parents, children, runs = runs_by_trial(storage, "term")
     assert {r.info.status for r in runs} == {"KILLED"}
     assert len(parents) == 1 and children
-    deadline = time.monotonic() + 20
-    while alive(ray_processes) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80] for pid in alive(ray_processes)}
     assert not left, f"processes left 20 s after the CLI exited: {left}"
 
 
@@ -237,33 +255,3 @@ def test_a_stop_reason_belongs_to_one_search():
     assert stopping.stop_reason() == "disk full"
     assert stopping.tune_fit(lambda: "done") == "done"
     assert stopping.stop_reason() is None  # the next search starts without it
-
-
-def test_a_local_run_starts_its_own_ray_not_a_cluster_left_running_on_the_machine(tmp_path):
-    """Ray's own default (`ray.init()`) joins the newest cluster started on the machine, found
-    through `<RAY_TMPDIR>/ray/ray_current_cluster`: here one of 64 CPUs that a `ray start`
-    left running. A run without `--address` or `RAY_ADDRESS` must start a Ray of its own (this
-    machine's CPUs) and so refuse trials of 16 CPUs, not send them to that cluster."""
-    from conftest import free_port, start_ray, stop_ray
-
-    base = Path(tempfile.mkdtemp(prefix="segtmp-", dir="/tmp"))  # Ray's socket paths are short
-    (base / "ray").mkdir()
-    temp_dir = str(base / "ray")
-    block = start_ray(temp_dir, "--head", "--num-cpus", "64", "--port", str(free_port()),
-                      "--include-dashboard", "false")
-    try:
-        assert (base / "ray" / "ray_current_cluster").exists()
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        result = subprocess.run(
-            [sys.executable, "-m", "search", "run", str(ROOT / "spaces" / "smoke.yaml"),
-             "--storage", str(tmp_path), "--set", "resources.cpu=16"],
-            env={**env, "RAY_TMPDIR": str(base), "RAY_AUTH_MODE": "disabled"},
-            capture_output=True, text=True, timeout=300)
-    finally:
-        stop_ray(temp_dir, block)
-        shutil.rmtree(base, ignore_errors=True)
-    assert "Connecting to existing Ray cluster" not in result.stderr
-    assert result.returncode == 2, result.stderr[-2000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("segtune: error: resources: each trial asks for 16 CPUs"), last
-    assert f"(1 node(s): {os.cpu_count()} CPUs, 0 GPUs)" in last, last

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, shared_ray
 
 from search.spec import Spec
 from train_fn.data import (
@@ -84,7 +84,7 @@ def test_the_driver_builds_the_cache_once_over_ray_tasks(data_spec, phantom_root
     spec = Spec.model_validate({"data": data_spec.model_dump()})
     split = {"train": ["Patient_01", "Patient_02", "Patient_03"], "val": ["Patient_04"],
              "test": ["Patient_05"]}
-    ray.init(address="local", num_cpus=2)
+    ray.init(address=shared_ray())  # the session's Ray: no start of one of its own
     try:
         with caplog.at_level(logging.INFO, logger="search.prepare"):
             api.build_cache(spec, phantom_root, split)

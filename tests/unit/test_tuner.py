@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, shared_ray
 
 from search.soup import candidates
 from search.spec import load_spec
@@ -119,7 +119,7 @@ def toy_search(tmp_path_factory):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     mp = pytest.MonkeyPatch()
     mp.setattr(worker, "trainable", toy_trainable)
-    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    ray.init(address=shared_ray())  # the session's Ray: no start of one of its own
     try:
         results = tuner.make_tuner(spec, {"train": [], "val": [], "test": []}, str(tmp), "exp",
                                    tmp / "runs", callbacks=[]).fit()
