@@ -37,6 +37,11 @@ def pytest_configure(config):
     # here, the CLIs start with SIGINT at its default.
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The suite runs several torch processes at once on few cores (test workers, drivers,
+    # trials). GNU OpenMP's threads spin while they wait for work, and a spinning thread holds
+    # a core another process needs: two 2-thread processes on 2 cores took 5x as long as with
+    # PASSIVE (bench/RESULTS.md). Read once, when torch loads, here and in every child.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Generated phantoms go to a cache of the test run, never to the user's ~/.cache.
     cache = Path(config.rootpath) / ".pytest_cache" / "segtune-data"
     os.environ.setdefault("SEGTUNE_CACHE", str(cache))
@@ -352,8 +357,13 @@ def bucket(s3_env, monkeypatch):
 def no_ray_left_behind():
     """A test that started Ray in this process (in-process `main([...])` calls, Ray's
     auto-start on a first task) shuts it down: the next test's `ray.init` starts afresh
-    instead of failing as a second init."""
+    instead of failing as a second init. Signal handlers are put back too: Ray Tune's `fit()`
+    leaves its SIGINT handler installed, which would change how a later test's signal acts."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     yield
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()

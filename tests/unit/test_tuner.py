@@ -112,6 +112,7 @@ def toy_search(tmp_path_factory):
 
     import search.trainable as worker
     import search.tuner as tuner
+    from search import stopping
 
     tmp = tmp_path_factory.mktemp("toy")
     spec = _spec("search.num_trials=4", "search.max_concurrent=1", "search.grace_period=2",
@@ -121,8 +122,9 @@ def toy_search(tmp_path_factory):
     mp.setattr(worker, "trainable", toy_trainable)
     ray.init(address=shared_ray())  # the session's Ray: no start of one of its own
     try:
-        results = tuner.make_tuner(spec, {"train": [], "val": [], "test": []}, str(tmp), "exp",
-                                   tmp / "runs", callbacks=[]).fit()
+        toy = tuner.make_tuner(spec, {"train": [], "val": [], "test": []}, str(tmp), "exp",
+                               tmp / "runs", callbacks=[])
+        results = stopping.tune_fit(toy.fit)  # as the search does: SIGINT's handler put back
         records = tuner.trial_records(results, tmp / "runs" / "exp", spec)
     finally:
         ray.shutdown()
