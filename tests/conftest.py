@@ -39,8 +39,9 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
     # The suite runs several torch processes at once on few cores (test workers, drivers,
     # trials). GNU OpenMP's threads spin while they wait for work, and a spinning thread holds
-    # a core another process needs: two 2-thread processes on 2 cores took 5x as long as with
-    # PASSIVE (bench/RESULTS.md). Read once, when torch loads, here and in every child.
+    # a core another process needs: two 2-thread processes on 2 cores took 2.3x as long, and
+    # 2.3x the CPU, as with PASSIVE (bench/omp_wait.py). Set before torch loads; children
+    # inherit it. With it, the suite on two test workers used 730 CPU-s instead of 940.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Generated phantoms go to a cache of the test run, never to the user's ~/.cache.
     cache = Path(config.rootpath) / ".pytest_cache" / "segtune-data"
