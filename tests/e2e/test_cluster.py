@@ -74,7 +74,8 @@ def own_process_view() -> list[str]:
     """A command prefix that runs a command in a PID namespace of its own, as on a SLURM node
     of the job's own: `ray symmetric-run` refuses to start while `ps` shows any Ray on the
     machine (the session's, another test worker's). Empty where no namespace can be made (not
-    root, no user namespaces): the session's Ray is stopped instead."""
+    root, no user namespaces): the session's Ray is stopped instead, and the test is skipped
+    if another Ray still runs (another test worker's: `-n 0` runs the suite in one process)."""
     for prefix in (["unshare", "--pid", "--fork", "--mount-proc"],
                    ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc"]):
         try:
@@ -83,6 +84,10 @@ def own_process_view() -> list[str]:
         except FileNotFoundError:
             break
     stop_shared_ray()
+    from ray._private.services import find_gcs_addresses  # what `ray symmetric-run` checks
+
+    if find_gcs_addresses():
+        pytest.skip("another Ray runs on this machine and no PID namespace can be made")
     return []
 
 
