@@ -112,6 +112,7 @@ def test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving
     temp_dir = str(base / "ray")
     stray = start_ray(temp_dir, "--head", "--num-cpus", "64", "--port", str(free_port()),
                       "--include-dashboard", "false")
+    proc = None
     try:
         assert (base / "ray" / "ray_current_cluster").exists()
         storage = tmp_path / "runs"
@@ -139,7 +140,10 @@ def test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving
         left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:80]
                 for pid in alive(ray_processes)}
     finally:
-        stop_ray(temp_dir, stray)
+        if proc is not None and proc.poll() is None:  # a failed check above: no CLI left over
+            proc.kill()
+            proc.wait()
+        stop_ray(temp_dir, stray)  # and the processes of the CLI's Ray, in the same folder
         shutil.rmtree(base, ignore_errors=True)
     assert code == 143, rest[-3000:]
     assert took < 60, f"took {took:.0f} s to stop"
