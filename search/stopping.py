@@ -12,7 +12,8 @@ handled as Ctrl-C is:
 
 Ray Tune installs its SIGINT handler in `fit()` and leaves it installed after (it restores the
 previous one only once it has fired): a Ctrl-C during the post-search scoring printed "Stop
-signal received" and scoring went on. `tune_fit` restores the caller's handler.
+signal received" and scoring went on. It does the same with SIGUSR1. `tune_fit` restores the
+caller's handlers of both.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ray = LazyModule("ray")  # imported after local_ray_on_loopback has set Ray's sw
 
 _received: list[int] = []
 _reasons: list[str] = []
+TUNE_SIGNALS = (signal.SIGINT, signal.SIGUSR1)  # the handlers Ray Tune's fit() installs
 
 
 class Interrupted(Exception):
@@ -112,14 +114,16 @@ def stop_reason() -> str | None:
 
 
 def tune_fit(fit: Callable[[], Any]) -> Any:
-    """Run `Tuner.fit` and give SIGINT back to the caller's handler afterwards. A stop reason
-    is this run's own: one left by an earlier search of the same process is forgotten."""
+    """Run `Tuner.fit` and give SIGINT and SIGUSR1 back to the caller's handlers afterwards.
+    A stop reason is this run's own: one left by an earlier search of the same process is
+    forgotten."""
     _reasons.clear()
-    before = signal.getsignal(signal.SIGINT)
+    before = {sig: signal.getsignal(sig) for sig in TUNE_SIGNALS}
     try:
         return fit()
     finally:
-        signal.signal(signal.SIGINT, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def local_ray_on_loopback(address: str | None) -> None:

@@ -358,13 +358,8 @@ def bucket(s3_env, monkeypatch):
 def no_ray_left_behind():
     """A test that started Ray in this process (in-process `main([...])` calls, Ray's
     auto-start on a first task) shuts it down: the next test's `ray.init` starts afresh
-    instead of failing as a second init. Signal handlers are put back too: Ray Tune's `fit()`
-    leaves its SIGINT handler installed, which would change how a later test's signal acts."""
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    instead of failing as a second init."""
     yield
-    for sig, handler in handlers.items():
-        if handler is not None:
-            signal.signal(sig, handler)
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()

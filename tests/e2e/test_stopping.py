@@ -252,6 +252,24 @@ def test_sigterm_outside_tune_raises_stopped_and_exits_143():
         stopping._received.clear()
 
 
+def test_tune_fit_gives_back_the_handlers_that_ray_tune_leaves_installed():
+    # Ray Tune's fit() installs SIGINT and SIGUSR1 handlers and keeps them until they fire.
+    from ray.tune.tune import _setup_signal_catching
+
+    from search import stopping
+
+    before = {sig: signal.getsignal(sig) for sig in stopping.TUNE_SIGNALS}
+    stopping.tune_fit(_setup_signal_catching)
+    assert {sig: signal.getsignal(sig) for sig in stopping.TUNE_SIGNALS} == before
+    _setup_signal_catching()  # the check can fail: left alone, Tune's handlers stay
+    try:
+        assert signal.getsignal(signal.SIGINT) != before[signal.SIGINT]
+        assert signal.getsignal(signal.SIGUSR1) != before[signal.SIGUSR1]
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def test_a_stop_reason_belongs_to_one_search():
     from search import stopping
 
