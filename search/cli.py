@@ -17,7 +17,7 @@ from search.errors import ArgumentError, SegtuneError
 from search.lazy import LazyModule
 from search.runfolder import RunFolder
 from search.runlock import run_lock
-from search.spec import _Leaf, load_spec
+from search.spec import SearchLeaf, load_spec
 from search.stopping import Interrupted
 from train_fn.datasets import io_shape
 from train_fn.models import build_model
@@ -215,15 +215,15 @@ def _groups(spec) -> list[str]:
     total = sum(p.numel() for p in model.parameters())
     # Searched multipliers are shown by their range; the groups come from a copy with 1.0.
     layers = spec.layers.model_copy(update={
-        k: 1.0 for k, v in spec.layers if isinstance(v, _Leaf)})
+        k: 1.0 for k, v in spec.layers if isinstance(v, SearchLeaf)})
     lines = []
     for group in param_groups(model, spec.model, layers, 1.0):
         band = group["name"].split("/")[0]
         value = getattr(spec.layers, band, None) if spec.layers.mode == "bands" else None
-        if isinstance(value, _Leaf):
+        if isinstance(value, SearchLeaf):
             mult = (f"one of {value.choices}" if value.type == "categorical"
                     else f"{value.type} [{value.low}, {value.high}]")
-        elif any(isinstance(v, _Leaf) for _, v in spec.layers):
+        elif any(isinstance(v, SearchLeaf) for _, v in spec.layers):
             mult = "searched" if spec.layers.mode != "bands" else f"{group['multiplier']:.3g}x"
         else:
             mult = f"{group['multiplier']:.3g}x"

@@ -12,7 +12,6 @@ from typing import Any
 
 import optuna
 
-from search.grid import GridSampler
 from search.spec import Spec, SpecError
 
 
@@ -79,6 +78,17 @@ def centre(spec: Spec) -> dict[str, Any]:
             mid = leaf.low + round((mid - leaf.low) / leaf.step) * leaf.step
         chosen[key] = int(round(mid)) if leaf.type == "int" else float(mid)
     return chosen
+
+
+class GridSampler(optuna.samplers.GridSampler):
+    """`search.sampler: grid`: Optuna's grid, its points in a seeded shuffled order, without
+    the `study.stop()` it calls once every point is taken: that raises outside
+    `study.optimize`, and Ray asks and tells trials itself. `search.num_trials` (at most the
+    grid size) ends the search instead. A module-level class, because Ray pickles the searcher
+    with its experiment state."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:

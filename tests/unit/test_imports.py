@@ -7,8 +7,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = {f"{p.parent.name}.{p.stem}": p
-           for package in ("search", "train_fn") for p in sorted((ROOT / package).glob("*.py"))}
+
+
+def _name(path: Path) -> str:
+    """`search/spec/leaves.py` -> `search.spec.leaves`; a package's `__init__` is the package."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(p): p for package in ("search", "train_fn")
+           for p in sorted((ROOT / package).rglob("*.py"))}
 
 
 def _imported(node: ast.AST) -> set[str]:

@@ -18,15 +18,23 @@ import yaml
 from pydantic import BaseModel, ValidationError, model_validator
 
 from search.errors import SpecError
-from search.leaves import (
+from search.spec.leaves import (
     CategoricalLeaf,
     FloatLeaf,
     IntLeaf,
+    SearchLeaf,
     _alternatives,
-    _Leaf,
     _Section,
 )
-from search.sections import (
+from search.spec.messages import did_you_mean, explain
+from search.spec.parse import (
+    MAX_SPEC_BYTES,
+    _compose,
+    _line_map,
+    _no_duplicates,
+    parse_value,
+)
+from search.spec.sections import (
     CVSpec,
     DataSpec,
     LayersSpec,
@@ -41,15 +49,7 @@ from search.sections import (
     TrainSpec,
     _names_for,
 )
-from search.spec_errors import did_you_mean, explain
-from search.spec_yaml import (
-    MAX_SPEC_BYTES,
-    _compose,
-    _line_map,
-    _no_duplicates,
-    parse_value,
-)
-from train_fn.optim import BANDS, OPTIMIZERS
+from train_fn.optim import OPTIMIZERS
 
 
 class Spec(_Section):
@@ -167,7 +167,7 @@ class Spec(_Section):
     def flat(self) -> dict[str, Any]:
         """Every setting by dotted path (leaves as their dict form)."""
         def plain(v):
-            if isinstance(v, _Leaf):
+            if isinstance(v, SearchLeaf):
                 return v.model_dump(exclude_none=True)
             return [plain(x) for x in v] if _alternatives(v) else v
 
@@ -233,7 +233,7 @@ def _walk(model: BaseModel, prefix: str = ""):
     for name in type(model).model_fields:
         value = getattr(model, name)
         path = f"{prefix}{name}"
-        if isinstance(value, BaseModel) and not isinstance(value, _Leaf):
+        if isinstance(value, BaseModel) and not isinstance(value, SearchLeaf):
             yield from _walk(value, path + ".")
         else:
             yield path, value
@@ -356,5 +356,3 @@ def dump_spec(spec: Spec) -> str:
                                                          warnings=False)),
                           sort_keys=False)
 
-
-__all__ = ["BANDS", "Spec", "SpecError", "dump_spec", "load_spec", "parse_value"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from search.leaves import _TAGS, CategoricalLeaf, FloatLeaf
+from search.spec.leaves import _TAGS, CategoricalLeaf, FloatLeaf
 
 
 def did_you_mean(word: str, valid: list[str]) -> str:

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from search.leaves import (
+from search.spec.leaves import (
     CategoricalLeaf,
     Fraction,
     NonNegative,

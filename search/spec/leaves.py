@@ -70,7 +70,7 @@ def _bool_text(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Search leaves, validated by Optuna's own distribution constructors.
-class _Leaf(_Strict):
+class SearchLeaf(_Strict):
     when: dict[str, Scalar | list[Scalar]] | None = None
     default: Scalar | None = None
 
@@ -105,7 +105,7 @@ class _Leaf(_Strict):
         return out + ([("default", self.default)] if self.default is not None else [])
 
 
-class FloatLeaf(_Leaf):
+class FloatLeaf(SearchLeaf):
     type: Literal["float"]
     low: StrictFloat  # strict: a boolean is not a bound
     high: StrictFloat
@@ -123,7 +123,7 @@ class FloatLeaf(_Leaf):
         return [round(self.low + i * self.step, 12) for i in range(n)]
 
 
-class IntLeaf(_Leaf):
+class IntLeaf(SearchLeaf):
     type: Literal["int"]
     low: StrictInt
     high: StrictInt
@@ -137,7 +137,7 @@ class IntLeaf(_Leaf):
         return list(range(self.low, self.high + 1, self.step))
 
 
-class CategoricalLeaf(_Leaf):
+class CategoricalLeaf(SearchLeaf):
     type: Literal["categorical"]
     choices: list[Scalar] = Field(min_length=1)
 
@@ -153,9 +153,9 @@ _TAGS = {"fixed", "leaf", "alternatives", "float", "int", "categorical"}
 
 
 def _which(value: Any) -> str:
-    if isinstance(value, (dict, _Leaf)):
+    if isinstance(value, (dict, SearchLeaf)):
         return "leaf"
-    if isinstance(value, list) and value and all(isinstance(v, (dict, _Leaf)) for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, (dict, SearchLeaf)) for v in value):
         return "alternatives"
     return "fixed"
 
@@ -190,9 +190,9 @@ def Searchable(kind: Any) -> Any:  # noqa: N802 - reads as a type
 
 def _alternatives(value: Any) -> list:
     """The leaves of a searched value (one, or several alternatives)."""
-    if isinstance(value, _Leaf):
+    if isinstance(value, SearchLeaf):
         return [value]
-    if isinstance(value, list) and value and all(isinstance(v, _Leaf) for v in value):
+    if isinstance(value, list) and value and all(isinstance(v, SearchLeaf) for v in value):
         return value
     return []
 
