@@ -1,5 +1,5 @@
-"""The one deferred import of segtune: a module named at the top of a file, imported when first
-used (optuna's `_LazyImport`, MONAI's `optional_import`).
+"""The one deferred import of a segtune module: a module named at the top of a file, imported
+when first used (optuna's `_LazyImport`, MONAI's `optional_import`).
 
 Why it exists: `python -m search --help` and every spec error (a bad key, a bad `--set`) answer
 in about a second, and `import search.api` (the importable API) stays free of torch. Importing
@@ -8,7 +8,9 @@ torch (3-5 s on 2 cores), MONAI, Ray and MLflow first made them 5-10 s (bench/RE
 what imports torch at its top (the worker's trainables in `search.trainable`,
 `train_fn.loop`, `train_fn.metrics`, `train_fn.checkpoint`, `train_fn.lr_finder`, torch
 itself) with it; Ray Tune's `Tuner.fit` imports torch in the driver anyway, so a search pays
-the same. Every other import is at the top of its module.
+the same. For the same reason, the libraries that take seconds to import (torch, MONAI,
+nibabel, SciPy, matplotlib, MLflow, schedulefree) are imported inside the functions that use
+them; every other import is at the top of its module (tests/unit/test_imports.py).
 """
 
 from __future__ import annotations

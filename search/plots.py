@@ -16,8 +16,13 @@ failing a search that has finished.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
 
 from search.runfolder import RunFolder
 from search.study import load_study
@@ -82,8 +87,6 @@ def best_vs_compute(curves: dict[str, Any], metric: str):
     """Best `metric` so far against cumulative epochs of all trials, in the order the
     epochs ended (Ray's per-report timestamp)."""
     import matplotlib.pyplot as plt
-    import numpy as np
-    import pandas as pd
 
     frames = [f[["timestamp", "epoch", metric]] for f in curves.values() if metric in f]
     if not frames:
@@ -106,7 +109,6 @@ def best_vs_compute(curves: dict[str, Any], metric: str):
 
 def param_importances(study):
     """Optuna's parameter importances (its default evaluator) over the COMPLETE trials."""
-    import optuna
     from optuna.visualization.matplotlib import plot_param_importances
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -120,7 +122,6 @@ def param_importances(study):
 
 def slices(study):
     """Optuna's slice plot: each parameter against the trials' values."""
-    import optuna
     from optuna.visualization.matplotlib import plot_slice
 
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -163,8 +164,6 @@ def greedy_soup(summary: dict[str, Any]):
 
 def _figure(axes):
     """The figure of what an Optuna matplotlib plot returns (one Axes or an array of them)."""
-    import numpy as np
-
     return np.ravel(axes)[0].figure if isinstance(axes, np.ndarray) else axes.figure
 
 
@@ -182,13 +181,10 @@ def write_plots(run_dir: str | Path, name: str, results, tracker=None) -> list[P
 
 
 def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
-    import warnings
-
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a cluster node; never plt.show()
     import matplotlib.pyplot as plt
-    import optuna
 
     folder = RunFolder(run_dir)
     out = folder.plots

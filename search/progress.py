@@ -3,7 +3,7 @@ line on each change and every ~30 s (trials running / completed / stopped / erro
 total, elapsed time, the best so far). Ray's own reporter, which segtune turns off for its
 tables and TensorBoard hint, showed the counts; this says them in the search's terms.
 
-Plain Python fed by `search.tuner.MlflowCallback`, so it is tested without Ray.
+Plain Python fed by `search.callbacks.MlflowCallback`, so it is tested without Ray.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Results of a run: `summary.json` and the table printed at the end."""
+"""The table printed at the end of a run, from its summary (`search.soup` writes summary.json)."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import logging
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any
 
 from search.runfolder import RunFolder
@@ -122,8 +123,6 @@ def requirements() -> list[str]:
     """The model's environment, given rather than inferred: MLflow's inference loads the
     model in a subprocess (seconds). Versions without a local tag (`+cpu`): that build may
     not exist on PyPI."""
-    from importlib.metadata import version
-
     return [f"{name}=={version(name).split('+')[0]}" for name in ("torch", "monai",
                                                                   "cloudpickle")]
 

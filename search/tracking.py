@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +51,6 @@ def check_tracking(uri: str, what: str) -> None:
     would retry for minutes). Any HTTP answer counts, even an error status (a proxy that asks
     for a login is there); other stores (sqlite, file) are opened by MLflow itself. `what`
     names where the URI came from (`--tracking-uri`, the spec's key, run.json)."""
-    import socket
-    import urllib.error
-    import urllib.request
-
     if not uri.lower().startswith(("http://", "https://")):
         return
     try:
@@ -160,7 +159,7 @@ def best_metrics(best: dict[str, Any], hd_keys: set[str]) -> dict[str, float]:
 
 
 class Tracker:
-    """Parent and nested MLflow runs for one search. Plain class: `search.tuner` wraps it in a
+    """Parent and nested MLflow runs for one search. Plain class: `search.callbacks` wraps it in a
     Ray callback, and the soup logs to the parent run through it."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, run_dir: str | Path):

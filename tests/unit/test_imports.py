@@ -1,5 +1,7 @@
 """The import graph of search/ and train_fn/: imports of segtune's own modules sit at the top
-of each module (heavy ones named with search.lazy.LazyModule), and they form no cycle."""
+of each module (heavy ones named with search.lazy.LazyModule), they form no cycle, a function
+imports only a library that takes seconds to load, `train_fn` never imports `search`, and the
+Ray workers' `search.trainable` reaches no driver module."""
 
 from __future__ import annotations
 
@@ -34,13 +36,23 @@ def _is_type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def _graph() -> dict[str, set[str]]:
-    graph = {}
-    for module, path in MODULES.items():
-        body = ast.parse(path.read_text()).body
-        graph[module] = set().union(*(_imported(node) for node in body
-                                      if not _is_type_checking(node)))
-    return graph
+def _run_time_nodes(path: Path, local: bool) -> list[ast.AST]:
+    """The statements of a module outside `if TYPE_CHECKING:` blocks: its top-level ones, and
+    with `local` every statement inside them too (what runs when a function is called)."""
+    body = [node for node in ast.parse(path.read_text()).body if not _is_type_checking(node)]
+    return [inner for node in body for inner in ast.walk(node)] if local else body
+
+
+def _graph(local: bool = False) -> dict[str, set[str]]:
+    """Module -> the segtune modules it imports (at its top, or with `local` anywhere)."""
+    return {module: set().union(*(_imported(node) for node in _run_time_nodes(path, local)))
+            for module, path in MODULES.items()}
+
+
+# Libraries a function may import itself, so that importing its module stays fast (the CLI's
+# `--help`, a spec error, `import search.api`: search/lazy.py).
+SLOW = ("torch", "monai", "nibabel", "scipy", "matplotlib", "mlflow", "schedulefree",
+        "optuna.visualization")
 
 
 def test_every_module_is_read():
@@ -77,3 +89,51 @@ def test_there_is_no_import_cycle():
         if module not in done:
             visit(module, [])
     assert cycles == []
+
+
+def test_functions_import_only_slow_libraries():
+    local = []
+    for module, path in MODULES.items():
+        tree = ast.parse(path.read_text())
+        top = {id(inner) for node in tree.body  # top-level `if TYPE_CHECKING:` and `try:` too
+               for inner in (ast.walk(node) if _is_type_checking(node) or isinstance(node, ast.Try)
+                             else [node])}
+        for node in ast.walk(tree):
+            if id(node) in top or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            names = ([node.module] if isinstance(node, ast.ImportFrom)
+                     else [alias.name for alias in node.names])
+            local += [f"{module}:{node.lineno} imports {name}" for name in names
+                      if not any(name == s or name.startswith(s + ".") for s in SLOW)]
+    assert local == []
+
+
+def test_train_fn_never_imports_search():
+    graph = _graph(local=True)
+    found = {m: sorted(d for d in deps if d.split(".")[0] == "search")
+             for m, deps in graph.items() if m.startswith("train_fn")}
+    assert {m: d for m, d in found.items() if d} == {}
+
+
+def _reached(start: str, graph: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += sorted(graph[module])
+    return seen
+
+
+def test_the_workers_trainable_reaches_no_driver_module():
+    reached = _reached("search.trainable", _graph(local=True))
+    worker_side = {"search", "search.trainable", "search.trials", "search.errors"}
+    driver = sorted(m for m in reached if m not in worker_side
+                    and not m.startswith(("search.spec", "train_fn")))
+    assert driver == []
+    assert {"search.spec", "search.trials", "train_fn.loop"} <= reached
+
+
+def test_reached_follows_imports_transitively():
+    graph = {"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}
+    assert _reached("a", graph) == {"a", "b", "c"}
