@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import ROOT
 from headless import chromium, missing_browser, mlflow_ui, save_png
+from helpers import ROOT
 
 pytestmark = pytest.mark.e2e
 

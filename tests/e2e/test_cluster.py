@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import (
+from helpers import (
     RAY,
     ROOT,
     free_port,
@@ -101,8 +101,8 @@ def test_slurm_symmetric_run_script_under_a_faked_slurm(tmp_path):
     # Ray on this machine may be the latest). `ray symmetric-run` ends with `ray stop`, which
     # stops every Ray on the machine: the `ray` shim stops this test's Ray instead.
     temp = ray_temp_dir()
-    stop = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import conftest; " \
-        f"conftest.stop_ray({temp!r})"
+    stop = f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import helpers; " \
+        f"helpers.stop_ray({temp!r})"
     (shims / "ray").write_text(f'#!/bin/bash\nif [[ "$1" == stop ]]; then\n'
                                f'  exec {sys.executable} -c "{stop}"\nfi\nexec {RAY} "$@"\n')
     (shims / "scontrol").write_text("#!/bin/bash\necho localhost\n")

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, cli, cli_for_trials, cli_process, fault_env
+from helpers import ROOT, cli, cli_for_trials, cli_process, fault_env
 
 pytestmark = pytest.mark.e2e
 CLASSES = {"esophagus", "heart", "trachea", "aorta"}

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import cli
+from helpers import cli
 
 from search.cli import main
 

@@ -8,7 +8,7 @@ import os
 import signal
 
 import pytest
-from conftest import IN_PROCESS, cli_for_trials, cli_process, in_process
+from helpers import IN_PROCESS, cli_for_trials, cli_process, in_process
 
 pytestmark = pytest.mark.e2e
 

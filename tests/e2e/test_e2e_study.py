@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import cli_for_trials, fault_env
+from helpers import cli_for_trials, fault_env
 
 optuna = pytest.importorskip("optuna")
 State = optuna.trial.TrialState

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_process, free_port, start_ray, stop_ray
+from helpers import ROOT, cli_process, free_port, start_ray, stop_ray
 from test_e2e import cli, runs_by_trial
 
 pytestmark = pytest.mark.e2e

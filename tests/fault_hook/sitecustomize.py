@@ -1,7 +1,7 @@
 """Fault injection for the failure-path tests, from outside segtune (nothing in segtune reads
 it). Put this folder first on PYTHONPATH and set SEGTUNE_FAULT: every process that then
 imports `train_fn.data` (trial workers given both through the job's runtime environment,
-see `cli_for_trials` in tests/conftest.py; a CLI started with them) gets a
+see `cli_for_trials` in tests/helpers.py; a CLI started with them) gets a
 `PatchSampler.epoch` that raises once an epoch's training batches are used up, like a fault
 at the end of that epoch.
 

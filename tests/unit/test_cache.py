@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, shared_ray
+from helpers import ROOT, shared_ray
 
 from search.spec import Spec
 from train_fn.data import (

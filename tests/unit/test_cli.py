@@ -10,7 +10,7 @@ from search.cli import main
 
 
 def test_dry_run_prints_settings_and_space_and_writes_nothing(tmp_path, capsys):
-    from conftest import ROOT
+    from helpers import ROOT
 
     storage = tmp_path / "runs"
     code = main(["run", str(ROOT / "spaces" / "novograd.yaml"), "--dry-run",
@@ -59,7 +59,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, write_spec, capsys, args, me
 
 
 def test_lr_find_command(tmp_path, capsys):
-    from conftest import ROOT
+    from helpers import ROOT
 
     code = main(["lr-find", str(ROOT / "spaces" / "smoke.yaml"), "--out", str(tmp_path),
                  "--set", "lr_finder.num_iter=12"])

@@ -200,7 +200,7 @@ def test_a_folder_datasets_first_image_is_checked_for_its_channels(tmp_path, con
 
 
 def test_bad_data_stops_the_cli_before_anything_runs(tmp_path):
-    from conftest import ROOT, cli
+    from helpers import ROOT, cli
 
     spec = folder_dataset(tmp_path / "data", n=6)
     _break("values", tmp_path / "data")

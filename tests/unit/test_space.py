@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from search.space import define_by_run, describe, ordered_leaves, preview
 from search.spec import Spec, SpecError

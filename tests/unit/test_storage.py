@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT
+from helpers import ROOT
 
 from search.cli import main
 from search.storage import (

@@ -8,7 +8,7 @@ import math
 import pickle
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from search.results import Result, log_results, results_of
 from search.tracking import Tracker, readable_range

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, shared_ray
+from helpers import ROOT, shared_ray
 
 from search.soup import candidates
 from search.spec import load_spec
