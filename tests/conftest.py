@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import textwrap
@@ -72,6 +73,24 @@ def phantom_root():
     from train_fn.phantom import write_phantom_dataset
 
     return write_phantom_dataset(Path(os.environ["SEGTUNE_CACHE"]) / "unit-n6", 6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def blank_store(tmp_path_factory):
+    """An empty MLflow sqlite store, made once: MLflow's schema migrations take seconds per
+    store."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(blank_store, tmp_path):
+    """A test's own empty MLflow store (a copy of `blank_store`): its tracking URI."""
+    shutil.copy(blank_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="session")

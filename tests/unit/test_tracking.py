@@ -16,24 +16,6 @@ from search.tracking import Tracker, readable_range
 REGIONS = ("heart", "aorta")
 
 
-@pytest.fixture(scope="module")
-def blank_store(tmp_path_factory):
-    """An empty sqlite store, made once: MLflow's schema migrations take seconds per store."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(blank_store, tmp_path):
-    import shutil
-
-    shutil.copy(blank_store, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
 @pytest.fixture
 def tracker(store, tmp_path):
     tracker = Tracker(store, "exp", "run", tmp_path / "run")
