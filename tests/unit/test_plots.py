@@ -8,11 +8,11 @@ import json
 import logging
 from types import SimpleNamespace
 
-import matplotlib
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from search.plots import (
     _figure,
@@ -131,7 +131,7 @@ def test_write_plots_skips_what_fails_and_never_raises(run_dir, caplog):
 
 
 def test_the_figure_of_one_axes_or_an_array_of_them():
-    fig = matplotlib.figure.Figure()
+    fig = Figure()
     axes = fig.subplots(1, 2)
     assert _figure(axes) is fig and _figure(axes[1]) is fig
     assert _figure(np.array([[axes[0]]])) is fig
