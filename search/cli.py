@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segtune: interrupted", file=sys.stderr)
         return stopping.exit_code()
-    except Exception as err:  # noqa: BLE001 - one line for users, --debug for developers
+    except Exception as err:  # one line for users, the traceback with --debug
         if args.debug or os.environ.get("SEGTUNE_DEBUG"):
             raise
         print(f"segtune: error: {type(err).__name__}: {err} (rerun with --debug for the "

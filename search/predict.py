@@ -258,7 +258,7 @@ def check_image(path: Path, channels: int) -> None:
         raise PredictError(f"{path}: no such file")
     try:
         shape = nib.load(path).shape
-    except Exception as err:  # nibabel raises many kinds for a bad file
+    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds for a bad file
         text = str(err).splitlines()[0] if str(err) else ""
         raise PredictError(f"{path}: not a readable NIfTI image ({type(err).__name__}"
                            f"{': ' + text if text else ''})") from None

@@ -54,7 +54,7 @@ def check_storage(uri: str) -> None:
         filesystem, path = _filesystem(uri)
         bucket = path.split("/", 1)[0]
         info = filesystem.get_file_info(bucket)
-    except Exception as err:  # pyarrow raises OSError or ArrowInvalid, with the cause
+    except Exception as err:  # noqa: BLE001 - pyarrow raises OSError or ArrowInvalid
         message = " ".join(str(err).split())
         raise StorageError(f"--storage {uri}: cannot reach the object store ({message}); "
                            "check the credentials and endpoint in the environment "
@@ -149,7 +149,7 @@ def _checkpoint_folder(location: str, checkpoint: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="segtune-ckpt-") as folder:
         try:
             fs.copy_files(source, folder)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - pyarrow's kinds, as one missing file
             raise FileNotFoundError(f"{source}: no checkpoint "
                                     f"({' '.join(str(err).split())})") from None
         yield Path(folder)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 logger = logging.getLogger(__name__)
@@ -91,13 +92,12 @@ class StudySearch(OptunaSearch):
             # on_trial_result (the one the scheduler stopped it on, or its final epoch).
             self.on_trial_result(trial_id, result)
         best = self._best.get(trial_id)
-        State = optuna.trial.TrialState
         if error:
-            state, value = State.FAIL, None
+            state, value = TrialState.FAIL, None
         elif epoch >= self._budget and best is not None:
-            state, value = State.COMPLETE, best
+            state, value = TrialState.COMPLETE, best
         else:  # Optuna takes the last intermediate value: the best so far
-            state, value = State.PRUNED, None
+            state, value = TrialState.PRUNED, None
         try:
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         except Exception as err:  # noqa: BLE001 - a study write must not stop the search
@@ -116,17 +116,16 @@ class StudySearch(OptunaSearch):
           record of the attempt that failed (segtune's `restore_tuner` always resumes
           errored trials)."""
         super().restore(checkpoint_path)
-        State = optuna.trial.TrialState
         trials = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
         known = {t.number for t in self._ot_trials.values()}
         for number, trial in trials.items():
-            if trial.state == State.RUNNING and number not in known:
+            if trial.state == TrialState.RUNNING and number not in known:
                 logger.warning("Optuna study: trial %d was never started by Ray (the search "
                                "stopped just after asking it); marked FAIL", number)
-                self._ot_study.tell(number, state=State.FAIL)
+                self._ot_study.tell(number, state=TrialState.FAIL)
         for trial_id, ot_trial in list(self._ot_trials.items()):
             old = trials.get(ot_trial.number)
-            if old is None or old.state != State.FAIL or not callable(self._space):
+            if old is None or old.state != TrialState.FAIL or not callable(self._space):
                 continue
             self._ot_study.enqueue_trial(old.params)
             del self._ot_trials[trial_id]

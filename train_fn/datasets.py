@@ -158,7 +158,7 @@ def _channels_of(image: str) -> int:
 
     try:
         shape = nib.load(image).shape
-    except Exception as err:  # nibabel raises many kinds for a bad file
+    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds for a bad file
         raise DataError(f"{image}: unreadable image ({_reason(err)})") from None
     if len(shape) not in (3, 4):
         raise DataError(f"{image}: image has {len(shape)} dimensions; expected 3 (or 4 with "
@@ -229,11 +229,11 @@ def check_case(case: Case, dataset: Dataset) -> str | None:
     """What is wrong with one case's files, or None."""
     try:
         image, voxels = _read(case.image)
-    except Exception as err:  # nibabel raises many kinds for a bad file
+    except Exception as err:  # noqa: BLE001 - nibabel raises many kinds for a bad file
         return f"{case.image}: unreadable image ({_reason(err)})"
     try:
         label, values = _read(case.label)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - as for the image
         return f"{case.label}: unreadable label ({_reason(err)})"
     for path, what, data in ((case.image, "an image", voxels), (case.label, "a label", values)):
         bad = _non_finite(data)
