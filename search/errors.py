@@ -29,6 +29,18 @@ class StorageError(SegtuneError, ValueError):
     """A storage folder or object-store URI that cannot hold runs."""
 
 
+class DiskFullError(StorageError):
+    """The file system of the run (checkpoints, MLflow's sqlite store) has no space left."""
+
+
+class RunInUse(SegtuneError):
+    """Another live process holds the run folder."""
+
+
+class PredictError(SegtuneError, ValueError):
+    """An input that cannot be segmented, or a run folder that cannot predict."""
+
+
 class TrackingError(SegtuneError, ValueError):
     """The MLflow tracking store cannot be reached or may not be written."""
 
@@ -41,5 +53,6 @@ class SoupError(SegtuneError, ValueError):
     """Checkpoints that cannot be averaged, or nothing to soup."""
 
 
-__all__ = ["ArgumentError", "CompareError", "DataError", "ResourceError", "RunFolderError",
-           "SegtuneError", "SoupError", "SpecError", "StorageError", "TrackingError"]
+__all__ = ["ArgumentError", "CompareError", "DataError", "DiskFullError", "PredictError",
+           "ResourceError", "RunFolderError", "RunInUse", "SegtuneError", "SoupError",
+           "SpecError", "StorageError", "TrackingError"]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search.errors import ArgumentError, RunFolderError, SegtuneError
+from search.errors import ArgumentError, PredictError, RunFolderError
 from search.lazy import LazyModule
 from search.runfolder import RunFolder
 from search.spec import Spec
@@ -40,10 +40,6 @@ logger = logging.getLogger(__name__)
 
 MODELS = ("best", "greedy", "uniform")
 SUFFIXES = (".nii.gz", ".nii")
-
-
-class PredictError(SegtuneError, ValueError):
-    """An input that cannot be segmented, or a run folder that cannot predict."""
 
 
 def image_name(path: str | Path) -> str:

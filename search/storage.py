@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from pyarrow import fs
 
-from search.errors import StorageError
+from search.errors import DiskFullError, StorageError
 from search.lazy import LazyModule
 from search.runfolder import RunFolder
 
@@ -188,10 +188,6 @@ def unfinished_trials(location: str | Path) -> int:
     trials = state.get("trial_data", [])
     statuses = [json.loads(t[0]).get("status") for t in trials]
     return sum(1 for status in statuses if status not in ("TERMINATED", "ERROR"))
-
-
-class DiskFullError(StorageError):
-    """The file system of the run (checkpoints, MLflow's sqlite store) has no space left."""
 
 
 _FULL = re.compile(r"No space left on device|\[Errno 28\]|database or disk is full")
