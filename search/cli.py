@@ -35,7 +35,6 @@ report = LazyModule("search.report")
 retrain = LazyModule("search.retrain")
 space = LazyModule("search.space")
 storage = LazyModule("search.storage")
-tracking = LazyModule("search.tracking")
 
 logger = logging.getLogger("search")
 

@@ -11,7 +11,6 @@ parent run.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import statistics
@@ -39,8 +38,6 @@ from search.tables import table
 from search.tuner import make_job_tuner
 from train_fn.datasets import fold_splits
 from train_fn.files import write_json, write_text
-
-logger = logging.getLogger(__name__)
 
 
 def pick_trials(summary: dict[str, Any], trial: str | None, top_k: int = 1

@@ -8,7 +8,6 @@ callbacks are in `search.callbacks`.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,6 @@ from search.trials import budget, searched_config
 
 # Imports torch: handed to Ray when a Tuner is built (see search.lazy).
 worker = LazyModule("search.trainable")
-
-logger = logging.getLogger(__name__)
 
 
 def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, location: str

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ import numpy as np
 from train_fn.errors import DataError
 from train_fn.phantom import write_phantom_dataset
 from train_fn.phantom_msd import MODALITIES, write_msd_phantom
-
-logger = logging.getLogger(__name__)
 
 SEGTHOR_LABELS = {1: "esophagus", 2: "heart", 3: "trachea", 4: "aorta"}
 

@@ -295,9 +295,3 @@ def _discard(root: Path, manifest: Path, have: dict[str, Any]) -> None:
     except OSError:
         return
     shutil.rmtree(stale, ignore_errors=True)
-
-
-def describe(label: np.ndarray) -> dict[str, Any]:
-    """Voxel count per label (for checks and docs)."""
-    values, counts = np.unique(label, return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts, strict=False)}

@@ -26,18 +26,14 @@ field, partial-volume blur and Rician noise. Deterministic by seed; written once
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from train_fn.phantom import write_once
 
-logger = logging.getLogger(__name__)
-
 EDEMA, NON_ENHANCING, ENHANCING = 1, 2, 3
 LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
-REGIONS = {"ET": (3,), "TC": (2, 3), "WT": (1, 2, 3)}
 MODALITIES = ("FLAIR", "T1w", "t1gd", "T2w")  # MSD Task01's order and spelling
 SHAPE = (64, 64, 48)  # voxels (x: right-left, y: posterior-anterior, z: inferior-superior)
 SPACING = (3.0, 3.0, 3.0)  # mm
