@@ -56,15 +56,6 @@ def layer_multiplier(layers: Any, part: str, level: int, depth: int) -> tuple[st
     return _position_name(part, level), decay ** (top - pos)
 
 
-def param_bands(model: torch.nn.Module, cfg: Any) -> dict[str, list[str]]:
-    """Parameter names by band (for the spec's model section `cfg`)."""
-    depth = model_depth(cfg)
-    bands: dict[str, list[str]] = {b: [] for b in BANDS}
-    for name, (part, level) in place_params(model, cfg).items():
-        bands[band_of(part, level, depth)].append(name)
-    return bands
-
-
 def _no_decay(param: torch.nn.Parameter) -> bool:
     """Biases, norm scales and PReLU slopes: the 0-d and 1-d tensors."""
     return param.ndim <= 1

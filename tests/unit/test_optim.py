@@ -10,9 +10,9 @@ from train_fn.models import MODELS, build_model, model_depth, place_params
 from train_fn.optim import (
     BANDS,
     OPTIMIZERS,
+    band_of,
     build_optimizer,
     optimizer_settings,
-    param_bands,
     param_groups,
 )
 
@@ -64,7 +64,10 @@ def test_every_parameter_in_exactly_one_group(arch, mode, no_decay):
 
 def test_unet_band_names():
     spec = Spec.model_validate({"model": ARCHS[0]})
-    bands = param_bands(build_model(spec.model, 1, 5), spec.model)
+    bands: dict[str, list[str]] = {}
+    for name, (part, level) in place_params(build_model(spec.model, 1, 5), spec.model).items():
+        bands.setdefault(band_of(part, level, model_depth(spec.model)), []).append(name)
+    assert set(bands) == set(BANDS)
     assert all(n.startswith(("model.0.", "model.1.submodule.0.")) for n in bands["early_encoder"])
     assert all(".submodule.1.submodule.0." in n for n in bands["deep_encoder"])
     assert all(n.startswith("model.1.submodule.1.submodule.1.submodule.")
