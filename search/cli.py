@@ -15,7 +15,7 @@ from pathlib import Path
 from search import stopping
 from search.errors import ArgumentError, SegtuneError
 from search.lazy import LazyModule
-from search.runfolder import RunFolder
+from search.runfolder import MODELS, RunFolder
 from search.runlock import run_lock
 from search.spec import SearchLeaf, load_spec
 from search.stopping import Interrupted
@@ -114,10 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
     comp.add_argument("--baseline", required=True, help="another run folder, an nnU-Net "
                       "summary.json, or a CSV with the header class,mean[,std][,metric]")
-    comp.add_argument("--model", default="best", choices=["best", "greedy", "uniform"],
+    comp.add_argument("--model", default="best", choices=MODELS,
                       help="the run's model to compare (default: best)")
     comp.add_argument("--split", default="test", help="the split evaluated (default: test)")
-    comp.add_argument("--baseline-model", choices=["best", "greedy", "uniform"],
+    comp.add_argument("--baseline-model", choices=MODELS,
                       help="the model of a baseline run folder (default: --model)")
     for command in (soup, rep, cv, comp):
         command.add_argument("--tracking-uri", help="log this folder's results to a new parent "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 from search.errors import ArgumentError
 from search.lazy import LazyModule
 from search.predict import load_model, open_run
+from search.runfolder import use_every_core
 from search.tables import table
 from train_fn.files import write_json
 
@@ -51,7 +51,7 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
     cases = ds.subset(folder.split[split])
     out = Path(out_dir) if out_dir else folder.eval_dir(segmenter.name, split)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    use_every_core()
 
     per_case = []
     for case in cases:

@@ -13,7 +13,6 @@ labels for the same image. From Python, two lines:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,7 @@ import numpy as np
 
 from search.errors import ArgumentError, PredictError, RunFolderError
 from search.lazy import LazyModule
-from search.runfolder import RunFolder
+from search.runfolder import MODELS, RunFolder, use_every_core
 from search.spec import Spec
 from search.storage import join, load_run_checkpoint
 from train_fn.data import preprocessing
@@ -38,7 +37,6 @@ metrics = LazyModule("train_fn.metrics")
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("best", "greedy", "uniform")
 SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -313,8 +311,6 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
                   model: str = "best", device: str | None = None) -> list[Path]:
     """Segment each image of `inputs` (folders or files) into `out_dir/<name>.nii.gz`. Every
     input is checked before anything is written. Returns the files written."""
-    import torch
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     open_run(run_dir)  # a wrong folder is named before the inputs are looked at
     images = find_images(inputs)
@@ -324,7 +320,7 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     pairs = plan_outputs(images, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PredictError(f"--output {out_dir}: a file, not a folder")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    use_every_core()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src, dst in pairs:

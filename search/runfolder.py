@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -43,6 +44,15 @@ SUMMARY_JSON = "summary.json"
 SPLIT_JSON = "split.json"
 SPLITS_JSON = "splits.json"
 SOUP_LINK = "soup"  # -> the soup set that summary.json names
+MODELS = ("best", "greedy", "uniform")  # a run's models: the best trial and its two soups
+
+
+def use_every_core() -> None:
+    """Give torch every CPU: scoring, souping and predicting run in the driver alone, where a
+    trial's torch would use the CPUs Ray granted it."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 
 @dataclass

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import CompareError
-from search.runfolder import RunFolder
+from search.runfolder import MODELS, RunFolder
 
 logger = logging.getLogger(__name__)
 
 METRICS = {"dice": "Dice", "hd95": "HD95"}  # our name -> nnU-Net's key and the shown name
-MODELS = ("best", "greedy", "uniform")
 CSV_COLUMNS = ("class", "mean", "std", "metric")
 CSV_HEADER = "class,mean[,std][,metric]"
 
