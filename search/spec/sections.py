@@ -3,7 +3,6 @@ soup, cv, tracking, lr_finder): each setting's type, default and range."""
 
 from __future__ import annotations
 
-import difflib
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,6 +24,7 @@ from search.spec.leaves import (
     _alternatives,
     _Section,
 )
+from search.spec.messages import did_you_mean
 from train_fn.models import MODELS
 from train_fn.optim import MODES, OPTIMIZERS
 
@@ -33,9 +33,7 @@ from train_fn.optim import MODES, OPTIMIZERS
 # Sections.
 def _known_name(value: str, registry: dict, what: str) -> str:
     if value not in registry:
-        hint = difflib.get_close_matches(value, list(registry), n=1)
-        guess = f"did you mean {hint[0]!r}? " if hint else ""
-        raise ValueError(f"unknown {what} {value!r}; {guess}valid: {', '.join(registry)}")
+        raise ValueError(f"unknown {what} {value!r}; {did_you_mean(value, list(registry))}")
     return value
 
 
