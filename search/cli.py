@@ -15,6 +15,7 @@ from pathlib import Path
 from search import stopping
 from search.errors import ArgumentError, SegtuneError
 from search.lazy import LazyModule
+from search.progress import values_text
 from search.runfolder import MODELS, RunFolder
 from search.runlock import run_lock
 from search.spec import SearchLeaf, load_spec
@@ -204,8 +205,7 @@ def _dry_run(spec, args) -> None:
     if searched:
         print("\nfirst configurations the sampler proposes:")
         for config in space.preview(spec, min(3, spec.search.num_trials)):
-            print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in config.items()))
+            print("  " + values_text(config, digits=4))
 
 
 def _groups(spec) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import TrackingError
+from search.progress import values_text
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,6 @@ def readable_range(leaf: dict[str, Any] | list[dict[str, Any]]) -> str:
     if leaf.get("default") is not None:
         text += f" (default {leaf['default']})"
     return text
-
-
-def searched_text(values: dict[str, Any]) -> str:
-    """A trial's searched values as one line, `optimizer.lr=0.0125, model.name=unet`."""
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in values.items())
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
@@ -264,7 +259,7 @@ class Tracker:
             self.trial_runs[trial_id] = run_id
             # The searched values also as one tag and as the description: the runs table
             # shows a run's description without picking a column.
-            values = searched_text(searched)
+            values = values_text(searched, digits=4)
             self.log_batch(run_id, params=params_of(flat_config),
                       tags=[("segtune.searched_params", ", ".join(sorted(searched))),
                             ("segtune.searched_values", values[:5000]),
