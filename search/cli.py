@@ -20,6 +20,7 @@ from search.runfolder import MODELS, RunFolder
 from search.runlock import run_lock
 from search.spec import SearchLeaf, load_spec
 from search.stopping import Interrupted
+from search.tracking import readable_range
 from train_fn.datasets import io_shape
 from train_fn.models import build_model
 from train_fn.optim import param_groups
@@ -220,8 +221,7 @@ def _groups(spec) -> list[str]:
         band = group["name"].split("/")[0]
         value = getattr(spec.layers, band, None) if spec.layers.mode == "bands" else None
         if isinstance(value, SearchLeaf):
-            mult = (f"one of {value.choices}" if value.type == "categorical"
-                    else f"{value.type} [{value.low}, {value.high}]")
+            mult = readable_range(value)
         elif any(isinstance(v, SearchLeaf) for _, v in spec.layers):
             mult = "searched" if spec.layers.mode != "bands" else f"{group['multiplier']:.3g}x"
         else:

@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 
 from search.spec import Spec, SpecError
+from search.tracking import readable_range
 
 
 def ordered_leaves(spec: Spec) -> list[tuple[str, str, Any]]:
@@ -121,17 +122,4 @@ def preview(spec: Spec, n: int, score=None) -> list[dict[str, Any]]:
 
 def describe(spec: Spec) -> list[str]:
     """One line per search leaf, for `--dry-run`."""
-    lines = []
-    for _, key, leaf in ordered_leaves(spec):
-        if leaf.type == "categorical":
-            text = f"categorical {leaf.choices}"
-        else:
-            text = f"{leaf.type} [{leaf.low}, {leaf.high}]"
-            text += " log" if leaf.log else ""
-            if leaf.step is not None and not (leaf.type == "int" and leaf.step == 1):
-                text += f" step {leaf.step}"
-        if leaf.when:
-            text += f"  when {leaf.when}" + (
-                f" (else {leaf.default!r})" if leaf.default is not None else "")
-        lines.append(f"{key}: {text}")
-    return lines
+    return [f"{key}: {readable_range(leaf)}" for _, key, leaf in ordered_leaves(spec)]

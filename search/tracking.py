@@ -20,6 +20,7 @@ from typing import Any
 
 from search.errors import TrackingError
 from search.progress import values_text
+from search.spec import SearchLeaf
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +97,15 @@ def _is_leaf(value: Any) -> bool:
     return isinstance(value, dict) and value.get("type") in ("float", "int", "categorical")
 
 
-def readable_range(leaf: dict[str, Any] | list[dict[str, Any]]) -> str:
-    """A search leaf in its dict form (`Spec.flat()`) as one short line: `float 0.001..0.1
-    log`, `int 1..8 step 2`, `choice [adamw, novograd]`; alternatives joined by `; `, each
-    with its condition (`when optimizer.name=adamw`)."""
+def readable_range(leaf: SearchLeaf | dict[str, Any] | list) -> str:
+    """A search leaf (or its dict form, `Spec.flat()`) as one short line, the one text of a
+    leaf (MLflow params, `--dry-run`): `float 0.001..0.1 log`, `int 1..8 step 2`,
+    `choice [adamw, novograd]`; alternatives joined by `; `, each with its condition
+    (`when optimizer.name=adamw`)."""
     if isinstance(leaf, list):
         return "; ".join(readable_range(x) for x in leaf)
+    if isinstance(leaf, SearchLeaf):
+        leaf = leaf.model_dump(exclude_none=True)
     if leaf["type"] == "categorical":
         text = f"choice {_str(leaf['choices'])}"
     else:

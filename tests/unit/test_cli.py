@@ -18,10 +18,10 @@ def test_dry_run_prints_settings_and_space_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "train.epochs: 3" in out
-    assert "optimizer.lr: float [0.01, 0.2] log" in out
+    assert "optimizer.lr: float 0.01..0.2 log" in out
     assert "layers.middle: 1.0" in out
     assert "first configurations the sampler proposes" in out
-    assert re.search(r"early_encoder +float \[0.1, 0.5\] +10 tensors", out)
+    assert re.search(r"early_encoder +float 0.1..0.5 +10 tensors", out)
     assert re.search(r"\n  head +2x +2 tensors +680 parameters \(0.4%\)", out)
     assert "(100.0%)" not in out and "parameters" in out
     assert not storage.exists()

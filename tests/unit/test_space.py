@@ -61,8 +61,8 @@ def test_random_sampler_and_describe():
     spec = Spec.model_validate({**SPACE, "search": {"sampler": "random", "seed": 1}})
     assert preview(spec, 3) == preview(spec, 3)
     lines = describe(spec)
-    assert "optimizer.lr: float [0.0001, 0.1] log" in lines
-    assert "optimizer.beta1: float [0.8, 0.99] step 0.01" in lines
+    assert "optimizer.lr: float 0.0001..0.1 log" in lines
+    assert "optimizer.beta1: float 0.8..0.99 step 0.01" in lines
     assert any(line.startswith("optimizer.weight_decay") and "when" in line for line in lines)
 
 
