@@ -137,3 +137,19 @@ def test_the_workers_trainable_reaches_no_driver_module():
 def test_reached_follows_imports_transitively():
     graph = {"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}}
     assert _reached("a", graph) == {"a", "b", "c"}
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    """`from search.x import _name` only within the spec package (its files share private
+    helpers; everything else imports its public surface)."""
+    crossing = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module in MODULES):
+                continue
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            inside_spec = module.startswith("search.spec.") and node.module.startswith(
+                "search.spec.")
+            if private and not inside_spec:
+                crossing.append(f"{module} imports {', '.join(private)} from {node.module}")
+    assert crossing == []
