@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -123,6 +124,12 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
 
 def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, local_dir,
             held: ExitStack) -> dict[str, Any]:
+    # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
+    # Ray warns about it every time unless told not to.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
+    # after the run): segtune prints its trial and status lines instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
     check_device(spec)

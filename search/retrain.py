@@ -12,6 +12,7 @@ parent run.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,10 @@ def _mean(values: list[float | None]) -> float:
 def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
              name: str) -> dict[str, Any]:
     """Train `jobs` as one Ray Tune grid under `RUN_DIR/<name>`; return each job's record."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
+    # after the run): segtune prints its trial and status lines instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     run_dir = Path(run_dir)
     out = run_dir / name
     # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object

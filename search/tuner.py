@@ -8,7 +8,6 @@ callbacks are in `search.callbacks`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, locat
     URI in an object store), to continue: finished trials stay, unfinished and errored ones
     resume from their last checkpoint (errored ones count against `search.max_failures`
     again). Its MLflow callback comes back from Ray's saved state."""
-    _quiet_ray()
     return tune.Tuner.restore(location, _trial_fn(spec, split, data_root),
                               resume_unfinished=True, resume_errored=True)
 
@@ -115,7 +113,6 @@ def _tuner(fn, spec: Spec, name: str, storage: str | Path, callbacks: list[Callb
            param_space: dict[str, Any] | None = None) -> tune.Tuner:
     """What every segtune Tuner shares: the concurrency limit, reused workers, the storage,
     the callbacks, the retries, and no Ray tables."""
-    _quiet_ray()
     return tune.Tuner(
         fn, param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -129,15 +126,6 @@ def _tuner(fn, spec: Spec, name: str, storage: str | Path, callbacks: list[Callb
             failure_config=tune.FailureConfig(max_failures=spec.search.max_failures),
             **run_config),
     )
-
-
-def _quiet_ray() -> None:
-    """Ray Tune's defaults for segtune's runs (a user's own setting wins). Each epoch's
-    checkpoint forces an experiment-state snapshot (milliseconds here), which Ray warns
-    about every time; Ray's own tables and TensorBoard hint (a folder in Ray's temporary
-    session, gone after the run) give way to segtune's trial and status lines."""
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 def trial_records(results: tune.ResultGrid, location: str | Path, spec: Spec
