@@ -18,7 +18,6 @@ import glob
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,15 +198,11 @@ def open_dataset(data: Any, root: str | Path | None = None) -> Dataset:
     return Dataset(str(root), tuple(cases), channels, labels, regions)
 
 
-def check_dataset(dataset: Dataset, limit: int = 10,
-                  map_cases: Callable[[Callable, list[tuple]], list] | None = None) -> None:
+def check_dataset(dataset: Dataset, limit: int = 10) -> None:
     """Read every image and label once and raise `DataError` listing each bad file: unreadable
     or truncated files, image/label shape or affine mismatch, wrong channel count, label
-    values outside the declared labels. `map_cases(check_case, [(case, dataset), ...])` runs
-    the checks (the driver's runs them as Ray tasks); default: here, one by one."""
-    args = [(case, dataset) for case in dataset.cases]
-    checks = map_cases(check_case, args) if map_cases else [check_case(*a) for a in args]
-    problems = [p for p in checks if p]
+    values outside the declared labels."""
+    problems = [p for p in (check_case(c, dataset) for c in dataset.cases) if p]
     if problems:
         raise problems_error(dataset, problems, limit)
 
