@@ -33,14 +33,6 @@ class DiskFullError(StorageError):
     """The file system of the run (checkpoints, MLflow's sqlite store) has no space left."""
 
 
-class RunInUse(SegtuneError):
-    """Another live process holds the run folder."""
-
-
-class PredictError(SegtuneError, ValueError):
-    """An input that cannot be segmented, or a run folder that cannot predict."""
-
-
 class TrackingError(SegtuneError, ValueError):
     """The MLflow tracking store cannot be reached or may not be written."""
 
@@ -53,6 +45,6 @@ class SoupError(SegtuneError, ValueError):
     """Checkpoints that cannot be averaged, or nothing to soup."""
 
 
-__all__ = ["ArgumentError", "CompareError", "DataError", "DiskFullError", "PredictError",
-           "ResourceError", "RunFolderError", "RunInUse", "SegtuneError", "SoupError",
-           "SpecError", "StorageError", "TrackingError"]
+__all__ = ["ArgumentError", "CompareError", "DataError", "DiskFullError", "ResourceError",
+           "RunFolderError", "SegtuneError", "SoupError", "SpecError", "StorageError",
+           "TrackingError"]

@@ -13,15 +13,16 @@ labels for the same image. From Python, two lines:
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from search.errors import ArgumentError, PredictError, RunFolderError
+from search.errors import ArgumentError, RunFolderError, SegtuneError
 from search.lazy import LazyModule
-from search.runfolder import MODELS, RunFolder, use_every_core
+from search.runfolder import MODELS, RunFolder
 from search.spec import Spec
 from search.storage import join, load_run_checkpoint
 from train_fn.data import preprocessing
@@ -38,6 +39,10 @@ metrics = LazyModule("train_fn.metrics")
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".nii.gz", ".nii")
+
+
+class PredictError(SegtuneError, ValueError):
+    """An input that cannot be segmented, or a run folder that cannot predict."""
 
 
 def image_name(path: str | Path) -> str:
@@ -311,6 +316,8 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
                   model: str = "best", device: str | None = None) -> list[Path]:
     """Segment each image of `inputs` (folders or files) into `out_dir/<name>.nii.gz`. Every
     input is checked before anything is written. Returns the files written."""
+    import torch
+
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     open_run(run_dir)  # a wrong folder is named before the inputs are looked at
     images = find_images(inputs)
@@ -320,7 +327,7 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     pairs = plan_outputs(images, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PredictError(f"--output {out_dir}: a file, not a folder")
-    use_every_core()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src, dst in pairs:

@@ -12,7 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from search.errors import RunInUse
+from search.errors import SegtuneError
+
+
+class RunInUse(SegtuneError):
+    """Another live process holds the run folder."""
 
 
 def lock_path(run_dir: str | Path) -> Path:

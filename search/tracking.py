@@ -53,6 +53,7 @@ def check_tracking(uri: str, what: str) -> None:
     would retry for minutes). Any HTTP answer counts, even an error status (a proxy that asks
     for a login is there); other stores (sqlite, file) are opened by MLflow itself. `what`
     names where the URI came from (`--tracking-uri`, the spec's key, run.json)."""
+
     if not uri.lower().startswith(("http://", "https://")):
         return
     try:
@@ -196,9 +197,8 @@ class Tracker:
         """The experiment's runs table as segtune means it to be read: the scores and the
         searched params as columns, best validation Dice first. MLflow's UI keeps the columns
         a user picks in the browser and lets no client set them as the default; it opens a
-        view stored in an experiment tag from a link with `?viewStateShareKey=segtune` (the
-        README's MLflow UI section), and takes the chart view's first metric from the
-        primary-metric tag."""
+        view stored in an experiment tag from `view_url`, and takes the chart view's first
+        metric from the primary-metric tag."""
         columns = [f"metrics.`{m}`" for m in ("best_val_dice", "val_dice", "test_dice",
                                                 "best_epoch")]
         columns += [f"params.`{k}`" for k in searched] + ["tags.`segtune.kind`"]
@@ -207,6 +207,10 @@ class Tracker:
         self.client.set_experiment_tag(self.experiment_id, VIEW_TAG + VIEW_KEY,
                                        json.dumps(view))
         self.client.set_experiment_tag(self.experiment_id, PRIMARY_METRIC_TAG, "best_val_dice")
+
+    def view_url(self, ui: str = "http://127.0.0.1:5000") -> str:
+        """The address of the view `set_view` stored, on the UI at `ui`."""
+        return f"{ui}/#/experiments/{self.experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
     def attach_parent(self, run_id: str) -> None:
         self.parent_id = run_id

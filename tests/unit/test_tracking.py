@@ -149,6 +149,8 @@ def test_parent_params_show_fixed_values_and_readable_ranges(store, tmp_path):
     assert {"metrics.`best_val_dice`", "params.`optimizer.lr`",
             "params.`layers.early_encoder`"} <= set(view["selectedColumns"])
     assert tags["mlflow.experiment.primaryMetric.name"] == "best_val_dice"
+    assert tracker.view_url().endswith(
+        f"/#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=segtune")
 
 
 def summary(best_trial: str = "t1", soups: bool = True) -> dict:
