@@ -20,7 +20,6 @@ from search.runfolder import MODELS, RunFolder
 from search.runlock import run_lock
 from search.spec import SearchLeaf, load_spec
 from search.stopping import Interrupted
-from search.tracking import readable_range
 from train_fn.datasets import io_shape
 from train_fn.models import build_model
 from train_fn.optim import param_groups
@@ -37,6 +36,7 @@ report = LazyModule("search.report")
 retrain = LazyModule("search.retrain")
 space = LazyModule("search.space")
 storage = LazyModule("search.storage")
+tracking = LazyModule("search.tracking")
 
 logger = logging.getLogger("search")
 
@@ -221,7 +221,7 @@ def _groups(spec) -> list[str]:
         band = group["name"].split("/")[0]
         value = getattr(spec.layers, band, None) if spec.layers.mode == "bands" else None
         if isinstance(value, SearchLeaf):
-            mult = readable_range(value)
+            mult = tracking.readable_range(value)
         elif any(isinstance(v, SearchLeaf) for _, v in spec.layers):
             mult = "searched" if spec.layers.mode != "bands" else f"{group['multiplier']:.3g}x"
         else:

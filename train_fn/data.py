@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from train_fn.datasets import Case, DataError, default_cache_dir
+
+logger = logging.getLogger(__name__)
 
 
 def _above_min(x):
