@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search import stopping
-from search.errors import SoupError
+from search.errors import RunFolderError, SoupError
 from search.lazy import LazyModule
 from search.progress import versus
 from search.results import log_finish
-from search.runfolder import SOUP_LINK, RunFolder, Scorer, use_every_core
+from search.runfolder import SOUP_LINK, RunFolder, Scorer
 from search.storage import load_run_checkpoint
 from train_fn.data import PatchSampler
 from train_fn.files import write_json
@@ -170,6 +169,8 @@ def switch_soups(run_dir: Path, summary: dict[str, Any], new_set: Path | None) -
 def tidy(run_dir: Path) -> None:
     """Bring a run folder back to what its summary.json names: the `soup` link points at the
     named set, other soup sets and temporary files of dead processes are removed."""
+    import shutil
+
     summary_path = run_dir / "summary.json"
     named = json.loads(summary_path.read_text()).get("soup_set") if summary_path.is_file() \
         else None
@@ -248,13 +249,18 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     """Score the best trial on the test split and, with `soup`, build the uniform and greedy
     soups of the top-k trials, score them too and save them as a new soup set. Updates
     `<run_dir>/summary.json`; logs to `tracker`'s parent run when given."""
+    import torch
+
     folder = RunFolder(run_dir)
-    summary = folder.summary()  # refuses a folder that is not a finished run
-    tidy(folder.path)  # what a killed earlier step left (summary.json itself stays)
+    if not folder.is_finished():
+        raise RunFolderError(f"{folder.path}: no summary.json (not a finished segtune run "
+                             "folder)")
+    tidy(folder.path)  # what a killed earlier step left
+    summary = folder.summary()
     spec = folder.spec
     top_k = top_k or spec.soup.top_k
     ranked = readable(folder.path, candidates(folder.path, summary), top_k if soup else 1)
-    use_every_core()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
     judge = folder.scorer()
     test = folder.volumes("test")
     hd = bool(spec.train.val_hd95)  # off: the user turned HD95 off as too slow
