@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -169,7 +170,6 @@ def switch_soups(run_dir: Path, summary: dict[str, Any], new_set: Path | None) -
 def tidy(run_dir: Path) -> None:
     """Bring a run folder back to what its summary.json names: the `soup` link points at the
     named set, other soup sets and temporary files of dead processes are removed."""
-    import shutil
 
     summary_path = run_dir / "summary.json"
     named = json.loads(summary_path.read_text()).get("soup_set") if summary_path.is_file() \
