@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from search.errors import SegtuneError
+from search.errors import SegtuneError, StorageError
 
 
 class RunInUse(SegtuneError):
@@ -26,6 +27,25 @@ def lock_path(run_dir: str | Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.lock"
 
 
+def _open_lock(path: Path) -> int:
+    """Open (or create) the lock file without following a link, truncating, or blocking, and
+    only if it is a regular file: anyone who can write to a shared storage folder could
+    otherwise point the lock at a file of ours and have its content replaced by a pid."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    rule = "the lock must be a regular file; remove it (or pick another --name or --storage)"
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        kind = "a symbolic link" if path.is_symlink() else exc.strerror.lower()
+        raise StorageError(f"{path}: {kind}, not a lock file; {rule}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link is a link too
+        os.close(fd)
+        kind = "a hard link" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise StorageError(f"{path}: {kind}, not a lock file; {rule}")
+    return fd
+
+
 @contextmanager
 def run_lock(run_dir: str | Path) -> Iterator[Path]:
     """Hold `run_dir` for this process until the block ends; raise `RunInUse` at once, naming
@@ -35,7 +55,7 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     made = not path.parent.exists()  # a run that fails before writing leaves no folder
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
