@@ -258,10 +258,12 @@ class RunFolder:
 
     def volumes(self, cases: str | list[str], labels: bool = True) -> list[dict[str, Any]]:
         """The preprocessed volumes of a part of the split (`"test"`) or of case ids; without
-        `labels`, without the per-class sampling locations (BatchNorm patches)."""
+        `labels`, without the per-class sampling locations (BatchNorm patches). Cache entries
+        are checked to their content (hashes) here, on the driver."""
         ids = self.split[cases] if isinstance(cases, str) else cases
         ds = self.dataset
-        return load_volumes(ds.subset(ids), self.spec.data, ds.num_classes if labels else None)
+        return load_volumes(ds.subset(ids), self.spec.data, ds.num_classes if labels else None,
+                            deep=True)
 
     def device(self, choice: str | None = None) -> torch.device:
         """`choice`, else the spec's `train.device` (auto: CUDA when there is one)."""
