@@ -40,8 +40,41 @@ tracking = LazyModule("search.tracking")
 logger = logging.getLogger("search")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake as one line (as every user error) and exit code 2."""
+
+    def error(self, message: str):
+        print(f"segtune: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _count(low: int, high: int):
+    """An argparse type: an integer from `low` to `high`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+            raise argparse.ArgumentTypeError(f"{shown!r}: an integer from {low} to {high}")
+        return value
+    return parse
+
+
+def _address(text: str) -> str:
+    """An argparse type: auto, local, or [ray://]HOST:PORT with a port from 1 to 65535."""
+    host, _, port = text.removeprefix("ray://").rpartition(":")
+    if text in ("auto", "local") or (host and port.isdigit() and 1 <= int(port) <= 65535
+                                     and host.isprintable() and " " not in host):
+        return text
+    shown = text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+    raise argparse.ArgumentTypeError(f"{shown!r}: auto, local, or HOST:PORT of a Ray head "
+                                     "(port 1 to 65535), e.g. 10.0.0.5:6379")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
+    parser = _Parser(prog="python -m search", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -57,8 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                      "for the run folder and the default MLflow store (default: runs/)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite at "
                      "<storage>/mlflow.db, or the spec's tracking.uri)")
-    run.add_argument("--address", help="run on an existing Ray cluster: auto, or HOST:PORT of "
-                     "its head (default: RAY_ADDRESS, else a local Ray on this machine)")
+    run.add_argument("--address", type=_address, help="run on an existing Ray cluster: auto, "
+                     "or HOST:PORT of its head (default: RAY_ADDRESS, else a local Ray on "
+                     "this machine)")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run of this name (same spec)")
     run.add_argument("--dry-run", action="store_true",
@@ -73,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
     soup = sub.add_parser("soup", help="soup the best checkpoints of a finished run")
     soup.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
-    soup.add_argument("--top-k", type=int, help="how many of the best trials to soup "
+    soup.add_argument("--top-k", type=_count(1, 1000), help="how many of the best trials to soup "
                       "(default: the spec's soup.top_k)")
 
     ev = sub.add_parser("evaluate", help="predict a split of a finished run as NIfTI files and "
@@ -105,10 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("crossval", help="retrain the best configuration(s) on k folds; "
                         "per-region mean and std over folds, soups per fold")
     cv.add_argument("run_dir", help="the run folder")
-    cv.add_argument("--folds", type=int, help="number of folds (default: the spec's cv.folds, "
-                    "else 5)")
-    cv.add_argument("--top-k", type=int, default=None, help="configurations to retrain and "
-                    "soup per fold (default: the spec's cv.top_k)")
+    cv.add_argument("--folds", type=_count(2, 100), help="number of folds (default: the "
+                    "spec's cv.folds, else 5)")
+    cv.add_argument("--top-k", type=_count(1, 100), default=None, help="configurations to "
+                    "retrain and soup per fold (default: the spec's cv.top_k)")
     cv.add_argument("--trial", help="one named trial instead of the best")
 
     comp = sub.add_parser("compare", help="per-class Dice (and HD95) of a run against a baseline")
@@ -133,8 +167,21 @@ def _rehome(args) -> None:
         folder.rehome(args.tracking_uri)
 
 
+def _out_folder(path: str | None, option: str) -> None:
+    """Refuse an output folder that is a file (or below one) before any work is done."""
+    if path is None:
+        return
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ArgumentError(f"{option} {path}: {part} is a file, not a folder; give "
+                                    "a folder (made if missing)")
+            return
+
+
 def _evaluate(args) -> int:
-    with _held(args.run_dir):
+    _out_folder(args.out, "--out")
+    with _held(args.run_dir, read_only=args.out is not None):
         summary = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
     print(evaluate.format_scores(summary))
     print(f"predictions and summary.json: {summary['segtune']['out_dir']}")
@@ -142,7 +189,7 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    with _held(args.run_dir):
+    with _held(args.run_dir, read_only=True):
         written = predict.predict_files(args.run_dir, args.input, args.output, args.model,
                                         args.device)
     for path in written:
@@ -173,10 +220,11 @@ def _crossval(args) -> int:
     return 0
 
 
-def _held(run_dir):
+def _held(run_dir, read_only: bool = False):
     """The run folder held by this command (see search.runlock); a path that is no folder
-    gets the command's own error, and no lock file."""
-    return run_lock(run_dir) if Path(run_dir).is_dir() else nullcontext()
+    gets the command's own error, and no lock file. A command that only reads the run
+    (`read_only`) may use a read-only one without a lock."""
+    return run_lock(run_dir, read_only) if Path(run_dir).is_dir() else nullcontext()
 
 
 def _dry_run(spec, args) -> None:
@@ -249,6 +297,7 @@ def _run(args) -> int:
 
 def _lr_find(args) -> int:
     spec = load_spec(args.spec, args.overrides)
+    _out_folder(args.out, "--out")
     out = Path(args.out or Path("runs") / f"{Path(args.spec).stem}-lr-find")
     data_root, split = prepare.prepare_data(spec)
     _, result = lrfind.lr_find(spec, data_root, split, out)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from search import inputs
 from search.errors import ArgumentError, RunFolderError, SegtuneError
 from search.lazy import LazyModule
 from search.runfolder import RunFolder
@@ -215,7 +216,7 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
                         "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
     # Exactly the file named: `DIR/mymodel.pt` is not `DIR/checkpoint.pt`.
     name = path.parent.name if path.name == "checkpoint.pt" else path.stem
-    return name or "checkpoint", path, checkpoint_io.load_checkpoint(path)
+    return name or "checkpoint", path, inputs.read_checkpoint(path, model)
 
 
 def load_model(run_dir: str | Path, model: str = "best", device: str | None = None

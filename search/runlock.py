@@ -6,7 +6,9 @@ that ends normally removes the file."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -15,9 +17,16 @@ from pathlib import Path
 
 from search.errors import SegtuneError, StorageError
 
+logger = logging.getLogger(__name__)
+
 
 class RunInUse(SegtuneError):
     """Another live process holds the run folder."""
+
+
+class CannotLock(StorageError):
+    """The storage folder may not be written (read-only, another user's): no lock can be
+    made there, and no command may write there either."""
 
 
 def lock_path(run_dir: str | Path) -> Path:
@@ -36,6 +45,11 @@ def _open_lock(path: Path) -> int:
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not path.is_symlink():
+            raise CannotLock(f"{path.parent}: cannot write in it ({exc.strerror.lower()}), "
+                             f"so {path.name} cannot be made; a command that writes into "
+                             "the run needs a folder it may write (copy the run folder "
+                             "elsewhere; evaluate can write to --out instead)") from None
         kind = "a symbolic link" if path.is_symlink() else exc.strerror.lower()
         raise StorageError(f"{path}: {kind}, not a lock file; {rule}") from None
     info = os.fstat(fd)
@@ -47,15 +61,24 @@ def _open_lock(path: Path) -> int:
 
 
 @contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[Path]:
+def run_lock(run_dir: str | Path, read_only: bool = False) -> Iterator[Path | None]:
     """Hold `run_dir` for this process until the block ends; raise `RunInUse` at once, naming
     the holder's pid, when another process holds it. Creates the storage folder if needed
-    (and removes it again when it is left empty)."""
+    (and removes it again when it is left empty). With `read_only` (a command that only reads
+    the run), a storage folder this process may not write is used without a lock (None): a
+    published, read-only run can still predict."""
     path = lock_path(run_dir)
     made = not path.parent.exists()  # a run that fails before writing leaves no folder
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = _open_lock(path)
+        try:
+            fd = _open_lock(path)
+        except CannotLock:
+            if not read_only or os.access(Path(run_dir).resolve(), os.W_OK):
+                raise
+            logger.debug("%s: read-only, used without a lock", run_dir)
+            yield None
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -88,4 +111,4 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
                 pass
 
 
-__all__ = ["RunInUse", "lock_path", "run_lock"]
+__all__ = ["CannotLock", "RunInUse", "lock_path", "run_lock"]

@@ -43,6 +43,10 @@ def default_uri(storage: str | Path) -> str:
 PROBE_TIMEOUT_S = 5.0
 
 
+# The stores MLflow 3 opens: a server, a database (SQLAlchemy), or Databricks.
+STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
 def check_tracking(uri: str, what: str) -> None:
     """Refuse an http(s) tracking URI where no server answers, within seconds (MLflow's client
     would retry for minutes). Any HTTP answer counts, even an error status (a proxy that asks
@@ -52,7 +56,12 @@ def check_tracking(uri: str, what: str) -> None:
     import urllib.error
     import urllib.request
 
-    if not uri.lower().startswith(("http://", "https://")):
+    scheme = uri.partition(":")[0].lower().split("+")[0] if ":" in uri else ""
+    if scheme not in STORE_SCHEMES:
+        shown = uri if len(uri) <= 80 else f"{uri[:60]}... ({len(uri)} characters)"
+        raise TrackingError(f"{what} {shown}: not an MLflow tracking URI; use one of "
+                            + ", ".join(f"{s}://..." for s in STORE_SCHEMES))
+    if scheme not in ("http", "https"):
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):

@@ -223,24 +223,41 @@ def build_entry(case: Case, data: Any, deep: bool = False, check: bool = True) -
         if problem != MISSING:
             logger.warning("cache: %s: %s; rebuilding it", entry, problem)
     vol = preprocess_case(case, data)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
     try:
-        np.save(tmp / "image.npy", vol["image"])
-        np.save(tmp / "label.npy", vol["label"])
-        np.savez(tmp / "locations.npz", **{str(c): v for c, v in vol["locations"].items()})
-        meta = {"case_id": case.case_id, "spacing": list(vol["spacing"]),
-                "shape": list(vol["image"].shape), "label_max": int(vol["label"].max()),
-                "image": case.image, "label": case.label, "key": key,
-                "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
-                          for n in _FILES},
-                "built_by": f"{socket.gethostname()}:{os.getpid()}"}
-        meta["checksum"] = _meta_checksum(meta)
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        _put_in_place(tmp, entry, key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=entry.parent))
+    except OSError as err:
+        raise _cache_error(entry, err) from None
+    try:
+        _write_entry(tmp, entry, key, case, vol)
+    except OSError as err:  # a full disk (numpy: "N requested and M written"), read-only
+        raise _cache_error(entry, err) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return entry
+
+
+def _cache_error(entry: Path, err: OSError) -> DataError:
+    reason = (err.strerror or str(err)).lower()
+    return DataError(f"data.cache_dir {entry.parent}: cannot write the cache entry "
+                     f"{entry.name} ({reason}); free space there, set data.cache_dir to "
+                     "another folder, or data.cache: false")
+
+
+def _write_entry(tmp: Path, entry: Path, key: str, case: Case, vol: dict[str, Any]) -> None:
+    """The entry's files into `tmp`, then `tmp` into place."""
+    np.save(tmp / "image.npy", vol["image"])
+    np.save(tmp / "label.npy", vol["label"])
+    np.savez(tmp / "locations.npz", **{str(c): v for c, v in vol["locations"].items()})
+    meta = {"case_id": case.case_id, "spacing": list(vol["spacing"]),
+            "shape": list(vol["image"].shape), "label_max": int(vol["label"].max()),
+            "image": case.image, "label": case.label, "key": key,
+            "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)}
+                      for n in _FILES},
+            "built_by": f"{socket.gethostname()}:{os.getpid()}"}
+    meta["checksum"] = _meta_checksum(meta)
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    _put_in_place(tmp, entry, key)
 
 
 def _put_in_place(tmp: Path, entry: Path, key: str) -> None:

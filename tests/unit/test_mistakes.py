@@ -1,0 +1,149 @@
+"""Every user mistake is one line naming it, exit code 2 (issue 30, item 8): each numeric
+setting of the spec with a value far out of range, and each option of each subcommand with an
+out-of-range value (tests/e2e/test_e2e_mistakes.py walks those on a finished run)."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+from conftest import ROOT
+
+from search.cli import main
+from search.leaves import _Section
+from search.spec import Spec
+
+SMOKE = str(ROOT / "spaces" / "smoke.yaml")
+
+
+def _main(args: list[str]) -> int:
+    """`main` as `python -m search` runs it: argparse's mistakes exit too."""
+    try:
+        return main(args)
+    except SystemExit as exit_:
+        return exit_.code
+# Settings that need another model to be taken at all (the range is checked first anyway).
+OTHER_MODEL = {"kernel_size": "dynunet", "deep_supr_num": "dynunet", "init_filters":
+               "mednext", "blocks_down": "mednext", "blocks_up": "mednext",
+               "blocks_bottleneck": "mednext"}
+
+
+def _numeric_settings():
+    """(dotted key, how many numbers it takes: 0 for one, n for an n-tuple, -1 any length)."""
+    out = []
+    for section, field in Spec.model_fields.items():
+        for name, info in field.annotation.model_fields.items():
+            text = str(info.annotation)
+            if "int" not in text and "float" not in text:
+                continue
+            origin = [typing.get_origin(a) for a in (info.annotation,
+                                                     *typing.get_args(info.annotation))]
+            if tuple in origin:
+                args = [a for a in typing.get_args(info.annotation) if typing.get_origin(a)
+                        is tuple] or [info.annotation]
+                inner = typing.get_args(args[0])
+                out.append((f"{section}.{name}", -1 if Ellipsis in inner else len(inner)))
+            elif name not in ("labels", "regions"):  # dicts of label ids: checked elsewhere
+                out.append((f"{section}.{name}", 0))
+    return out
+
+
+SETTINGS = _numeric_settings()
+
+
+def test_the_walk_covers_the_settings_it_should():
+    keys = {k for k, _ in SETTINGS}
+    assert {"search.num_trials", "train.batch_size", "train.patch_size", "data.cases",
+            "optimizer.lr", "model.channels", "data.window", "resources.cpu",
+            "cv.folds", "lr_finder.num_iter"} <= keys
+    assert len(keys) > 40 and issubclass(Spec.model_fields["train"].annotation, _Section)
+
+
+@pytest.mark.parametrize("key, length", SETTINGS)
+def test_every_numeric_setting_refuses_a_huge_value_in_one_line(tmp_path, capsys, key,
+                                                                length):
+    big = "1000000000000"  # an integer: a float setting takes it too
+    value = big if length == 0 else f"[{', '.join([big] * (length if length > 0 else 3))}]"
+    model = OTHER_MODEL.get(key.split(".")[1]) if key.startswith("model.") else None
+    extra = ["--set", f"model.name={model}"] if model else []
+    code = main(["run", SMOKE, "--dry-run", "--storage", str(tmp_path / "runs"), *extra,
+                 "--set", f"{key}={value}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("segtune: error: ") and err.count("\n") == 1, err
+    assert key in err and "Traceback" not in err
+    assert ("less than" in err or "at most" in err or "integer" in err
+            or "must be" in err or "fit a device" in err), err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, said", [
+    (["run", SMOKE, "--dry-run", "--set", "train.patch_size=[1000, 1000, 1000]"],
+     "train.batch_size x train.patch_size is 2,000,000,000 voxels per step; at most "
+     "268,435,456 (e.g. 2 x 512^3) fit a device"),
+    (["run", SMOKE, "--dry-run", "--set", "train.epochs=" + "9" * 5000],
+     "--set train.epochs: a number of 5000 characters; a spec's numbers have at most 64"),
+    (["soup", "{tmp}", "--top-k", "-5"],
+     "argument --top-k: '-5': an integer from 1 to 1000 (see: python -m search soup --help)"),
+    (["soup", "{tmp}", "--top-k", "0"], "argument --top-k: '0': an integer from 1 to 1000"),
+    (["crossval", "{tmp}", "--top-k", "-3"], "argument --top-k: '-3': an integer from 1 to"),
+    (["crossval", "{tmp}", "--folds", "1"], "argument --folds: '1': an integer from 2 to 100"),
+    (["run", SMOKE, "--address", "127.0.0.1:70000"],
+     "argument --address: '127.0.0.1:70000': auto, local, or HOST:PORT of a Ray head"),
+    (["run", SMOKE, "--tracking-uri", "bogus://x"],
+     "--tracking-uri bogus://x: not an MLflow tracking URI; use one of http://..."),
+    (["run", SMOKE, "--tracking-uri", "file:///tmp/mlruns"],
+     "--tracking-uri file:///tmp/mlruns: not an MLflow tracking URI"),
+    (["lr-find", SMOKE, "--out", "{file}/x"], "--out {file}/x: {file} is a file, not a folder"),
+    (["evaluate", "{tmp}", "--out", "{file}"], "--out {file}: {file} is a file, not a folder"),
+])
+def test_argument_mistakes_are_one_line_and_exit_2(tmp_path, capsys, args, said):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    fill = {"tmp": tmp_path, "file": file}
+    args = [a.format(**fill) for a in args]
+    code = _main([*args, "--storage", str(tmp_path / "runs")] if args[0] == "run" else args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("segtune: error: ") and said.format(**fill) in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("where, said", [
+    ("{file}", "data.root {file}: cannot write the phantom there: not a directory; choose a "
+     "new or empty folder you may write, with free space"),
+    ("{file}/sub", "data.root {file}/sub: cannot write the phantom there: "),
+    ("{busy}", "data.root {busy}: exists and is not a phantom folder (no phantom.json); "
+     "choose an empty or new data.root"),
+    ("{small}/phantom", "data.root {small}/phantom: cannot write the phantom there: no space "
+     "left on device"),
+])
+def test_a_phantom_root_that_cannot_hold_it_is_one_line(tmp_path, capsys, where, said):
+    import subprocess
+
+    file, busy, small = tmp_path / "a-file", tmp_path / "busy", tmp_path / "small"
+    file.write_text("x")
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    if "{small}" in where:
+        small.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(small)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here")
+    fill = {"file": file, "busy": busy, "small": small}
+    try:
+        code = _main(["run", SMOKE, "--storage", str(tmp_path / "runs"),
+                      "--set", f"data.root={where.format(**fill)}"])
+    finally:
+        if "{small}" in where:
+            leftovers = list(small.iterdir())
+            subprocess.run(["umount", str(small)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("segtune:")]
+    assert len(lines) == 1 and said.format(**fill) in lines[0], err
+    assert file.read_text() == "x" and (busy / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "runs").exists()
+    if "{small}" in where:
+        assert leftovers == []  # no half-written phantom left on the full disk
