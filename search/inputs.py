@@ -75,9 +75,19 @@ def _pct(share: float) -> str:
 
 
 def check_inputs(images: list[Path]) -> None:
-    """`check_readable` for every image, all before the first prediction is written."""
+    """`check_readable` for every image, all before the first prediction is written; one line
+    naming the first bad image and how many more there are (by name)."""
+    problems = []
     for image in images:
-        check_readable(image)
+        try:
+            check_readable(image)
+        except InputError as err:
+            problems.append((image, str(err)))
+    if problems:
+        more = problems[1:]
+        tail = (f"; {len(more)} more bad input(s): " + ", ".join(str(p) for p, _ in more[:5])
+                + (" ..." if len(more) > 5 else "")) if more else ""
+        raise InputError(f"{problems[0][1]}{tail}; nothing was written")
 
 
 __all__ = ["InputError", "check_finite_weights", "check_inputs", "check_readable",
