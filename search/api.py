@@ -136,6 +136,9 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     check_local_folder(local, "--local-dir" if uri else "--storage")
     if uri:
         check_storage(uri)
+    if resume and _unstarted(run_dir):  # killed before its first trial: start it
+        logger.info("%s: no trial was saved before the run stopped; starting it", run_dir)
+        resume = False
     if resume:
         if run_dir.is_dir():  # else nothing to resume (said below), and nothing to create
             held.enter_context(run_lock(run_dir))
@@ -152,7 +155,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         # Taken before anything is written into the run folder, and the folder checked again
         # under it: another process may have started this name since the check above.
         held.enter_context(run_lock(run_dir))
-        _check_new(run_dir, name, uri)
+        _check_new(run_dir, name, uri, clear=True)
     if not ray.is_initialized():
         # Before the data check and the cache build: they run as Ray tasks.
         context = stopping.start_ray(**(ray_init or {}))
@@ -250,7 +253,41 @@ def _disk_full(run_dir: Path, again: str | None) -> DiskFullError:
     return disk_full_error(run_dir, again)
 
 
-def _check_new(run_dir: Path, name: str, uri: str | None) -> None:
+def _unstarted(run_dir: Path) -> bool:
+    """Whether `run_dir` is what a new run leaves when killed (kill -9, a lost machine) before
+    Ray Tune saved anything: segtune's start files (spec, split, run.json), no trial and no
+    Ray state to resume from. Such a folder can only be started again."""
+    folder = RunFolder(run_dir)
+    if not run_dir.is_dir() or not (folder.spec_yaml.is_file() or folder.run_json.is_file()):
+        return False
+    if any(p.name.startswith("trial_") for p in run_dir.iterdir()):
+        return False
+    try:
+        return not _restorable(experiment_location(run_dir))
+    except Exception:  # noqa: BLE001 - an unreadable run.json: the folder is not ours to drop
+        return False
+
+
+def _clear_unstarted(run_dir: Path) -> None:
+    """Close the MLflow parent run a killed start left RUNNING (KILLED), then remove the
+    folder, with a line saying so (called under the run lock)."""
+    folder = RunFolder(run_dir)
+    try:
+        if folder.run_json.is_file() and folder.info.parent_run_id:
+            tracker = folder.tracker()
+            tracker.client.set_terminated(folder.info.parent_run_id, "KILLED")
+    except Exception as err:  # noqa: BLE001 - a store gone or offline: the folder still goes
+        logger.warning("%s: could not mark its MLflow run KILLED (%s)", run_dir, err)
+    shutil.rmtree(run_dir)
+    logger.warning("%s: left by a run stopped before its first trial was saved (nothing to "
+                   "resume); removed, and the run starts afresh", run_dir)
+
+
+def _check_new(run_dir: Path, name: str, uri: str | None, clear: bool = False) -> None:
+    if _unstarted(run_dir):
+        if clear:
+            _clear_unstarted(run_dir)
+        return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunFolderError(f"{run_dir}: a run named {name!r} already exists; continue it "
                              "with --resume, or pick another --name or --storage")

@@ -234,8 +234,10 @@ def _dry_run(spec, args) -> None:
     uri, experiment = api.tracking_target(spec, local, name, args.tracking_uri)
     searched = spec.searched()
     print(f"spec {args.spec}: valid")
-    print(f"run folder: {run_dir}" + ("  (exists: the run would be refused)"
-                                      if run_dir.exists() else ""))
+    print(f"run folder: {run_dir}" + (
+        "  (left by a run stopped before its first trial: it starts afresh)"
+        if api._unstarted(run_dir) else "  (exists: the run would be refused)"
+        if run_dir.exists() else ""))
     if storage.is_uri(args.storage):
         print(f"checkpoints: {storage.join(args.storage, name)}")
     print(f"MLflow: {uri}  experiment {experiment!r}")
