@@ -132,6 +132,10 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
+    if not ray.is_initialized():  # a cluster that is not there: said in seconds, first
+        given = (ray_init or {}).get("address")
+        stopping.check_address(given or os.environ.get("RAY_ADDRESS"),
+                               "--address" if given else "RAY_ADDRESS")
     check_device(spec)
     check_local_folder(local, "--local-dir" if uri else "--storage")
     if uri:
