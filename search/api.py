@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 from contextlib import ExitStack
@@ -110,20 +111,22 @@ def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                storage: str | Path | None = None, tracking_uri: str | None = None,
                ray_init: dict[str, Any] | None = None, resume: bool = False,
-               local_dir: str | Path | None = None) -> dict[str, Any]:
+               local_dir: str | Path | None = None, overrides: list[str] = ()
+               ) -> dict[str, Any]:
     """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`).
     With `resume`, continue the interrupted run of the same name: finished trials are kept,
     unfinished and errored ones continue from their last checkpoint. An object-store
     `storage` (`s3://bucket/prefix`) holds Ray's experiment; the run folder is then
     `<local_dir or runs>/<name>`. The run folder is held by this process throughout (a
-    second process with the same name is refused, see `search.runlock`)."""
+    second process with the same name is refused, see `search.runlock`). `overrides` (the
+    `--set` items the spec was loaded with) go into the resume command it prints."""
     with ExitStack() as held:
         return _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume,
-                       local_dir, held)
+                       local_dir, held, list(overrides))
 
 
 def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, local_dir,
-            held: ExitStack) -> dict[str, Any]:
+            held: ExitStack, overrides: list[str]) -> dict[str, Any]:
     # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
     # Ray warns about it every time unless told not to.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -193,8 +196,8 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     location = experiment_location(run_dir)
 
     status = "FAILED"
-    where = f"--storage {uri} --local-dir {local}" if uri else f"--storage {local}"
-    again = f"python -m search run {spec_path} --name {name} {where} --resume"
+    again = resume_command(spec_path, name, uri, local, overrides,
+                           (ray_init or {}).get("address"))
     try:
         if resume:
             tuner = restore_tuner(spec, split, str(data_root), location)
@@ -249,6 +252,19 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                 raise
             logger.warning("MLflow could not mark the runs %s (no space left for its store); "
                            "--resume closes them", status)
+
+
+def resume_command(spec_path: str | Path, name: str, uri: str | None, local: Path,
+                   overrides: list[str] = (), address: str | None = None) -> str:
+    """The command that continues this run, ready to paste: its `--set` overrides (the
+    resumed spec must be the same) and `--address` included, every part shell-quoted."""
+    parts = ["python", "-m", "search", "run", str(spec_path), "--name", name]
+    parts += ["--storage", uri, "--local-dir", str(local)] if uri else ["--storage", str(local)]
+    for item in overrides:
+        parts += ["--set", item]
+    if address:
+        parts += ["--address", address]
+    return shlex.join([*parts, "--resume"])
 
 
 def _disk_full(run_dir: Path, again: str | None) -> DiskFullError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -291,7 +292,7 @@ def _run(args) -> int:
     summary = api.run_search(spec, args.spec, name=args.name, storage=args.storage,
                          tracking_uri=args.tracking_uri, resume=args.resume,
                          ray_init={"address": args.address} if args.address else None,
-                         local_dir=args.local_dir)
+                         local_dir=args.local_dir, overrides=args.overrides)
     _, local, _ = api.run_paths(args.spec, args.name, args.storage, args.local_dir)
     _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri, local)
     return 0
@@ -339,10 +340,20 @@ def _print_end(summary, searched, uri, local) -> None:
     print(report.format_summary(summary, searched))
     print(f"\nrun folder: {summary['run_dir']}  (summary.json, soup/)")
     if uri:
-        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}   (or open {uri})")
+        print(f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(uri)}   (or open {uri})")
     else:
         db = (Path(local) / "mlflow.db").resolve()
-        print(f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{db}")
+        print(f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(f'sqlite:///{db}')}")
+
+
+MAX_MESSAGE = 2000  # characters of an error line: a 200 KB value is shown by its ends
+
+
+def _short(text: str) -> str:
+    if len(text) <= MAX_MESSAGE:
+        return text
+    return (f"{text[:MAX_MESSAGE - 300]} ... ({len(text) - MAX_MESSAGE + 100:,} characters "
+            f"left out) ... {text[-200:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Ray Tune's own "Resume experiment with: Tuner.restore(...)": segtune prints the command.
+    logging.getLogger("ray.tune.tune").addFilter(
+        lambda record: "Resume experiment with" not in record.getMessage())
     # It logs each failed query with its traceback, then raises it: segtune reports that once.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     stopping.local_ray_on_loopback(getattr(args, "address", None))
@@ -365,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     except SegtuneError as err:
         if args.debug:
             raise
-        print(f"segtune: error: {err}", file=sys.stderr)
+        print(f"segtune: error: {_short(str(err))}", file=sys.stderr)
         return 2
     except Interrupted as err:
         print(f"segtune: {err}", file=sys.stderr)

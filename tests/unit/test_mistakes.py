@@ -147,3 +147,54 @@ def test_a_phantom_root_that_cannot_hold_it_is_one_line(tmp_path, capsys, where,
     assert not (tmp_path / "runs").exists()
     if "{small}" in where:
         assert leftovers == []  # no half-written phantom left on the full disk
+
+
+def test_a_folder_or_a_fifo_as_the_spec_is_named_for_what_it_is(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "spec.fifo"
+    os.mkfifo(fifo)
+    for path, said in ((tmp_path, "a folder, not a spec file"),
+                       (fifo, "not a regular file (a pipe, socket or device); a spec is a "
+                              "YAML file")):
+        assert _main(["run", str(path), "--dry-run"]) == 2
+        assert capsys.readouterr().err == f"segtune: error: {path}: {said}\n"
+
+
+def test_a_huge_bad_value_is_shown_by_its_ends(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model:\n  name: " + "x" * 200_000 + "\n")
+    assert _main(["run", str(spec), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segtune: error: {spec}:2: model.name: unknown model 'xxx")
+    assert err.count("\n") == 1 and len(err) < 2100
+    assert " characters left out) ... " in err and err.rstrip().endswith("mednext")
+
+
+def test_the_resume_command_is_quoted_and_keeps_the_overrides():
+    import shlex
+    from pathlib import Path
+
+    from search.api import resume_command
+
+    line = resume_command("my specs/s.yaml", "run 1", None, Path("runs x"),
+                          ["train.epochs=3", "optimizer.lr={type: float, low: 0.01}"])
+    assert line == ("python -m search run 'my specs/s.yaml' --name 'run 1' --storage 'runs x' "
+                    "--set train.epochs=3 --set 'optimizer.lr={type: float, low: 0.01}' "
+                    "--resume")
+    assert shlex.split(line)[4:6] == ["my specs/s.yaml", "--name"]
+    assert resume_command("s.yaml", "a", "s3://b/p", Path("runs"), [], "10.0.0.5:6379") == (
+        "python -m search run s.yaml --name a --storage s3://b/p --local-dir runs "
+        "--address 10.0.0.5:6379 --resume")
+
+
+def test_rays_own_resume_hint_is_not_shown_beside_segtunes(tmp_path, capsys, caplog):
+    import logging
+
+    assert _main(["run", SMOKE, "--dry-run", "--storage", str(tmp_path)]) == 0
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("ray.tune.tune").warning(
+            "Experiment has been interrupted, but the most recent state was saved.\n"
+            "Resume experiment with: Tuner.restore(path=...)")
+        logging.getLogger("ray.tune.tune").warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == ["another warning"]
