@@ -42,7 +42,7 @@ from search.storage import (
     saved_trial_ids,
     unfinished_trials,
 )
-from search.study import study_url
+from search.study import check_study, study_url
 from search.tracking import (
     Tracker,
     check_tracking,
@@ -388,6 +388,7 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
                            "filled up or the machine stopped while it was written), so the "
                            "search cannot continue; start it again under another --name") \
             from None
+    check_study(run_dir, folder.info.name, saved_trial_ids(location))
     if tracking_uri:
         folder.rehome(tracking_uri)
     check_tracking(folder.info.tracking_uri, f"{folder.run_json}: tracking_uri")

@@ -214,3 +214,119 @@ def test_a_full_cache_disk_is_one_line_and_leaves_no_run(tmp_path):
         assert not (tmp_path / "runs" / "smoke").exists()
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def _foreign_study(path, name):
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{path}")
+    trial = study.ask()
+    trial.set_user_attr("ray_trial_id", "0ther000")
+    study.tell(trial, 0.5)
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("removed", "optuna.db: missing, so the sampler cannot be given the 2 trial(s) Ray saved"),
+    ("another run's", "optuna.db: the study does not hold 2 of the 2 trial(s) Ray saved ("),
+    ("another name", "optuna.db: holds no study named 'smoke' (another run's study?)"),
+    ("not a study", "optuna.db: not a readable Optuna study (DatabaseError)"),
+])
+def test_a_lost_or_foreign_study_is_refused_before_ray_starts(smoke_run, tmp_path, damage,
+                                                               said):
+    """--resume with the run's optuna.db removed, replaced by another run's study (of the
+    same name, or another), or by a file that is no study: one line naming it, exit 2, before
+    Ray starts, and Ray's saved experiment state left as it was (issue 30, item 3)."""
+    import shutil
+
+    _, run_dir, _ = smoke_run
+    copy = tmp_path / "runs" / "smoke"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    db = copy / "optuna.db"
+    db.unlink()
+    if damage == "another run's":
+        _foreign_study(db, "smoke")
+    elif damage == "another name":
+        _foreign_study(db, "other")
+    elif damage == "not a study":
+        db.write_bytes(b"not sqlite" * 100)
+    before = _snapshot(copy)
+    proc = cli("run", SMOKE, "--storage", str(tmp_path / "runs"), "--resume")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("segtune:")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"segtune: error: {db}"), lines
+    assert said in lines[0] and lines[0].endswith(
+        "put its own optuna.db back, or start the search again under another --name")
+    assert "Ray:" not in proc.stderr and "Traceback" not in proc.stderr
+    assert _snapshot(copy) == before
+
+
+KILLED_AFTER_SWITCH = """
+import os, signal, sys
+from search import api, soup
+
+switch = soup.switch_soups
+
+def switch_then_die(*args, **kwargs):
+    switch(*args, **kwargs)  # summary.json and the soup files now name the new set
+    os.kill(os.getpid(), signal.SIGKILL)
+
+soup.switch_soups = switch_then_die
+api.soup_run(sys.argv[1], int(sys.argv[2]))
+"""
+
+
+def _result_runs(uri: str, parent: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_run(parent).info.experiment_id
+    return [r for r in client.search_runs([experiment],
+                                          filter_string=f"tags.`mlflow.parentRunId` = "
+                                                        f"'{parent}'")
+            if r.data.tags.get("segtune.kind") in ("best", "soup")]
+
+
+def _agree(uri: str, parent: str, summary: dict) -> list:
+    """The result runs of the set summary.json names, checked against it: one per model,
+    FINISHED, each soup's size and test Dice as summary.json has them."""
+    runs = [r for r in _result_runs(uri, parent)
+            if r.data.tags.get("segtune.result_set") == summary["result_set"]]
+    by_name = {r.data.tags.get("segtune.soup", "best"): r for r in runs}
+    assert sorted(by_name) == ["best", "greedy", "uniform"] and len(runs) == 3
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for kind, record in summary["soups"].items():
+        assert by_name[kind].data.metrics["size"] == len(record["ingredients"])
+        assert by_name[kind].data.metrics["test_dice"] == pytest.approx(record["test_dice"])
+    return runs
+
+
+def test_mlflow_follows_summary_json_through_a_kill_in_the_soup_switch(smoke_run, tmp_path):
+    """kill -9 right after a soup step switched summary.json to a new set (here: top_k 1
+    after top_k 2, so the soups differ in size): MLflow already holds the new set's result
+    runs, tagged with it, and the next soup retires the rest, leaving one set that agrees
+    with summary.json and nothing RUNNING (issue 30, item 4)."""
+    import shutil
+
+    _, run_dir, _ = smoke_run
+    copy = tmp_path / "runs" / "smoke"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = cli("soup", str(copy), "--top-k", "2", "--tracking-uri", uri)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parent = json.loads((copy / "run.json").read_text())["parent_run_id"]
+    first = json.loads((copy / "summary.json").read_text())
+    assert len(first["soups"]["uniform"]["ingredients"]) == 2
+    _agree(uri, parent, first)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_SWITCH, str(copy), "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    switched = json.loads((copy / "summary.json").read_text())
+    assert len(switched["soups"]["uniform"]["ingredients"]) == 1
+    assert switched["result_set"] != first["result_set"]
+    _agree(uri, parent, switched)  # MLflow has the set summary.json names, already
+    assert len(_result_runs(uri, parent)) == 6  # and the old one, until the next step
+    proc = cli("soup", str(copy), "--top-k", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MLflow: retired 3 result run(s) an interrupted soup step left" in proc.stderr
+    final = json.loads((copy / "summary.json").read_text())
+    assert _agree(uri, parent, final) and len(_result_runs(uri, parent)) == 3
