@@ -217,9 +217,14 @@ def candidates(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
               and t.get("checkpoint") and t.get("val_dice") is not None]
     if not ranked:
         errors = sorted({t["error"] for t in summary["trials"] if t.get("error")})
+        diverged = sum(1 for t in summary["trials"]
+                       if t.get("status") == "stopped: non-finite loss")
         raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint without "
-                        "erroring" + (f"; the trials' errors: {' | '.join(errors)}"
-                                      if errors else ""))
+                        "erroring" + (f"; {diverged} of {len(summary['trials'])} trial(s) "
+                                      "stopped on a non-finite (NaN or infinite) training "
+                                      "loss: lower optimizer.lr's range or set "
+                                      "train.grad_clip" if diverged else "")
+                        + (f"; the trials' errors: {' | '.join(errors)}" if errors else ""))
     return sorted(ranked, key=lambda t: t["val_dice"], reverse=True)
 
 

@@ -198,3 +198,16 @@ def test_rays_own_resume_hint_is_not_shown_beside_segtunes(tmp_path, capsys, cap
             "Resume experiment with: Tuner.restore(path=...)")
         logging.getLogger("ray.tune.tune").warning("another warning")
     assert [r.getMessage() for r in caplog.records] == ["another warning"]
+
+
+def test_a_run_whose_every_trial_diverged_names_the_non_finite_loss(tmp_path):
+    from search.soup import SoupError, candidates
+
+    trials = [{"trial_id": f"t{i}", "status": "stopped: non-finite loss", "checkpoint": None,
+               "val_dice": 0.0, "error": None} for i in range(3)]
+    with pytest.raises(SoupError) as err:
+        candidates(tmp_path, {"trials": trials})
+    assert str(err.value) == (
+        f"{tmp_path}: no trial finished an epoch with a checkpoint without erroring; 3 of 3 "
+        "trial(s) stopped on a non-finite (NaN or infinite) training loss: lower "
+        "optimizer.lr's range or set train.grad_clip")
