@@ -211,9 +211,19 @@ def _repeat(args) -> int:
     return 0
 
 
+def _at_home(run_dir) -> None:
+    """Refuse a copied or moved run folder (without --tracking-uri) before anything is
+    written into it: its MLflow run belongs to the original (see search.tracking)."""
+    folder = RunFolder(run_dir)
+    if folder.is_run() and folder.info.home and folder.info.tracking_uri \
+            and Path(folder.info.home) != folder.path.resolve():
+        raise tracking._home_error(folder.path, folder.info.to_json())
+
+
 def _crossval(args) -> int:
     with _held(args.run_dir):
         _rehome(args)
+        _at_home(args.run_dir)
         spec = RunFolder(args.run_dir).spec
         folds = args.folds or spec.cv.folds or 5
         top_k = args.top_k or spec.cv.top_k
@@ -328,6 +338,7 @@ def _soup(args) -> int:
 def _compare(args) -> int:
     with _held(args.run_dir):
         _rehome(args)
+        _at_home(args.run_dir)
         result = compare.compare_run(args.run_dir, args.baseline, args.model, args.split,
                              args.baseline_model)
     print(result.markdown, end="")

@@ -211,3 +211,24 @@ def test_a_run_whose_every_trial_diverged_names_the_non_finite_loss(tmp_path):
         f"{tmp_path}: no trial finished an epoch with a checkpoint without erroring; 3 of 3 "
         "trial(s) stopped on a non-finite (NaN or infinite) training loss: lower "
         "optimizer.lr's range or set train.grad_clip")
+
+
+@pytest.mark.parametrize("command", [["compare", "--baseline", "{other}"], ["crossval"]])
+def test_a_copied_run_folder_is_refused_before_anything_is_written(tmp_path, capsys,
+                                                                  command):
+    import json
+
+    copy = tmp_path / "copy" / "run"
+    copy.mkdir(parents=True)
+    (copy / "run.json").write_text(json.dumps({
+        "name": "run", "home": str(tmp_path / "original" / "run"), "experiment": "run",
+        "tracking_uri": f"sqlite:///{tmp_path / 'original' / 'mlflow.db'}",
+        "parent_run_id": "0" * 32}))
+    before = sorted(p.name for p in copy.iterdir())
+    args = [command[0], str(copy), *[a.format(other=tmp_path / "b.csv") for a in command[1:]]]
+    assert _main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segtune: error: {copy}: this run folder was made at "
+                          f"{tmp_path / 'original' / 'run'}, and its MLflow run"), err
+    assert "--tracking-uri URI" in err and err.count("\n") == 1
+    assert sorted(p.name for p in copy.iterdir()) == before
