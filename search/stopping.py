@@ -131,8 +131,12 @@ def local_ray_on_loopback(address: str | None) -> None:
     workers and agents otherwise listen on every interface (Ray does so for Linux only: on
     macOS and Windows a local Ray uses the loopback address, through this same switch). Must
     run before `ray` is imported; a cluster run (`--address`, `RAY_ADDRESS`) keeps Ray's
-    settings."""
-    if address or os.environ.get("RAY_ADDRESS"):
+    settings, except one on this machine's loopback (`127.0.0.1:PORT`, `localhost:PORT`):
+    Ray would turn that address into the machine's own, where nothing listens, and retry for
+    minutes without a word."""
+    given = address or os.environ.get("RAY_ADDRESS")
+    host = (given or "").removeprefix("ray://").rpartition(":")[0].strip("[]")
+    if given and not (host == "localhost" or host.startswith("127.") or host == "::1"):
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
