@@ -116,3 +116,27 @@ def test_an_mlflow_answer_passes_with_the_clients_credentials(http_server, monke
     check_tracking(f"http://127.0.0.1:{http_server.server_address[1]}", "--tracking-uri")
     assert http_server.paths == ["/api/2.0/mlflow/experiments/search?max_results=1"]
     assert seen == ["Bearer secret"]
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1:6379", True), ("localhost:6379", True), ("[::1]:6379", True),
+    ("ray://127.0.0.1:10001", True), (None, True), ("10.0.0.5:6379", False),
+    ("auto", False),
+])
+def test_a_loopback_cluster_address_keeps_rays_loopback_switch(monkeypatch, address,
+                                                                loopback):
+    """Ray turns 127.0.0.1 into the machine's address unless its loopback switch is set, then
+    retries for minutes where nothing listens: set for a loopback --address too."""
+    import os
+
+    from search import stopping
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    stopping.local_ray_on_loopback(address)
+    assert (os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0") == loopback
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    if address:  # the same from RAY_ADDRESS
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        stopping.local_ray_on_loopback(None)
+        assert (os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0") == loopback
