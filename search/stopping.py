@@ -185,6 +185,12 @@ def start_ray(address: str | None = None, **options: Any):
     SIGTERM is handled as Ctrl-C (`ray.init` installs its own handler)."""
     given = address or os.environ.get("RAY_ADDRESS")
     check_address(given, "--address" if address else "RAY_ADDRESS")
-    context = ray.init(address=given or "local", **options)
+    try:
+        context = ray.init(address=given or "local", **options)
+    except SystemExit as exit_:  # Ray's own SIGTERM handler while it starts: sys.exit(15)
+        if exit_.code != signal.SIGTERM:
+            raise
+        _received.append(signal.SIGTERM)
+        raise Stopped(f"signal {signal.SIGTERM} while Ray started") from None
     install()
     return context

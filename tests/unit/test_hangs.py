@@ -140,3 +140,36 @@ def test_a_loopback_cluster_address_keeps_rays_loopback_switch(monkeypatch, addr
         monkeypatch.setenv("RAY_ADDRESS", address)
         stopping.local_ray_on_loopback(None)
         assert (os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0") == loopback
+
+
+TERM_IN_RAY_INIT = """
+import os, signal, sys
+import ray._private.utils as utils
+from search.cli import main
+
+set_handler = utils.set_sigterm_handler
+
+def set_then_term(handler):  # a SIGTERM arriving while Ray's own handler is in place
+    set_handler(handler)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+utils.set_sigterm_handler = set_then_term
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_ray_starts_is_said_and_exits_143(tmp_path):
+    """Ray's ray.init installs a SIGTERM handler of its own (sys.exit(15)): a SIGTERM while
+    Ray starts ended the CLI with exit 15 and no word. It is a stop like any other: one line,
+    exit 143, no run folder or lock left (issue 30, item 9)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", TERM_IN_RAY_INIT, "run", SMOKE, "--storage",
+                           str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**env, "RAY_AUTH_MODE": "disabled"})
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == "segtune: interrupted"
+    assert not (tmp_path / "runs").exists()
