@@ -6,6 +6,7 @@ Markdown and CSV tables, logged to the run's parent MLflow run. The two sides ar
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import re
@@ -172,13 +173,23 @@ def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
                            f"{', '.join(ours.metrics) or 'no metric'}, {theirs.label} has "
                            f"{', '.join(theirs.metrics) or 'no metric'}")
     markdown = to_markdown(rows, ours, theirs)
-    name = f"{model}-{split}-vs-{theirs.slug}"
+    name = _out_name(RunFolder(run_dir), f"{model}-{split}-vs-{theirs.slug}", theirs.source)
     out = RunFolder(run_dir).compare_dir(name)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "compare.md", markdown)
     write_text(out / "compare.csv", to_csv(rows))
     run_id = _log(run_dir, rows, out, f"compare/{name}")
     return Comparison(markdown, out, run_id)
+
+
+def _out_name(folder: RunFolder, name: str, source: str) -> str:
+    """`name`, or `name-<hash of the baseline's path>` where `name` holds the comparison with
+    another baseline of the same file name (`x/baseline.csv`, `y/baseline.csv`): neither
+    overwrites the other, in the folder or in MLflow."""
+    md = folder.compare_dir(name) / "compare.md"
+    if md.is_file() and f"baseline: `{source}`" not in md.read_text():
+        return f"{name}-{hashlib.sha1(str(source).encode()).hexdigest()[:6]}"
+    return name
 
 
 def _log(run_dir: Path, rows: list[Row], out: Path, prefix: str) -> str | None:

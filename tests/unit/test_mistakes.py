@@ -232,3 +232,27 @@ def test_a_copied_run_folder_is_refused_before_anything_is_written(tmp_path, cap
                           f"{tmp_path / 'original' / 'run'}, and its MLflow run"), err
     assert "--tracking-uri URI" in err and err.count("\n") == 1
     assert sorted(p.name for p in copy.iterdir()) == before
+
+
+def test_two_baselines_of_one_file_name_keep_their_own_outputs(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_compare import write_run
+
+    run = write_run(tmp_path, "a")
+    firsts = []
+    for folder, heart in (("x", "0.5"), ("y", "0.6"), ("x", "0.5")):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        csv = tmp_path / folder / "baseline.csv"
+        csv.write_text(f"class,mean\nheart,{heart}\n")
+        assert _main(["compare", str(run), "--baseline", str(csv)]) == 0
+        written = capsys.readouterr().err.split("written: ", 1)[1].split("/compare.md")[0]
+        firsts.append(written)
+    plain = str(run / "compare" / "best-test-vs-baseline")
+    assert firsts[0] == firsts[2] == plain and firsts[1].startswith(plain + "-")
+    assert "| heart |" in (run / "compare" / "best-test-vs-baseline" / "compare.md").read_text()
+    assert f"baseline: `{tmp_path / 'y' / 'baseline.csv'}`" in open(
+        f"{firsts[1]}/compare.md").read()
+    assert f"baseline: `{tmp_path / 'x' / 'baseline.csv'}`" in open(
+        f"{plain}/compare.md").read()
