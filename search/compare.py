@@ -157,6 +157,9 @@ class Comparison:
     mlflow_run_id: str | None
 
 
+MAX_CLASSES = 1000
+
+
 def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
                 split: str = "test", baseline_model: str | None = None) -> Comparison:
     """Compare `model` of a run with a baseline (run folder, nnU-Net summary or CSV); write
@@ -167,6 +170,10 @@ def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
     if not Path(baseline).exists():
         raise CompareError(f"--baseline {baseline}: no such file or folder")
     theirs = load_scores(baseline, baseline_model or model, split, region_names(run_dir))
+    classes = max((len(v) for v in theirs.metrics.values()), default=0)
+    if classes > MAX_CLASSES:  # each class is a row, a file line and an MLflow metric
+        raise CompareError(f"--baseline {baseline}: {classes:,} classes; a baseline has at "
+                           f"most {MAX_CLASSES:,} (one row per class and metric)")
     rows = compare(ours, theirs)
     if not rows:
         raise CompareError(f"nothing to compare: {ours.label} has "

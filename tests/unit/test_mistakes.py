@@ -256,3 +256,20 @@ def test_two_baselines_of_one_file_name_keep_their_own_outputs(tmp_path, capsys)
         f"{firsts[1]}/compare.md").read()
     assert f"baseline: `{tmp_path / 'x' / 'baseline.csv'}`" in open(
         f"{plain}/compare.md").read()
+
+
+def test_a_baseline_of_thousands_of_rows_is_refused_before_anything_is_logged(tmp_path,
+                                                                              capsys):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_compare import write_run
+
+    run = write_run(tmp_path, "a")
+    csv = tmp_path / "big.csv"
+    csv.write_text("class,mean\n" + "".join(f"c{i},0.5\n" for i in range(200_000)))
+    assert _main(["compare", str(run), "--baseline", str(csv)]) == 2
+    assert capsys.readouterr().err == (
+        f"segtune: error: --baseline {csv}: 200,000 classes; a baseline has at most 1,000 "
+        "(one row per class and metric)\n")
+    assert not (run / "compare").exists()
