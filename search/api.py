@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 from contextlib import ExitStack
@@ -41,7 +42,7 @@ from search.storage import (
     saved_trial_ids,
     unfinished_trials,
 )
-from search.study import study_url
+from search.study import check_study, study_url
 from search.tracking import (
     Tracker,
     check_tracking,
@@ -110,20 +111,22 @@ def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                storage: str | Path | None = None, tracking_uri: str | None = None,
                ray_init: dict[str, Any] | None = None, resume: bool = False,
-               local_dir: str | Path | None = None) -> dict[str, Any]:
+               local_dir: str | Path | None = None, overrides: list[str] = ()
+               ) -> dict[str, Any]:
     """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`).
     With `resume`, continue the interrupted run of the same name: finished trials are kept,
     unfinished and errored ones continue from their last checkpoint. An object-store
     `storage` (`s3://bucket/prefix`) holds Ray's experiment; the run folder is then
     `<local_dir or runs>/<name>`. The run folder is held by this process throughout (a
-    second process with the same name is refused, see `search.runlock`)."""
+    second process with the same name is refused, see `search.runlock`). `overrides` (the
+    `--set` items the spec was loaded with) go into the resume command it prints."""
     with ExitStack() as held:
         return _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume,
-                       local_dir, held)
+                       local_dir, held, list(overrides))
 
 
 def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, local_dir,
-            held: ExitStack) -> dict[str, Any]:
+            held: ExitStack, overrides: list[str]) -> dict[str, Any]:
     # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
     # Ray warns about it every time unless told not to.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -132,10 +135,17 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
+    if not ray.is_initialized():  # a cluster that is not there: said in seconds, first
+        given = (ray_init or {}).get("address")
+        stopping.check_address(given or os.environ.get("RAY_ADDRESS"),
+                               "--address" if given else "RAY_ADDRESS")
     check_device(spec)
     check_local_folder(local, "--local-dir" if uri else "--storage")
     if uri:
         check_storage(uri)
+    if resume and _unstarted(run_dir):  # killed before its first trial: start it
+        logger.info("%s: no trial was saved before the run stopped; starting it", run_dir)
+        resume = False
     if resume:
         if run_dir.is_dir():  # else nothing to resume (said below), and nothing to create
             held.enter_context(run_lock(run_dir))
@@ -152,7 +162,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         # Taken before anything is written into the run folder, and the folder checked again
         # under it: another process may have started this name since the check above.
         held.enter_context(run_lock(run_dir))
-        _check_new(run_dir, name, uri)
+        _check_new(run_dir, name, uri, clear=True)
     if not ray.is_initialized():
         # Before the data check and the cache build: they run as Ray tasks.
         context = stopping.start_ray(**(ray_init or {}))
@@ -186,8 +196,8 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     location = experiment_location(run_dir)
 
     status = "FAILED"
-    where = f"--storage {uri} --local-dir {local}" if uri else f"--storage {local}"
-    again = f"python -m search run {spec_path} --name {name} {where} --resume"
+    again = resume_command(spec_path, name, uri, local, overrides,
+                           (ray_init or {}).get("address"))
     try:
         if resume:
             tuner = restore_tuner(spec, split, str(data_root), location)
@@ -244,13 +254,60 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                            "--resume closes them", status)
 
 
+def resume_command(spec_path: str | Path, name: str, uri: str | None, local: Path,
+                   overrides: list[str] = (), address: str | None = None) -> str:
+    """The command that continues this run, ready to paste: its `--set` overrides (the
+    resumed spec must be the same) and `--address` included, every part shell-quoted."""
+    parts = ["python", "-m", "search", "run", str(spec_path), "--name", name]
+    parts += ["--storage", uri, "--local-dir", str(local)] if uri else ["--storage", str(local)]
+    for item in overrides:
+        parts += ["--set", item]
+    if address:
+        parts += ["--address", address]
+    return shlex.join([*parts, "--resume"])
+
+
 def _disk_full(run_dir: Path, again: str | None) -> DiskFullError:
     for cut in remove_cut_checkpoints(run_dir):  # whole or absent; frees space for MLflow
         logger.warning("removed %s: a checkpoint copy the full disk cut short", cut)
     return disk_full_error(run_dir, again)
 
 
-def _check_new(run_dir: Path, name: str, uri: str | None) -> None:
+def _unstarted(run_dir: Path) -> bool:
+    """Whether `run_dir` is what a new run leaves when killed (kill -9, a lost machine) before
+    Ray Tune saved anything: segtune's start files (spec, split, run.json), no trial and no
+    Ray state to resume from. Such a folder can only be started again."""
+    folder = RunFolder(run_dir)
+    if not run_dir.is_dir() or not (folder.spec_yaml.is_file() or folder.run_json.is_file()):
+        return False
+    if any(p.name.startswith("trial_") for p in run_dir.iterdir()):
+        return False
+    try:
+        return not _restorable(experiment_location(run_dir))
+    except Exception:  # noqa: BLE001 - an unreadable run.json: the folder is not ours to drop
+        return False
+
+
+def _clear_unstarted(run_dir: Path) -> None:
+    """Close the MLflow parent run a killed start left RUNNING (KILLED), then remove the
+    folder, with a line saying so (called under the run lock)."""
+    folder = RunFolder(run_dir)
+    try:
+        if folder.run_json.is_file() and folder.info.parent_run_id:
+            tracker = folder.tracker()
+            tracker.client.set_terminated(folder.info.parent_run_id, "KILLED")
+    except Exception as err:  # noqa: BLE001 - a store gone or offline: the folder still goes
+        logger.warning("%s: could not mark its MLflow run KILLED (%s)", run_dir, err)
+    shutil.rmtree(run_dir)
+    logger.warning("%s: left by a run stopped before its first trial was saved (nothing to "
+                   "resume); removed, and the run starts afresh", run_dir)
+
+
+def _check_new(run_dir: Path, name: str, uri: str | None, clear: bool = False) -> None:
+    if _unstarted(run_dir):
+        if clear:
+            _clear_unstarted(run_dir)
+        return
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunFolderError(f"{run_dir}: a run named {name!r} already exists; continue it "
                              "with --resume, or pick another --name or --storage")
@@ -331,6 +388,7 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
                            "filled up or the machine stopped while it was written), so the "
                            "search cannot continue; start it again under another --name") \
             from None
+    check_study(run_dir, folder.info.name, saved_trial_ids(location))
     if tracking_uri:
         folder.rehome(tracking_uri)
     check_tracking(folder.info.tracking_uri, f"{folder.run_json}: tracking_uri")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -41,8 +42,41 @@ tracking = LazyModule("search.tracking")
 logger = logging.getLogger("search")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake as one line (as every user error) and exit code 2."""
+
+    def error(self, message: str):
+        print(f"segtune: error: {message} (see: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _count(low: int, high: int):
+    """An argparse type: an integer from `low` to `high`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+            raise argparse.ArgumentTypeError(f"{shown!r}: an integer from {low} to {high}")
+        return value
+    return parse
+
+
+def _address(text: str) -> str:
+    """An argparse type: auto, local, or [ray://]HOST:PORT with a port from 1 to 65535."""
+    host, _, port = text.removeprefix("ray://").rpartition(":")
+    if text in ("auto", "local") or (host and port.isdigit() and 1 <= int(port) <= 65535
+                                     and host.isprintable() and " " not in host):
+        return text
+    shown = text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+    raise argparse.ArgumentTypeError(f"{shown!r}: auto, local, or HOST:PORT of a Ray head "
+                                     "(port 1 to 65535), e.g. 10.0.0.5:6379")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
+    parser = _Parser(prog="python -m search", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -58,8 +92,9 @@ def _parser() -> argparse.ArgumentParser:
                      "for the run folder and the default MLflow store (default: runs/)")
     run.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite at "
                      "<storage>/mlflow.db, or the spec's tracking.uri)")
-    run.add_argument("--address", help="run on an existing Ray cluster: auto, or HOST:PORT of "
-                     "its head (default: RAY_ADDRESS, else a local Ray on this machine)")
+    run.add_argument("--address", type=_address, help="run on an existing Ray cluster: auto, "
+                     "or HOST:PORT of its head (default: RAY_ADDRESS, else a local Ray on "
+                     "this machine)")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run of this name (same spec)")
     run.add_argument("--dry-run", action="store_true",
@@ -74,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     soup = sub.add_parser("soup", help="soup the best checkpoints of a finished run")
     soup.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
-    soup.add_argument("--top-k", type=int, help="how many of the best trials to soup "
+    soup.add_argument("--top-k", type=_count(1, 1000), help="how many of the best trials to soup "
                       "(default: the spec's soup.top_k)")
 
     ev = sub.add_parser("evaluate", help="predict a split of a finished run as NIfTI files and "
@@ -106,10 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("crossval", help="retrain the best configuration(s) on k folds; "
                         "per-region mean and std over folds, soups per fold")
     cv.add_argument("run_dir", help="the run folder")
-    cv.add_argument("--folds", type=int, help="number of folds (default: the spec's cv.folds, "
-                    "else 5)")
-    cv.add_argument("--top-k", type=int, default=None, help="configurations to retrain and "
-                    "soup per fold (default: the spec's cv.top_k)")
+    cv.add_argument("--folds", type=_count(2, 100), help="number of folds (default: the "
+                    "spec's cv.folds, else 5)")
+    cv.add_argument("--top-k", type=_count(1, 100), default=None, help="configurations to "
+                    "retrain and soup per fold (default: the spec's cv.top_k)")
     cv.add_argument("--trial", help="one named trial instead of the best")
 
     comp = sub.add_parser("compare", help="per-class Dice (and HD95) of a run against a baseline")
@@ -134,8 +169,21 @@ def _rehome(args) -> None:
         folder.rehome(args.tracking_uri)
 
 
+def _out_folder(path: str | None, option: str) -> None:
+    """Refuse an output folder that is a file (or below one) before any work is done."""
+    if path is None:
+        return
+    for part in (Path(path), *Path(path).parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ArgumentError(f"{option} {path}: {part} is a file, not a folder; give "
+                                    "a folder (made if missing)")
+            return
+
+
 def _evaluate(args) -> int:
-    with _held(args.run_dir):
+    _out_folder(args.out, "--out")
+    with _held(args.run_dir, read_only=args.out is not None):
         summary = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
     print(evaluate.format_scores(summary))
     print(f"predictions and summary.json: {summary['segtune']['out_dir']}")
@@ -143,7 +191,7 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    with _held(args.run_dir):
+    with _held(args.run_dir, read_only=True):
         written = predict.predict_files(args.run_dir, args.input, args.output, args.model,
                                         args.device)
     for path in written:
@@ -164,9 +212,19 @@ def _repeat(args) -> int:
     return 0
 
 
+def _at_home(run_dir) -> None:
+    """Refuse a copied or moved run folder (without --tracking-uri) before anything is
+    written into it: its MLflow run belongs to the original (see search.tracking)."""
+    folder = RunFolder(run_dir)
+    if folder.is_run() and folder.info.home and folder.info.tracking_uri \
+            and Path(folder.info.home) != folder.path.resolve():
+        raise tracking._home_error(folder.path, folder.info.to_json())
+
+
 def _crossval(args) -> int:
     with _held(args.run_dir):
         _rehome(args)
+        _at_home(args.run_dir)
         spec = RunFolder(args.run_dir).spec
         folds = args.folds or spec.cv.folds or 5
         top_k = args.top_k or spec.cv.top_k
@@ -174,10 +232,11 @@ def _crossval(args) -> int:
     return 0
 
 
-def _held(run_dir):
+def _held(run_dir, read_only: bool = False):
     """The run folder held by this command (see search.runlock); a path that is no folder
-    gets the command's own error, and no lock file."""
-    return run_lock(run_dir) if Path(run_dir).is_dir() else nullcontext()
+    gets the command's own error, and no lock file. A command that only reads the run
+    (`read_only`) may use a read-only one without a lock."""
+    return run_lock(run_dir, read_only) if Path(run_dir).is_dir() else nullcontext()
 
 
 def _dry_run(spec, args) -> None:
@@ -187,8 +246,10 @@ def _dry_run(spec, args) -> None:
     uri, experiment = api.tracking_target(spec, local, name, args.tracking_uri)
     searched = spec.searched()
     print(f"spec {args.spec}: valid")
-    print(f"run folder: {run_dir}" + ("  (exists: the run would be refused)"
-                                      if run_dir.exists() else ""))
+    print(f"run folder: {run_dir}" + (
+        "  (left by a run stopped before its first trial: it starts afresh)"
+        if api._unstarted(run_dir) else "  (exists: the run would be refused)"
+        if run_dir.exists() else ""))
     if storage.is_uri(args.storage):
         print(f"checkpoints: {storage.join(args.storage, name)}")
     print(f"MLflow: {uri}  experiment {experiment!r}")
@@ -240,7 +301,7 @@ def _run(args) -> int:
     summary = api.run_search(spec, args.spec, name=args.name, storage=args.storage,
                          tracking_uri=args.tracking_uri, resume=args.resume,
                          ray_init={"address": args.address} if args.address else None,
-                         local_dir=args.local_dir)
+                         local_dir=args.local_dir, overrides=args.overrides)
     _, local, _ = api.run_paths(args.spec, args.name, args.storage, args.local_dir)
     _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri, local)
     return 0
@@ -248,6 +309,7 @@ def _run(args) -> int:
 
 def _lr_find(args) -> int:
     spec = load_spec(args.spec, args.overrides)
+    _out_folder(args.out, "--out")
     out = Path(args.out or Path("runs") / f"{Path(args.spec).stem}-lr-find")
     data_root, split = prepare.prepare_data(spec)
     _, result = lrfind.lr_find(spec, data_root, split, out)
@@ -275,6 +337,7 @@ def _soup(args) -> int:
 def _compare(args) -> int:
     with _held(args.run_dir):
         _rehome(args)
+        _at_home(args.run_dir)
         result = compare.compare_run(args.run_dir, args.baseline, args.model, args.split,
                              args.baseline_model)
     print(result.markdown, end="")
@@ -287,10 +350,20 @@ def _print_end(summary, searched, uri, local) -> None:
     print(report.format_summary(summary, searched))
     print(f"\nrun folder: {summary['run_dir']}  (summary.json, soup/)")
     if uri:
-        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}   (or open {uri})")
+        print(f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(uri)}   (or open {uri})")
     else:
         db = (Path(local) / "mlflow.db").resolve()
-        print(f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{db}")
+        print(f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(f'sqlite:///{db}')}")
+
+
+MAX_MESSAGE = 2000  # characters of an error line: a 200 KB value is shown by its ends
+
+
+def _short(text: str) -> str:
+    if len(text) <= MAX_MESSAGE:
+        return text
+    return (f"{text[:MAX_MESSAGE - 300]} ... ({len(text) - MAX_MESSAGE + 100:,} characters "
+            f"left out) ... {text[-200:]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Ray Tune's own "Resume experiment with: Tuner.restore(...)": segtune prints the command.
+    logging.getLogger("ray.tune.tune").addFilter(
+        lambda record: "Resume experiment with" not in record.getMessage())
     # It logs each failed query with its traceback, then raises it: segtune reports that once.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     stopping.local_ray_on_loopback(getattr(args, "address", None))
@@ -313,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     except SegtuneError as err:
         if args.debug:
             raise
-        print(f"segtune: error: {err}", file=sys.stderr)
+        print(f"segtune: error: {_short(str(err))}", file=sys.stderr)
         return 2
     except Interrupted as err:
         print(f"segtune: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ Markdown and CSV tables, logged to the run's parent MLflow run. The two sides ar
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import re
@@ -156,6 +157,9 @@ class Comparison:
     mlflow_run_id: str | None
 
 
+MAX_CLASSES = 1000
+
+
 def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
                 split: str = "test", baseline_model: str | None = None) -> Comparison:
     """Compare `model` of a run with a baseline (run folder, nnU-Net summary or CSV); write
@@ -166,19 +170,33 @@ def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
     if not Path(baseline).exists():
         raise CompareError(f"--baseline {baseline}: no such file or folder")
     theirs = load_scores(baseline, baseline_model or model, split, region_names(run_dir))
+    classes = max((len(v) for v in theirs.metrics.values()), default=0)
+    if classes > MAX_CLASSES:  # each class is a row, a file line and an MLflow metric
+        raise CompareError(f"--baseline {baseline}: {classes:,} classes; a baseline has at "
+                           f"most {MAX_CLASSES:,} (one row per class and metric)")
     rows = compare(ours, theirs)
     if not rows:
         raise CompareError(f"nothing to compare: {ours.label} has "
                            f"{', '.join(ours.metrics) or 'no metric'}, {theirs.label} has "
                            f"{', '.join(theirs.metrics) or 'no metric'}")
     markdown = to_markdown(rows, ours, theirs)
-    name = f"{model}-{split}-vs-{theirs.slug}"
+    name = _out_name(RunFolder(run_dir), f"{model}-{split}-vs-{theirs.slug}", theirs.source)
     out = RunFolder(run_dir).compare_dir(name)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "compare.md", markdown)
     write_text(out / "compare.csv", to_csv(rows))
     run_id = _log(run_dir, rows, out, f"compare/{name}")
     return Comparison(markdown, out, run_id)
+
+
+def _out_name(folder: RunFolder, name: str, source: str) -> str:
+    """`name`, or `name-<hash of the baseline's path>` where `name` holds the comparison with
+    another baseline of the same file name (`x/baseline.csv`, `y/baseline.csv`): neither
+    overwrites the other, in the folder or in MLflow."""
+    md = folder.compare_dir(name) / "compare.md"
+    if md.is_file() and f"baseline: `{source}`" not in md.read_text():
+        return f"{name}-{hashlib.sha1(str(source).encode()).hexdigest()[:6]}"
+    return name
 
 
 def _log(run_dir: Path, rows: list[Row], out: Path, prefix: str) -> str | None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from search import inputs as input_checks
 from search.errors import ArgumentError, RunFolderError, SegtuneError
 from search.lazy import LazyModule
 from search.runfolder import MODELS, RunFolder
@@ -214,7 +215,7 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
                         "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
     # Exactly the file named: `DIR/mymodel.pt` is not `DIR/checkpoint.pt`.
     name = path.parent.name if path.name == "checkpoint.pt" else path.stem
-    return name or "checkpoint", path, checkpoint_io.load_checkpoint(path)
+    return name or "checkpoint", path, input_checks.read_checkpoint(path, model)
 
 
 def load_model(run_dir: str | Path, model: str = "best", device: str | None = None
@@ -235,6 +236,7 @@ def load_model(run_dir: str | Path, model: str = "best", device: str | None = No
         classes, channels = arch["out_channels"], arch["in_channels"]
         labels = {int(k): str(v) for k, v in (spec.data.labels or {}).items()} or {
             i: str(i) for i in range(1, classes)}
+    input_checks.check_finite_weights(state.get("model") or {}, path, model)
     net = build_model(spec.model, channels, classes)
     try:
         net.load_state_dict(state["model"])
@@ -324,6 +326,7 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     segmenter = load_model(run_dir, model, device)
     for image in images:
         check_image(image, segmenter.channels)
+    input_checks.check_inputs(images)  # read to the end and finite, all before the first write
     pairs = plan_outputs(images, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PredictError(f"--output {out_dir}: a file, not a folder")

@@ -22,6 +22,9 @@ from search.tracking import NOTE_TAG, PARENT_TAG, RUN_DIR_TAG, Tracker, params_o
 logger = logging.getLogger(__name__)
 
 KIND_TAG = "segtune.kind"
+# The soup step a result run belongs to (summary.json's `result_set`): the runs of the set
+# summary.json names are the run's results; any other is left from an interrupted step.
+RESULT_SET_TAG = "segtune.result_set"
 SOUP_TAG = "segtune.soup"
 BEST_TRIAL_TAG = "segtune.best_trial"
 RESULT_KINDS = ("best", "soup")
@@ -70,23 +73,50 @@ def results_of(summary: dict[str, Any], weights: dict[str, Any]) -> list[Result]
     return out
 
 
+def _result_runs(tracker: Tracker) -> list:
+    return [r for r in tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.parent_id}'")
+        if r.data.tags.get(KIND_TAG) in RESULT_KINDS]
+
+
+def retire_results(tracker: Tracker, current: str | None, untagged: bool = True) -> int:
+    """Delete the result runs (and their models) of every soup step but `current`: those an
+    earlier step made, or an interrupted one left (also one stuck RUNNING). Runs without a
+    set tag (made by an older segtune) go too with `untagged`. Returns how many went."""
+    if tracker.parent_id is None:
+        return 0
+    gone = 0
+    for run in _result_runs(tracker):
+        tag = run.data.tags.get(RESULT_SET_TAG)
+        if (tag is None and not untagged) or (tag is not None and tag == current):
+            continue
+        for logged in tracker.client.search_logged_models(
+                [tracker.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"):
+            tracker.client.delete_logged_model(logged.model_id)
+        tracker.client.delete_run(run.info.run_id)
+        gone += 1
+    return gone
+
+
 def log_results(tracker: Tracker, results: list[Result], model=None, example=None,
-                metadata: dict[str, Any] | None = None) -> dict[str, str]:
+                metadata: dict[str, Any] | None = None, result_set: str | None = None
+                ) -> dict[str, str]:
     """Make one nested run per result under the tracker's parent run (and log its model, when
-    `model`, a network of the right architecture, is given), then delete the result runs an
-    earlier soup made. Tags the parent with the best trial's id. Returns name -> run id."""
+    `model`, a network of the right architecture, is given), tagged with the soup step's
+    `result_set`; without a `result_set`, then delete the result runs an earlier soup made
+    (with one, `retire_results` does so once the step is switched to). Tags the parent with
+    the best trial's id. Returns name -> run id."""
     if tracker.parent_id is None:
         return {}
     client = tracker.client
-    old = [r for r in client.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.parent_id}'")
-        if r.data.tags.get(KIND_TAG) in RESULT_KINDS]
+    old = [] if result_set else _result_runs(tracker)
     made = {}
     for result in results:
         run = client.create_run(
             tracker.experiment_id, run_name=f"{tracker.run_name}/{result.name}",
             tags={PARENT_TAG: tracker.parent_id, RUN_DIR_TAG: tracker.run_dir,
-                  NOTE_TAG: result.note, **result.tags})
+                  NOTE_TAG: result.note, **result.tags,
+                  **({RESULT_SET_TAG: result_set} if result_set else {})})
         run_id = run.info.run_id
         tracker.log_batch(run_id, params=params_of(result.params), metrics=result.metrics)
         if model is not None and result.weights is not None:
@@ -155,10 +185,14 @@ def log_model(uri: str, run_id: str, model, weights: dict[str, Any], example,
 
 def log_finish(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
                weights: dict[str, Any], model: Any) -> None:
-    """The best trial's and the soups' scores on the parent run (`best/*`, `soup/*`: scripts
-    read them), with summary.json and soup.json; and one result run per model, with it."""
-    import torch
+    """`log_new_results` then `log_parent_scores`, with nothing to switch in between."""
+    log_new_results(tracker, folder, summary, weights, model)
+    log_parent_scores(tracker, folder, summary)
 
+
+def log_parent_scores(tracker: Tracker, folder: RunFolder, summary: dict[str, Any]) -> None:
+    """The best trial's and the soups' scores on the parent run (`best/*`, `soup/*`: scripts
+    read them), with summary.json and soup.json."""
     best = summary["best"]
     metrics = {"best/test_dice": best["test_dice"],
                **{f"best/test_dice/{k}": v for k, v in best["test_dice_per_class"].items()},
@@ -173,6 +207,14 @@ def log_finish(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
     if summary["soups"]:
         artifacts.append(folder.soup_link / "soup.json")
     tracker.log_parent(metrics, artifacts)
+
+
+def log_new_results(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
+                    weights: dict[str, Any], model: Any) -> None:
+    """One result run per model, with it, tagged with summary's `result_set` (when it has
+    one: the old runs then stay until `retire_results`)."""
+    import torch
+
     ds, spec = folder.dataset, folder.spec
     example = torch.zeros((1, len(ds.channels), *spec.train.patch_size)).numpy()
     log_results(tracker, results_of(summary, weights), model, example, metadata={
@@ -180,4 +222,5 @@ def log_finish(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
                     "regions": {k: list(v) for k, v in ds.regions.items()},
                     "num_classes": ds.num_classes,
                     "patch_size": list(spec.train.patch_size),
-                    "preprocessing": spec.data.model_dump(mode="json")}})
+                    "preprocessing": spec.data.model_dump(mode="json")}},
+        result_set=summary.get("result_set"))

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.errors import RunFolderError
+from search.errors import ArgumentError, RunFolderError
 from search.lazy import LazyModule
 from search.spec import Spec, dump_spec, load_spec
 from search.tracking import Tracker, TrackingError, check_tracking, run_tracker
@@ -268,14 +268,20 @@ class RunFolder:
 
     def volumes(self, cases: str | list[str], labels: bool = True) -> list[dict[str, Any]]:
         """The preprocessed volumes of a part of the split (`"test"`) or of case ids; without
-        `labels`, without the per-class sampling locations (BatchNorm patches)."""
+        `labels`, without the per-class sampling locations (BatchNorm patches). Cache entries
+        are checked to their content (hashes) here, on the driver."""
         ids = self.split[cases] if isinstance(cases, str) else cases
         ds = self.dataset
-        return load_volumes(ds.subset(ids), self.spec.data, ds.num_classes if labels else None)
+        return load_volumes(ds.subset(ids), self.spec.data, ds.num_classes if labels else None,
+                            deep=True)
 
     def device(self, choice: str | None = None) -> torch.device:
         """`choice`, else the spec's `train.device` (auto: CUDA when there is one)."""
-        return loop.pick_device(choice or self.spec.train.device)
+        choice = choice or self.spec.train.device
+        if choice == "cuda" and not loop.torch.cuda.is_available():
+            raise ArgumentError(f"--device cuda (or {self.path}/spec.yaml train.device): no "
+                                "CUDA device on this machine; use --device cpu or auto")
+        return loop.pick_device(choice)
 
     def network(self, device: torch.device | None = None) -> torch.nn.Module:
         """A fresh network of the run's architecture for its dataset, on `device`."""

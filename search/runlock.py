@@ -6,17 +6,27 @@ that ends normally removes the file."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from search.errors import SegtuneError
+from search.errors import SegtuneError, StorageError
+
+logger = logging.getLogger(__name__)
 
 
 class RunInUse(SegtuneError):
     """Another live process holds the run folder."""
+
+
+class CannotLock(StorageError):
+    """The storage folder may not be written (read-only, another user's): no lock can be
+    made there, and no command may write there either."""
 
 
 def lock_path(run_dir: str | Path) -> Path:
@@ -26,16 +36,49 @@ def lock_path(run_dir: str | Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.lock"
 
 
+def _open_lock(path: Path) -> int:
+    """Open (or create) the lock file without following a link, truncating, or blocking, and
+    only if it is a regular file: anyone who can write to a shared storage folder could
+    otherwise point the lock at a file of ours and have its content replaced by a pid."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    rule = "the lock must be a regular file; remove it (or pick another --name or --storage)"
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and not path.is_symlink():
+            raise CannotLock(f"{path.parent}: cannot write in it ({exc.strerror.lower()}), "
+                             f"so {path.name} cannot be made; a command that writes into "
+                             "the run needs a folder it may write (copy the run folder "
+                             "elsewhere; evaluate can write to --out instead)") from None
+        kind = "a symbolic link" if path.is_symlink() else exc.strerror.lower()
+        raise StorageError(f"{path}: {kind}, not a lock file; {rule}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link is a link too
+        os.close(fd)
+        kind = "a hard link" if stat.S_ISREG(info.st_mode) else "not a regular file"
+        raise StorageError(f"{path}: {kind}, not a lock file; {rule}")
+    return fd
+
+
 @contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[Path]:
+def run_lock(run_dir: str | Path, read_only: bool = False) -> Iterator[Path | None]:
     """Hold `run_dir` for this process until the block ends; raise `RunInUse` at once, naming
     the holder's pid, when another process holds it. Creates the storage folder if needed
-    (and removes it again when it is left empty)."""
+    (and removes it again when it is left empty). With `read_only` (a command that only reads
+    the run), a storage folder this process may not write is used without a lock (None): a
+    published, read-only run can still predict."""
     path = lock_path(run_dir)
     made = not path.parent.exists()  # a run that fails before writing leaves no folder
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = _open_lock(path)
+        except CannotLock:
+            if not read_only or os.access(Path(run_dir).resolve(), os.W_OK):
+                raise
+            logger.debug("%s: read-only, used without a lock", run_dir)
+            yield None
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -68,4 +111,4 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
                 pass
 
 
-__all__ = ["RunInUse", "lock_path", "run_lock"]
+__all__ = ["CannotLock", "RunInUse", "lock_path", "run_lock"]

@@ -21,7 +21,7 @@ from search import stopping
 from search.errors import RunFolderError, SoupError
 from search.lazy import LazyModule
 from search.progress import versus
-from search.results import log_finish
+from search.results import log_new_results, log_parent_scores, retire_results
 from search.runfolder import SOUP_LINK, RunFolder, Scorer
 from search.storage import load_run_checkpoint
 from train_fn.data import PatchSampler
@@ -217,9 +217,14 @@ def candidates(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
               and t.get("checkpoint") and t.get("val_dice") is not None]
     if not ranked:
         errors = sorted({t["error"] for t in summary["trials"] if t.get("error")})
+        diverged = sum(1 for t in summary["trials"]
+                       if t.get("status") == "stopped: non-finite loss")
         raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint without "
-                        "erroring" + (f"; the trials' errors: {' | '.join(errors)}"
-                                      if errors else ""))
+                        "erroring" + (f"; {diverged} of {len(summary['trials'])} trial(s) "
+                                      "stopped on a non-finite (NaN or infinite) training "
+                                      "loss: lower optimizer.lr's range or set "
+                                      "train.grad_clip" if diverged else "")
+                        + (f"; the trials' errors: {' | '.join(errors)}" if errors else ""))
     return sorted(ranked, key=lambda t: t["val_dice"], reverse=True)
 
 
@@ -257,6 +262,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
                              "folder)")
     tidy(folder.path)  # what a killed earlier step left
     summary = folder.summary()
+    if tracker is not None:  # ... in MLflow too
+        repair_results(tracker, folder, summary)
     spec = folder.spec
     top_k = top_k or spec.soup.top_k
     ranked = readable(folder.path, candidates(folder.path, summary), top_k if soup else 1)
@@ -278,11 +285,34 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
             weights[kind] = soup_weights
         write_soup_set(folder, out, chosen, made, top_k)
     summary["soups"] = {k: r for k, (_, r) in made.items()} if soup else None
+    # MLflow is part of the switch: the new result runs first (tagged with this step), then
+    # summary.json switches, then the old runs go. A kill or a full disk anywhere leaves the
+    # runs of the set summary.json names, and `repair_results` retires the rest.
+    summary["result_set"] = out.name if out else f"results-{time.time_ns()}-{os.getpid()}"
+    if tracker is not None:
+        log_new_results(tracker, folder, summary, weights, judge.model)
     stopping.check()  # before the new results become the run's
     switch_soups(folder.path, summary, out)
     if tracker is not None:
-        log_finish(tracker, folder, summary, weights, judge.model)
+        retire_results(tracker, summary["result_set"])
+        log_parent_scores(tracker, folder, summary)
     return summary
+
+
+def repair_results(tracker, folder: RunFolder, summary: dict[str, Any]) -> None:
+    """Retire the MLflow result runs an interrupted soup step left beside (or instead of)
+    those of the set summary.json names, and put its scores back on the parent run."""
+    current = summary.get("result_set")
+    if current is None:
+        return  # an older run: its result runs carry no set
+    try:
+        gone = retire_results(tracker, current, untagged=False)
+        if gone:
+            logger.warning("MLflow: retired %d result run(s) an interrupted soup step left; "
+                           "the runs of %s stay", gone, current)
+            log_parent_scores(tracker, folder, summary)
+    except Exception as err:  # noqa: BLE001 - the step itself logs again (or says why not)
+        logger.warning("MLflow: could not tidy the result runs (%s)", err)
 
 
 def score_best(folder: RunFolder, best: dict[str, Any], judge: Scorer, test: list, hd: bool

@@ -21,9 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any
 
+from search.errors import ArgumentError
 from search.lazy import LazyModule
 
 ray = LazyModule("ray")  # imported after local_ray_on_loopback has set Ray's switch
@@ -131,10 +133,46 @@ def local_ray_on_loopback(address: str | None) -> None:
     workers and agents otherwise listen on every interface (Ray does so for Linux only: on
     macOS and Windows a local Ray uses the loopback address, through this same switch). Must
     run before `ray` is imported; a cluster run (`--address`, `RAY_ADDRESS`) keeps Ray's
-    settings."""
-    if address or os.environ.get("RAY_ADDRESS"):
+    settings, except one on this machine's loopback (`127.0.0.1:PORT`, `localhost:PORT`):
+    Ray would turn that address into the machine's own, where nothing listens, and retry for
+    minutes without a word."""
+    given = address or os.environ.get("RAY_ADDRESS")
+    host = (given or "").removeprefix("ray://").rpartition(":")[0].strip("[]")
+    if given and not (host == "localhost" or host.startswith("127.") or host == "::1"):
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+GCS_PROBE_TIMEOUT_S = 5.0
+# An HTTP/2 client's opening (the connection preface and an empty SETTINGS frame): a Ray GCS,
+# a gRPC server, answers with a SETTINGS frame of its own (frame type 4, RFC 9113 3.4).
+_H2_OPENING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def check_address(address: str | None, what: str) -> None:
+    """Refuse, within seconds and before anything is written, a HOST:PORT where no Ray head
+    answers: Ray itself would retry for minutes without a word. A Ray GCS is recognised by
+    its gRPC (HTTP/2) answer. `auto`, `local` and `ray://` addresses are left to Ray."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    where = f"{what} {address}"
+    rule = ("start the cluster's head (ray start --head) or give its HOST:PORT (the GCS port, "
+            "6379 by default)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=GCS_PROBE_TIMEOUT_S) as sock:
+            sock.settimeout(GCS_PROBE_TIMEOUT_S)
+            sock.sendall(_H2_OPENING)
+            answer = sock.recv(9)
+    except (OSError, ValueError) as err:
+        reason = (f"no answer within {GCS_PROBE_TIMEOUT_S:g} s" if isinstance(err, TimeoutError)
+                  else getattr(err, "strerror", None) or str(err))
+        raise ArgumentError(f"{where}: no Ray cluster answers there ({reason}); {rule}") \
+            from None
+    if len(answer) < 4 or answer[3] != 4:
+        raise ArgumentError(f"{where}: something answers there, but not a Ray head (its GCS "
+                            f"speaks gRPC); {rule}")
 
 
 def start_ray(address: str | None = None, **options: Any):
@@ -143,6 +181,14 @@ def start_ray(address: str | None = None, **options: Any):
     (`/tmp/ray/ray_current_cluster`): a `ray start` left running, or another user's search,
     whose resources, storage and exposure are not the ones this command was asked for. Then
     SIGTERM is handled as Ctrl-C (`ray.init` installs its own handler)."""
-    context = ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **options)
+    given = address or os.environ.get("RAY_ADDRESS")
+    check_address(given, "--address" if address else "RAY_ADDRESS")
+    try:
+        context = ray.init(address=given or "local", **options)
+    except SystemExit as exit_:  # Ray's own SIGTERM handler while it starts: sys.exit(15)
+        if exit_.code != signal.SIGTERM:
+            raise
+        _received.append(signal.SIGTERM)
+        raise Stopped(f"signal {signal.SIGTERM} while Ray started") from None
     install()
     return context

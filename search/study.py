@@ -25,6 +25,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search.errors import RunFolderError
+
 logger = logging.getLogger(__name__)
 
 STUDY_FILE = "optuna.db"
@@ -39,6 +41,37 @@ def study_url(run_dir: str | Path) -> str:
 def load_study(run_dir: str | Path, name: str):
     """The persisted study of the run in `run_dir` named `name` (read only by convention)."""
     return optuna.load_study(study_name=name, storage=study_url(run_dir))
+
+
+def check_study(run_dir: str | Path, name: str, saved: set[str]) -> None:
+    """Before a run resumes (before Ray starts): refuse, in one line, a study Ray's restore
+    would fail on and then overwrite its own saved state with a new, empty experiment (seen:
+    "Record does not exist", 15 minutes with no trial running, every later --resume lost):
+    a missing `optuna.db` where Ray saved trials, a file that is no Optuna study, a study of
+    another name, or one without the trials Ray saved (another run's). `saved`: the Ray
+    trial ids of the run's saved experiment state."""
+    path = Path(run_dir) / STUDY_FILE
+    keep = ("; the run's checkpoints stay usable (soup, evaluate, predict): put its own "
+            f"{STUDY_FILE} back, or start the search again under another --name")
+    if not path.is_file():
+        if saved:
+            raise RunFolderError(f"{path}: missing, so the sampler cannot be given the "
+                                 f"{len(saved)} trial(s) Ray saved{keep}")
+        return
+    try:
+        trials = load_study(run_dir, name).get_trials(deepcopy=False)
+    except KeyError:
+        raise RunFolderError(f"{path}: holds no study named {name!r} (another run's "
+                             f"study?){keep}") from None
+    except Exception as err:  # noqa: BLE001 - sqlite and SQLAlchemy raise many kinds
+        raise RunFolderError(f"{path}: not a readable Optuna study ({type(err).__name__})"
+                             f"{keep}") from None
+    missing = saved - {t.user_attrs.get("ray_trial_id") for t in trials}
+    if missing:
+        shown = ", ".join(sorted(missing)[:3]) + (" ..." if len(missing) > 3 else "")
+        raise RunFolderError(f"{path}: the study does not hold {len(missing)} of the "
+                             f"{len(saved)} trial(s) Ray saved ({shown}): another run's "
+                             f"study{keep}")
 
 
 class StudySearch(OptunaSearch):

@@ -9,8 +9,10 @@ trial's run again by its Ray trial id, and closes every run it opened with the t
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import os
 import socket
 import time
 import urllib.error
@@ -48,19 +50,27 @@ def default_uri(storage: str | Path) -> str:
 PROBE_TIMEOUT_S = 5.0
 
 
+# The stores MLflow 3 opens: a server, a database (SQLAlchemy), or Databricks.
+STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
 def check_tracking(uri: str, what: str) -> None:
     """Refuse an http(s) tracking URI where no server answers, within seconds (MLflow's client
     would retry for minutes). Any HTTP answer counts, even an error status (a proxy that asks
     for a login is there); other stores (sqlite, file) are opened by MLflow itself. `what`
     names where the URI came from (`--tracking-uri`, the spec's key, run.json)."""
 
-    if not uri.lower().startswith(("http://", "https://")):
+    scheme = uri.partition(":")[0].lower().split("+")[0] if ":" in uri else ""
+    if scheme not in STORE_SCHEMES:
+        shown = uri if len(uri) <= 80 else f"{uri[:60]}... ({len(uri)} characters)"
+        raise TrackingError(f"{what} {shown}: not an MLflow tracking URI; use one of "
+                            + ", ".join(f"{s}://..." for s in STORE_SCHEMES))
+    if scheme not in ("http", "https"):
         return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S):
-            return
-    except urllib.error.HTTPError:
-        return
+        _probe_server(uri, what)
+    except TrackingError:
+        raise
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         if isinstance(reason, (TimeoutError, socket.timeout)):
@@ -68,6 +78,40 @@ def check_tracking(uri: str, what: str) -> None:
         raise TrackingError(f"{what} {uri}: no MLflow tracking server answers there "
                             f"({reason}); start the server, or pick another tracking URI "
                             "(--tracking-uri, or tracking.uri in the spec)") from None
+
+
+def _probe_server(uri: str, what: str) -> None:
+    """Ask the server what an MLflow client would (list one experiment, with the client's
+    credentials from the environment): an MLflow server answers 200 with JSON. An error
+    status (503 from a server still starting or overloaded, 404 from a web server that is no
+    MLflow, 401/403 from a login) is one line naming it: the client would retry for minutes
+    or fail later. Connection errors propagate (URLError, OSError)."""
+    endpoint = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    request = urllib.request.Request(endpoint)
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        pair = (f"{os.environ['MLFLOW_TRACKING_USERNAME']}:"
+                f"{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}")
+        request.add_header("Authorization", f"Basic {base64.b64encode(pair.encode()).decode()}")
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as answer:
+            code, body = answer.status, answer.read(1 << 16)
+    except urllib.error.HTTPError as err:
+        code, body = err.code, b""
+    try:
+        is_mlflow = code == 200 and isinstance(json.loads(body), dict)
+    except ValueError:
+        is_mlflow = False
+    if is_mlflow:
+        return
+    why = {401: "a login is needed: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "or MLFLOW_TRACKING_TOKEN", 403: "this login may not use it",
+           503: "the server is unavailable (starting, overloaded or down)"}.get(
+        code, "not an MLflow tracking server's answer")
+    raise TrackingError(f"{what} {uri}: answers HTTP {code} at {endpoint} ({why}); start "
+                        "the MLflow server, or pick another tracking URI (--tracking-uri, or "
+                        "tracking.uri in the spec)")
 
 
 def _str(value: Any) -> str:

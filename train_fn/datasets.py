@@ -77,12 +77,27 @@ def dataset_root(data: Any) -> Path:
     if data.source == "phantom":
         root = Path(data.root).expanduser() if data.root else (
             default_cache_dir() / f"phantom-n{data.cases}-seed{data.split_seed}")
-        return write_phantom_dataset(root, n_cases=data.cases, seed=data.split_seed)
+        return _generated(root, write_phantom_dataset, data)
     if data.source == "brats_phantom":
         root = Path(data.root).expanduser() if data.root else (
             default_cache_dir() / f"brats-phantom-n{data.cases}-seed{data.split_seed}")
-        return write_msd_phantom(root, n_cases=data.cases, seed=data.split_seed)
+        return _generated(root, write_msd_phantom, data)
     return Path(data.root).expanduser()
+
+
+def _generated(root: Path, write: Any, data: Any) -> Path:
+    """`write(root, ...)` of a phantom, or one line naming `data.root` and why it cannot hold
+    one (a file, a read-only folder, a full disk, a folder holding something else)."""
+    try:
+        return write(root, n_cases=data.cases, seed=data.split_seed)
+    except ValueError as err:  # a folder holding other files or another phantom
+        raise DataError(f"data.root {err}") from None
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(root) else ""
+        raise DataError(f"data.root {root}: cannot write the phantom there: {reason}{where}; "
+                        "choose a new or empty folder you may write, with free space") \
+            from None
 
 
 def find_cases(root: str | Path) -> list[Case]:

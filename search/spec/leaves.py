@@ -29,10 +29,13 @@ from pydantic import (
 # Numbers: every float is finite (`allow_inf_nan` below) and a boolean is never a number
 # (`_no_bool`); the ranges are the settings' own.
 Scalar = StrictBool | int | float | str
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
+# Upper bounds keep a typo (1e12, an extra digit run) from reaching Ray or the allocator: far
+# beyond any sensible value, within what a machine can hold.
+BIG = 10**6
+Positive = Annotated[float, Field(gt=0, le=BIG)]
+NonNegative = Annotated[float, Field(ge=0, le=BIG)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # of 1: a share, a beta, a momentum
-Size = Annotated[int, Field(ge=1)]  # a count or a length in voxels
+Size = Annotated[int, Field(ge=1, le=4096)]  # a count or a length in voxels
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what numpy, torch and Optuna all take
 
 

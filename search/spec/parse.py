@@ -37,6 +37,10 @@ MAX_SPEC_BYTES = 2**20
 # A spec nests a few levels (section, setting, search leaf, `when`); deeper is a mistake, and
 # far deeper would exhaust Python's recursion in the YAML composer and the validators.
 MAX_DEPTH = 32
+# Python refuses to read an integer of over 4300 digits (a ValueError deep in PyYAML); no
+# setting needs more than a few dozen characters.
+MAX_NUMBER_CHARS = 64
+_NUMBER = re.compile(r"[-+]?[0-9_.]+(?:[eE][-+]?[0-9]+)?|[-+]?0[xob][0-9a-fA-F_]+")
 
 
 def parse_value(text: str, where: str = "value") -> Any:
@@ -73,6 +77,10 @@ def _check_events(text: str, where: str, lines: bool) -> None:
                 collections.add(event.anchor)
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
+        elif (isinstance(event, yaml.ScalarEvent) and event.style is None
+              and len(event.value) > MAX_NUMBER_CHARS and _NUMBER.fullmatch(event.value)):
+            raise SpecError(f"{line}: a number of {len(event.value)} characters; a spec's "
+                            f"numbers have at most {MAX_NUMBER_CHARS}")
         elif isinstance(event, yaml.AliasEvent) and event.anchor in collections:
             raise SpecError(f"{line}: *{event.anchor} is an alias of a mapping or a list; a "
                             "spec takes aliases of single values only (write the mapping or "

@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from search.spec.leaves import (
+    BIG,
     CategoricalLeaf,
     Fraction,
     NonNegative,
@@ -27,6 +28,13 @@ from search.spec.leaves import (
 from search.spec.messages import did_you_mean
 from train_fn.models import MODELS
 from train_fn.optim import MODES, OPTIMIZERS
+
+Blocks = Annotated[int, Field(ge=0, le=64)]  # residual blocks at one level
+HU = Annotated[float, Field(ge=-BIG, le=BIG)]
+
+# At most this many voxels in one step's patches (2 x 512^3): a larger step cannot be held by
+# any device's memory, and Ray would only fail every trial with its own tracebacks.
+MAX_STEP_VOXELS = 2 * 512**3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,7 +53,7 @@ class DataSpec(_Section):
 
     source: Literal["phantom", "brats_phantom", "segthor", "msd", "folder"] = "phantom"
     root: str | None = None  # the dataset folder; phantoms: their cache folder
-    cases: int = Field(12, ge=4)  # phantoms only
+    cases: int = Field(12, ge=4, le=1000)  # phantoms only
     image_pattern: str | None = None  # folder: e.g. images/{case}.nii.gz (relative to root)
     label_pattern: str | None = None  # folder: e.g. labels/{case}.nii.gz
     labels: dict[int, str] | None = None  # foreground label id -> name; default: the format's
@@ -53,7 +61,7 @@ class DataSpec(_Section):
     orientation: str | None = None  # e.g. RAS; default: as stored
     spacing: tuple[Positive, Positive, Positive] | None = None  # resample to this (mm)
     intensity: Literal["window", "zscore"] | None = None  # default: window (CT), zscore (MR)
-    window: tuple[float, float] = (-1000.0, 1000.0)  # HU, mapped to [0, 1]
+    window: tuple[HU, HU] = (-1000.0, 1000.0)  # HU, mapped to [0, 1]
     crop_foreground: StrictBool = False  # crop to the bounding box of the non-air voxels
     cache: StrictBool = True  # keep preprocessed volumes on disk for later runs and trials
     cache_dir: str | None = None  # default: $SEGTUNE_CACHE/preprocessed
@@ -94,16 +102,16 @@ class ModelSpec(_Section):
     name: str = "unet"
     channels: tuple[Size, ...] | None = None  # unet, dynunet (filters per level)
     strides: tuple[Size, ...] | None = None  # unet, dynunet (dynunet: first is usually 1)
-    num_res_units: int | None = Field(None, ge=0)  # unet
-    kernel_size: int | None = Field(None, ge=1)  # dynunet, mednext
+    num_res_units: int | None = Field(None, ge=0, le=16)  # unet
+    kernel_size: int | None = Field(None, ge=1, le=15)  # dynunet, mednext
     res_block: StrictBool | None = None  # dynunet
     norm: Literal["instance", "batch"] | None = None  # dynunet
     deep_supervision: StrictBool | None = None  # dynunet, mednext
-    deep_supr_num: int | None = Field(None, ge=1)  # dynunet
-    init_filters: int | None = Field(None, ge=1)  # segresnet, mednext
-    blocks_down: tuple[int, ...] | None = None  # segresnet, mednext
-    blocks_up: tuple[int, ...] | None = None  # segresnet, mednext
-    blocks_bottleneck: int | None = Field(None, ge=1)  # mednext
+    deep_supr_num: int | None = Field(None, ge=1, le=16)  # dynunet
+    init_filters: int | None = Field(None, ge=1, le=1024)  # segresnet, mednext
+    blocks_down: tuple[Blocks, ...] | None = None  # segresnet, mednext
+    blocks_up: tuple[Blocks, ...] | None = None  # segresnet, mednext
+    blocks_bottleneck: int | None = Field(None, ge=1, le=64)  # mednext
     dropout: float | None = Field(None, ge=0, lt=1)  # unet, dynunet, segresnet
     init_seed: Seed = 0  # one init per search: all trials start from the same weights
 
@@ -237,47 +245,59 @@ class ScheduleSpec(_Section):
 
 
 class TrainSpec(_Section):
-    epochs: int = Field(10, ge=1)
-    steps_per_epoch: int = Field(20, ge=1)
-    batch_size: int = Field(2, ge=2)  # patches per step; batch 1 falls onto a slow conv3d path
+    epochs: int = Field(10, ge=1, le=100_000)
+    steps_per_epoch: int = Field(20, ge=1, le=1_000_000)
+    # patches per step; batch 1 falls onto a slow conv3d path
+    batch_size: int = Field(2, ge=2, le=1024)
     patch_size: tuple[Size, Size, Size] = (48, 48, 32)
     grad_clip: Searchable(Positive) | None = 1.0
     seed: Seed = 0  # patch sampling; the same for every trial
-    sw_batch_size: int = Field(4, ge=1)
+    sw_batch_size: int = Field(4, ge=1, le=1024)
     sw_overlap: float = Field(0.25, ge=0, lt=1)
     # HD95 per region: true at every validation, k every k epochs (and the last), false off;
     # the post-search scoring and `evaluate` leave it out when false.
-    val_hd95: StrictBool | Annotated[StrictInt, Field(ge=1)] = True
+    val_hd95: Annotated[StrictInt, Field(ge=1, le=100_000)] | StrictBool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)  # torch threads per trial; default: CPUs per trial
+    # torch threads per trial; default: CPUs per trial
+    threads: int | None = Field(None, ge=1, le=1024)
     # threads cropping patches ahead of the training step (0: in the training thread);
     # default one per 2 CPUs of the trial, 1 to 4
     sample_workers: int | None = Field(None, ge=0, le=32)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 only on CUDA
     compile: StrictBool = False  # torch.compile the model for the training steps
 
+    @model_validator(mode="after")
+    def _fits(self):
+        voxels = self.batch_size * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
+        if voxels > MAX_STEP_VOXELS:
+            raise ValueError(f"train.batch_size x train.patch_size is {voxels:,} voxels per "
+                             f"step; at most {MAX_STEP_VOXELS:,} (e.g. 2 x 512^3) fit a device")
+        return self
+
 
 class SearchSpec(_Section):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     seed: Seed = 0
     scheduler: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: int = Field(2, ge=2)
-    num_trials: int = Field(8, ge=1)
-    max_concurrent: int = Field(2, ge=1)
+    grace_period: int = Field(1, ge=1, le=100_000)
+    reduction_factor: int = Field(2, ge=2, le=100)
+    num_trials: int = Field(8, ge=1, le=100_000)
+    max_concurrent: int = Field(2, ge=1, le=10_000)
     metric: Literal["val_dice"] = "val_dice"
-    max_failures: int = Field(1, ge=0)  # retries of a failing trial, from its last checkpoint
-    trial_time_limit_s: float | None = Field(None, gt=0)  # checked after each epoch
+    # retries of a failing trial, from its last checkpoint
+    max_failures: int = Field(1, ge=0, le=1000)
+    # checked after each epoch
+    trial_time_limit_s: float | None = Field(None, gt=0, le=366 * 86400)
 
 
 class ResourcesSpec(_Section):
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    cpu: float = Field(1.0, gt=0, le=4096)
+    gpu: float = Field(0.0, ge=0, le=256)
 
 
 class SoupSpec(_Section):
     enabled: StrictBool = True
-    top_k: int = Field(4, ge=1)
+    top_k: int = Field(4, ge=1, le=1000)
 
 
 class CVSpec(_Section):
@@ -286,9 +306,9 @@ class CVSpec(_Section):
     fold. `every`: each trial trains every fold in turn and is scored by its mean over folds
     (ASHA's rungs then count folds). Soups are made per fold when top_k > 1."""
 
-    folds: int = Field(0, ge=0)  # 0: no cross-validation
+    folds: int = Field(0, ge=0, le=100)  # 0: no cross-validation
     mode: Literal["best", "every"] = "best"
-    top_k: int = Field(1, ge=1)
+    top_k: int = Field(1, ge=1, le=100)
 
     @model_validator(mode="after")
     def _check(self):
@@ -315,14 +335,15 @@ class LRFinderSpec(_Section):
     `enabled`, or by itself with `python -m search lr-find SPEC`."""
 
     enabled: StrictBool = False
-    start_lr: float = Field(1e-5, gt=0)
-    end_lr: float = Field(1.0, gt=0)
-    num_iter: int = Field(100, ge=10)
+    start_lr: float = Field(1e-5, gt=0, le=BIG)
+    end_lr: float = Field(1.0, gt=0, le=BIG)
+    num_iter: int = Field(100, ge=10, le=100_000)
     smooth: float = Field(0.05, ge=0, lt=1)  # exponential smoothing of the loss
-    diverge: float = Field(5.0, gt=1)  # stop when the loss passes diverge x the best loss
-    skip_start: int = Field(5, ge=0)  # first points left out of the pick (warm-up noise)
+    diverge: float = Field(5.0, gt=1, le=BIG)  # stop when the loss passes diverge x the best loss
+    # first points left out of the pick (warm-up noise)
+    skip_start: int = Field(5, ge=0, le=100_000)
     use: Literal["centre", "set"] = "centre"  # centre the searched lr range on it, or fix lr
-    span: float = Field(10.0, gt=1)  # centre: high / low of the lr range
+    span: float = Field(10.0, gt=1, le=BIG)  # centre: high / low of the lr range
 
     @model_validator(mode="after")
     def _check(self):

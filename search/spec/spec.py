@@ -256,7 +256,10 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     """Load and validate a spec file, then apply `key=value` overrides through the same checks."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"{path}: no such spec file")
+        what = ("a folder, not a spec file" if path.is_dir() else
+                "not a regular file (a pipe, socket or device); a spec is a YAML file"
+                if path.exists() else "no such spec file")
+        raise SpecError(f"{path}: {what}")
     try:
         size = path.stat().st_size
         if size > MAX_SPEC_BYTES:

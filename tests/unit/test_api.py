@@ -25,15 +25,77 @@ def test_resume_without_a_run(tmp_path, capsys):
         in err
 
 
-def test_resume_before_ray_saved_anything(tmp_path, capsys):
+def test_resume_before_ray_saved_anything_starts_the_run(tmp_path, capsys):
+    """A folder a start left before Ray Tune saved anything is started, not refused ("nothing
+    to resume"): here it then stops at the data check, before Ray (issue 30 item 5)."""
     from search.api import _plain
     from search.spec import load_spec
 
     (tmp_path / "smoke").mkdir()
     (tmp_path / "smoke" / "run.json").write_text(
         json.dumps({"input_spec": _plain(load_spec(SMOKE).flat())}))
-    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path), "--resume"])
-    assert "no Ray Tune state to resume from (stopped before the first trial)" in err
+    err = error_of(capsys, ["run", SMOKE, "--storage", str(tmp_path), "--resume",
+                            "--set", "data.source=segthor",
+                            "--set", f"data.root={tmp_path / 'SegTHOR'}"])
+    assert f"{tmp_path / 'SegTHOR'}: no such folder" in err
+    assert (tmp_path / "smoke" / "run.json").is_file()  # removed under the lock only
+
+
+KILLED_AT_START = """
+import os, signal, sys
+from pathlib import Path
+from search import api
+from search.spec import load_spec
+
+spec = load_spec(sys.argv[1], ["lr_finder.enabled=false"])
+storage = Path(sys.argv[2])
+api._start(spec, sys.argv[1], "smoke", storage, storage / "smoke", None)
+os.kill(os.getpid(), signal.SIGKILL)  # after run.json and the MLflow parent run
+"""
+
+
+def test_a_start_killed_after_run_json_is_neither_stuck_nor_left_running(tmp_path, capsys):
+    """kill -9 after spec.yaml, split.json, run.json and the MLflow parent run: the dry run
+    says the folder will be started afresh, and the next run (or --resume), under the lock,
+    marks the parent run KILLED and removes the folder (issue 30 item 5)."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from search import api
+
+    storage = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-c", KILLED_AT_START, SMOKE, str(storage)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run_dir = storage / "smoke"
+    assert {"spec.yaml", "split.json", "run.json"} <= {p.name for p in run_dir.iterdir()}
+    info = json.loads((run_dir / "run.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    assert client.get_run(info["parent_run_id"]).info.status == "RUNNING"
+    assert main(["run", SMOKE, "--storage", str(storage), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"run folder: {run_dir}  (left by a run stopped before its first trial: it " \
+        "starts afresh)" in out
+    assert api._unstarted(run_dir)
+    api._check_new(run_dir, "smoke", None)  # before the lock: no error, nothing removed
+    assert run_dir.is_dir()
+    api._check_new(run_dir, "smoke", None, clear=True)
+    assert not run_dir.exists()
+    assert client.get_run(info["parent_run_id"]).info.status == "KILLED"
+
+
+def test_a_finished_or_foreign_folder_is_never_taken_for_an_unstarted_one(tmp_path):
+    from search import api
+
+    mine = tmp_path / "smoke"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my files")
+    assert not api._unstarted(mine)
+    (mine / "spec.yaml").write_text("x: 1\n")
+    (mine / "trial_0001").mkdir()  # a trial: Ray's state, however damaged, is kept
+    assert not api._unstarted(mine)
 
 
 def test_missing_real_data_folder(tmp_path, capsys):

@@ -305,3 +305,82 @@ def test_a_rewritten_data_file_is_preprocessed_again_not_served_from_the_cache(
     # The other array is the same preprocessing of an unchanged file.
     other = "image" if rewritten == "label" else "label"
     assert np.array_equal(after[other], before[other])
+
+
+@pytest.fixture(scope="module")
+def built_entry(phantom_root, tmp_path_factory):
+    """One case's whole cache entry, built once; each test damages a copy."""
+    cache = tmp_path_factory.mktemp("cache-template")
+    data = Spec.model_validate({"data": {"root": str(phantom_root),
+                                         "cache_dir": str(cache)}}).data
+    case = find_cases(phantom_root)[0]
+    return build_entry(case, data), case
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-1000])
+
+
+def _zero_label(path: Path) -> None:
+    np.save(path, np.zeros_like(np.load(path)))  # same size, shape and dtype
+
+
+def _edit_spacing(path: Path) -> None:
+    meta = json.loads(path.read_text())
+    meta["spacing"] = [s * 10 for s in meta["spacing"]]  # HD95 would be 10x off
+    path.write_text(json.dumps(meta))
+
+
+DAMAGES = {  # file, damage, the problem named, found without hashing (in trials too)
+    "spacing edited": ("meta.json", _edit_spacing, "meta.json was edited or written without "
+                       "checksums (its checksum does not match)", True),
+    "invalid JSON": ("meta.json", lambda p: p.write_text("{not json"),
+                     "meta.json cannot be read (JSONDecodeError)", True),
+    "meta.json deleted": ("meta.json", Path.unlink, "no meta.json (a half-written entry)", True),
+    "image truncated": ("image.npy", _truncate, "image.npy is ", True),
+    "label zeroed": ("label.npy", _zero_label, "label.npy does not match its SHA-256 in "
+                     "meta.json (its content changed)", False),
+    "locations replaced": ("locations.npz", lambda p: np.savez(p, **{"0": np.zeros((1, 3))}),
+                           "locations.npz is ", True),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_entry_is_named_and_rebuilt_to_the_same_content(built_entry, tmp_path,
+                                                                  caplog, damage):
+    """The driver's check before trials (content hashes) finds every damage; a trial's check
+    (no hashing) finds all but a same-size rewrite. Either rebuilds the entry once, with a
+    line naming it, to the very arrays of an undamaged cache."""
+    import shutil
+
+    import search.prepare as prepare
+
+    template, case = built_entry
+    data = Spec.model_validate({"data": {"root": str(Path(case.image).parents[2]),
+                                         "cache_dir": str(tmp_path / "cache")}})
+    entry = tmp_path / "cache" / template.name
+    shutil.copytree(template, entry)
+    name, damage_fn, said, quick = DAMAGES[damage]
+    damage_fn(entry / name)
+    assert (entry / "meta.json").exists() == (damage != "meta.json deleted")
+    split = {"train": [case.case_id], "val": [], "test": []}
+    with caplog.at_level(logging.INFO):
+        if quick:  # as a trial opens it
+            vol = load_volumes([case], data.data, 5)[0]
+        else:
+            assert missing_from_cache([case], data.data) == []  # the quick check passes it
+            prepare.build_cache(data, Path(case.image).parents[2], split)
+            vol = open_entry(entry)
+    lines = [r.getMessage() for r in caplog.records if "rebuilding" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(f"cache: {entry}: {said}")
+    assert lines[0].endswith("; rebuilding it")
+    ref = open_entry(template)
+    for key in ("image", "label", "spacing", "label_max"):
+        assert np.array_equal(vol[key], ref[key]), key
+    assert {c: v.tolist() for c, v in vol["locations"].items()} == {
+        c: v.tolist() for c, v in ref["locations"].items()}
+    assert [p.name for p in entry.parent.iterdir()] == [entry.name]  # nothing left aside
+    caplog.clear()
+    with caplog.at_level(logging.INFO):  # whole again: checked, not rebuilt
+        prepare.build_cache(data, Path(case.image).parents[2], split)
+    assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]
