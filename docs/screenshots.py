@@ -98,14 +98,15 @@ def search_with_dashboard_shot(spec: str, storage: Path, tmp: Path) -> Path:
 
 
 def photograph_actors(driver, dashboard: str, path: Path) -> None:
-    """The actors page with the trials' actors alive (Ray names them ImplicitFunc)."""
+    """The actors page with the trials' actors alive (class SegtuneTrial, repr the trial's
+    name)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{dashboard}/#/actors")
     WebDriverWait(driver, 60).until(ec.presence_of_element_located(
-        (By.XPATH, "//*[contains(text(), 'ImplicitFunc')]")),
+        (By.XPATH, "//*[contains(text(), 'trial_')]")),
         "the Ray dashboard lists no trial actor")
     time.sleep(2)  # the page fills its columns (state, memory) a moment after the rows
     save_png(driver.get_screenshot_as_png(), path)

@@ -286,12 +286,10 @@ def _compare(args) -> int:
 
 def _print_end(summary, searched, uri, local) -> None:
     print(report.format_summary(summary, searched))
-    print(f"\nrun folder: {summary['run_dir']}  (summary.json, soup/)")
-    if uri:
-        print(f"MLflow UI: mlflow ui --backend-store-uri {uri}   (or open {uri})")
-    else:
-        db = (Path(local) / "mlflow.db").resolve()
-        print(f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{db}")
+    info = RunFolder(summary["run_dir"]).info
+    uri = info.tracking_uri or uri or f"sqlite:///{(Path(local) / 'mlflow.db').resolve()}"
+    view = tracking.experiment_view_url(uri, info.experiment) if info.experiment else None
+    print("\n" + "\n".join(report.next_steps(summary, summary["run_dir"], uri, view)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
-    for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
+    for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # It logs each failed query with its traceback, then raises it: segtune reports that once.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
