@@ -35,6 +35,8 @@ PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
 # it holds model training runs.
 KIND_TAG = "mlflow.experimentKind"
 KIND = "custom_model_development"
+# MLflow 3.18 decides it by its GenAI / Model training switch instead, which a link sets.
+WORKFLOW = "machine_learning"
 STATUS_TAG = "segtune.status"  # running, completed, stopped early, error, ...
 EPOCHS_TAG = "segtune.epochs"  # epochs trained of the budget, `3 of 8`
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
@@ -383,9 +385,10 @@ class Tracker:
 
 
 def _chart(kind: str, key: str, section: str) -> dict[str, Any]:
-    """One chart card as MLflow's UI stores it (its fields and their defaults)."""
+    """One chart card as MLflow's UI stores it (its fields and their defaults). Not marked
+    generated: the UI would turn a bar chart of a metric with a history into curves."""
     card = {"uuid": f"segtune-{key}", "type": kind, "runsCountToCompare": 10,
-            "metricSectionId": section, "deleted": False, "isGenerated": True,
+            "metricSectionId": section, "deleted": False, "isGenerated": False,
             "displayName": key, "metricKey": key}
     if kind == "LINE":
         card.update(lineSmoothness=0, xAxisScaleType="linear", scaleType="linear",
@@ -430,7 +433,7 @@ def ui_command(uri: str) -> str | None:
 def view_url(uri: str, experiment_id: str, ui: str | None = None) -> str:
     """The stored view's full address (`Tracker.set_view`) on the UI of the store `uri`."""
     return (f"{ui_base(uri, ui)}/#/experiments/{experiment_id}/runs?"
-            f"viewStateShareKey={VIEW_KEY}")
+            f"workflowType={WORKFLOW}&viewStateShareKey={VIEW_KEY}")
 
 
 def experiment_view_url(uri: str, experiment: str) -> str | None:

@@ -10,6 +10,7 @@ import pickle
 import pytest
 from conftest import ROOT
 
+from search import tracking
 from search.results import Result, log_results, results_of
 from search.tracking import Tracker, readable_range
 
@@ -78,9 +79,20 @@ def test_best_epoch_metrics_follow_the_best_epoch_not_the_last(tracker):
     assert [(m.step, m.value) for m in history] == [(1, 10.0), (3, 30.0)]
     assert "time_this_iter_s" not in metrics and "training_iteration" not in metrics
     # A later better epoch with HD95 shows its own.
-    tracker.log_result("t1", epoch(4, 0.8, hd95=True))
+    tracker.log_result("t1", epoch(4, 0.8, hd95=True), budget=6)
     metrics = latest(tracker)
     assert (metrics["best_epoch"], metrics["best_val_hd95/heart"]) == (4, 40.0)
+
+
+def test_a_trial_run_says_its_status_and_the_epochs_it_trained(tracker):
+    run_id = tracker.start_trial("t1", {}, {})
+    tags = lambda: tracker.client.get_run(run_id).data.tags  # noqa: E731
+    assert tags()["segtune.status"] == "running"
+    tracker.log_result("t1", epoch(1, 0.3), budget=8)
+    tracker.log_result("t1", epoch(2, 0.4), budget=8)
+    assert tags()["segtune.epochs"] == "2 of 8"
+    tracker.end_trial("t1", "FINISHED", note="stopped early")
+    assert tags()["segtune.status"] == "stopped early"
 
 
 def test_best_epoch_ties_go_to_the_later_epoch_and_a_diverged_report_never_counts(tracker):
@@ -167,8 +179,21 @@ def test_parent_params_show_fixed_values_and_readable_ranges(store, tmp_path):
     assert {"metrics.`best_val_dice`", "params.`optimizer.lr`",
             "params.`layers.early_encoder`"} <= set(view["selectedColumns"])
     assert tags["mlflow.experiment.primaryMetric.name"] == "best_val_dice"
-    assert tracker.view_url().endswith(
-        f"/#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=segtune")
+    # A trial's status and its epochs are columns: a stopped trial is FINISHED too.
+    assert {"tags.`segtune.status`", "tags.`segtune.epochs`"} <= set(view["selectedColumns"])
+    # The experiment opens on its training runs, not MLflow's GenAI overview.
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # The chart view starts on best_val_dice, then the validation Dice and the loss.
+    first = [c["metricKey"] for c in view["compareRunCharts"]
+             if c["metricSectionId"] == view["compareRunSections"][0]["uuid"]]
+    assert first == ["best_val_dice", "val_dice", "loss"]
+    assert [s["name"] for s in view["compareRunSections"]] == ["search", "val_dice", "lr"]
+    assert tracker.view_url() == (
+        f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?"
+        "workflowType=machine_learning&viewStateShareKey=segtune")
+    assert tracking.view_url("http://mlflow:5000/", "7") == (
+        "http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning&"
+        "viewStateShareKey=segtune")
 
 
 def summary(best_trial: str = "t1", soups: bool = True) -> dict:
