@@ -54,6 +54,18 @@ def test_run_writes_summary_split_and_soups(smoke_run):
     assert f"low: {low}" in saved and f"high: {high}" in saved
     assert all(low <= t["config"]["optimizer.lr"] <= high for t in summary["trials"])
     assert f"mlflow ui --backend-store-uri sqlite:///{storage / 'mlflow.db'}" in proc.stdout
+    # The end of the run says where everything is, and what to run next.
+    home = run_dir.resolve()
+    assert f"best checkpoint:  {home / best['checkpoint']}  (trial {best['trial_id']})" \
+        in proc.stdout
+    assert f"plots:            {home / 'plots'}/" in proc.stdout
+    assert f"(optuna-dashboard sqlite:///{home / 'optuna.db'})" in proc.stdout
+    assert ("then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType="
+            "machine_learning&viewStateShareKey=segtune") in proc.stdout
+    assert f"predict:          python -m search predict {home} -i SCANS/ -o SEGMENTATIONS/ " \
+           "--model " in proc.stdout
+    # The same view's address when the run starts, on stderr.
+    assert "search.api: MLflow runs table: mlflow ui --backend-store-uri" in proc.stderr
 
 
 def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, cli_process, free_port, start_ray, stop_ray
+from test_browser import check_ray_dashboard
 from test_e2e import cli, runs_by_trial
 
 pytestmark = pytest.mark.e2e
@@ -121,6 +122,9 @@ def test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving
                       "--set", "tracking.plots=false"], storage, RAY_TMPDIR=str(base))
         seen = "".join(wait_for(proc, " epoch 1/6"))
         assert "Connecting to existing Ray cluster" not in seen
+        # What the terminal shows: no colour codes on a pipe, none of Ray's INFO lines.
+        assert "\x1b[" not in seen and " INFO " not in seen, seen
+        check_ray_dashboard(seen, tmp_path / "profile", tmp_path)
         assert f"search.api: Ray: 1 node(s), {float(os.cpu_count())} CPUs, 0 GPUs" in seen, seen
         ray_processes = descendants(proc.pid)
         assert len(ray_processes) >= 3  # gcs_server, raylet, trial workers, agents

@@ -260,18 +260,26 @@ def test_a_logged_model_loads_and_predicts_and_a_resoup_replaces_it(tracker):
         made = log_results(tracker, [Result("best", {"val_dice": 0.5}, weights,
                                             tags={"segtune.kind": "best",
                                                   "segtune.trial": "t1"})],
-                           torch.nn.Conv3d(1, 3, 3, padding=1), example, meta)
+                           torch.nn.Conv3d(1, 3, 3, padding=1), example, meta,
+                           champion="best")
     models = tracker.client.search_logged_models([tracker.experiment_id])
     assert [m.source_run_id for m in models] == [made["best"]]  # the first one's is gone
+    assert models[0].name == "best"
+    # Registered under the run's name; the first soup's version went with its run.
+    versions = tracker.client.search_model_versions("name = 'run'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("2", made["best"])]
+    assert str(tracker.client.get_model_version_by_alias("run", "champion").version) == "2"
     import mlflow
 
     mlflow.set_tracking_uri(tracker.uri)
     try:
         loaded = mlflow.pytorch.load_model(f"models:/{models[0].model_id}")
         info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
+        champion = mlflow.pytorch.load_model("models:/run@champion")
     finally:
         mlflow.set_tracking_uri(None)
     x = torch.randn(1, 1, 8, 8, 4)
     assert torch.equal(loaded(x), net(x))  # the weights given, not the net's own
+    assert torch.equal(champion(x), net(x))
     assert info.metadata == meta
     assert info.signature is not None  # inferred from the input example
