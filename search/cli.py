@@ -95,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
                     "file or folder (default: best)")
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"],
                     help="where to run the network (default: the spec's train.device)")
+    pr.add_argument("--tta", action="store_true", help="test-time mirroring: average the "
+                    "prediction over the 8 flips of the 3 axes (8x the time)")
+    pr.add_argument("--save-probabilities", action="store_true", help="also write the class "
+                    "probabilities, <name>.npz (key probabilities, classes x X x Y x Z)")
+    pr.add_argument("--overlap", type=float, help="sliding-window overlap, 0 to <1 (default: "
+                    "the spec's train.sw_overlap)")
+    pr.add_argument("--continue", dest="skip_existing", action="store_true",
+                    help="skip inputs whose output exists (continue an interrupted folder)")
 
     rep = sub.add_parser("repeat", help="retrain the best (or a named) configuration with "
                          "several seeds; per-region mean and std")
@@ -144,7 +152,8 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     with _held(args.run_dir):
         written = predict.predict_files(args.run_dir, args.input, args.output, args.model,
-                                        args.device)
+                                        args.device, args.tta, args.save_probabilities,
+                                        args.overlap, args.skip_existing)
     for path in written:
         print(path)
     print(f"{len(written)} prediction(s) in {args.output}", file=sys.stderr)

@@ -133,6 +133,22 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
         out = net(torch.zeros(1, 1, 32, 32, 16))
     assert out.shape == (1, 5, 32, 32, 16)
     assert info.metadata["segtune"]["patch_size"] == [32, 32, 16]
+    assert sorted(m.name for m in models) == ["best", "greedy", "uniform"]
+    # The model the run recommends, by the registered model named after the run.
+    from search.predict import load_model
+    from search.report import recommended
+
+    mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow.db'}")
+    try:
+        champion = mlflow.pytorch.load_model("models:/smoke@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    ours = load_model(storage / "smoke", recommended(summary), device="cpu")
+    patch = torch.randn(2, 1, 32, 32, 16)
+    with torch.no_grad():
+        assert torch.allclose(champion.eval()(patch), ours.net(patch), atol=1e-6)
+    # One version per result of the latest soup (a re-soup's test may have run before).
+    assert len(client.search_model_versions("name = 'smoke'")) == 3
     assert info.metadata["segtune"]["preprocessing"]["source"] == "phantom"
     assert parent.data.metrics["soup/greedy/test_dice"] == pytest.approx(
         summary["soups"]["greedy"]["test_dice"])
