@@ -84,6 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="test, val or train (default: test)")
     ev.add_argument("--out", help="output folder (default: RUN_DIR/eval/<model>-<split>)")
 
+    ef = sub.add_parser("evaluate-folder", help="score any folder of predictions against a "
+                        "folder of references, paired by file name (nnUNetv2_evaluate_folder)")
+    ef.add_argument("ref_dir", help="the reference label maps (*.nii.gz)")
+    ef.add_argument("pred_dir", help="the predictions, named as their references")
+    ef.add_argument("-l", "--labels", type=int, nargs="+", help="label ids to score (default: "
+                    "every non-zero id in the references)")
+    ef.add_argument("-o", "--out", help="summary.json to write (default: PRED_DIR/summary.json)")
+    ef.add_argument("--hd95", action="store_true", help="also HD95 in mm (MONAI's)")
+
     pr = sub.add_parser("predict", help="segment new images (no labels needed) with a "
                         "finished run's model: one <name>.nii.gz per input, in its own grid")
     pr.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
@@ -146,6 +155,14 @@ def _evaluate(args) -> int:
         summary = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
     print(evaluate.format_scores(summary))
     print(f"predictions and summary.json: {summary['segtune']['out_dir']}")
+    return 0
+
+
+def _evaluate_folder(args) -> int:
+    summary = evaluate.evaluate_folder(args.ref_dir, args.pred_dir, args.labels, args.out,
+                                       args.hd95)
+    print(evaluate.format_scores(summary))
+    print(f"summary.json: {args.out or Path(args.pred_dir) / 'summary.json'}")
     return 0
 
 
@@ -316,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
                     "predict": _predict, "repeat": _repeat, "crossval": _crossval,
+                    "evaluate-folder": _evaluate_folder,
                     "compare": _compare}
         return commands[args.command](args)
     except SegtuneError as err:
