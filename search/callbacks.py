@@ -100,6 +100,8 @@ class MlflowCallback(Callback):
         self.status.result(trial.trial_id, int(result.get("epoch", 0)),
                            result.get(self.base.search.metric), result.get("time_this_iter_s"))
         self._check_space(trial)
+        if "loss" not in result:  # a job's final scores (`final/*`): no epoch to report
+            return
         logger.info(
             "trial %s epoch %d/%d: loss %.3f, val_dice %.3f (%s)", trial.trial_id,
             result.get("epoch", 0), self.epochs, result.get("loss", float("nan")),

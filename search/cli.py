@@ -185,7 +185,9 @@ def _repeat(args) -> int:
             from None
     with _held(args.run_dir):
         _rehome(args)
-        print(retrain.repeat(args.run_dir, seeds, args.trial)["table"])
+        results = retrain.repeat(args.run_dir, seeds, args.trial)
+    print(results["table"])
+    print(f"results.md, results.json: {results['files']}", file=sys.stderr)
     return 0
 
 

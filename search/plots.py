@@ -115,7 +115,11 @@ def param_importances(study):
         return None, (f"importance needs 2 or more completed trials and more than one "
                       f"searched parameter ({len(complete)} completed, {len(params)} "
                       "parameter(s))")
-    return _figure(plot_param_importances(study)), None
+    axes = plot_param_importances(study)
+    # How many trials the importances rest on: a handful says little.
+    axes.set_title(f"Hyperparameter importances ({len(complete)} completed trials of "
+                   f"{len(study.trials)})")
+    return _figure(axes), None
 
 
 def slices(study):

@@ -287,6 +287,7 @@ def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> di
     table = format_results(results, split)
     write_text(out / "results.md", table + "\n")
     results["table"] = table
+    results["files"] = str(out)
     metrics = {}
     for key in ("val_dice", "val_hd95", "test_dice", "test_hd95"):
         for region, s in (results.get(key) or {}).items():
