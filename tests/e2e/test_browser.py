@@ -175,7 +175,11 @@ def _stored_view(driver, wait, url: str, shots, docs) -> None:
     sections = [e.text.strip() for e in driver.find_elements(
         By.CSS_SELECTOR, "[data-testid='experiment-view-compare-runs-section-header']")]
     assert sections and not [t for t in sections if t.endswith("(0)")], sections
-    time.sleep(3)  # the curves are drawn a moment after the cards
+    # The curves are drawn after the cards (minutes on a busy machine): wait for the plots.
+    wait.until(lambda d: len(d.find_elements(
+        By.CSS_SELECTOR, "[data-testid='experiment-view-compare-runs-card'] .main-svg")) >= 3,
+        "the chart view drew no curves")
+    time.sleep(3)
     _close_assistant(driver)
     save_png(driver.get_screenshot_as_png(), shots / "charts.png",
              *([docs / "mlflow_charts.png"] if docs else []))
