@@ -5,8 +5,9 @@
 Runs a search of the spec (a local Ray, its dashboard on loopback), photographs the dashboard's
 actors page in Debian's headless Chromium while the trials run, then draws one axial slice of a
 test patient with the finished run's best model's prediction over it. Writes
-docs/ray_dashboard.png and docs/predict_overlay.png. The MLflow UI pictures come from the
-browser test: `SEGTUNE_DOCS_SCREENSHOTS=1 python -m pytest tests/e2e/test_browser.py`.
+docs/ray_dashboard.png and docs/predict_overlay.png. The MLflow UI pictures (the stored view's
+table and charts, the nested runs, a trial's page) come from the browser test:
+`SEGTUNE_DOCS_SCREENSHOTS=1 python -m pytest tests/e2e/test_browser.py`.
 """
 
 from __future__ import annotations

@@ -106,8 +106,9 @@ def test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving
     """A run without `--address` or `RAY_ADDRESS` starts a Ray of its own. Ray's own default
     (`ray.init()`) would join the newest cluster started on the machine, found through
     `<RAY_TMPDIR>/ray/ray_current_cluster`: here one of 64 CPUs that a `ray start` left
-    running. The run's Ray listens on loopback only, and SIGTERM stops the search cleanly and
-    leaves no process of it."""
+    running. The run's Ray listens on loopback only, its dashboard names the trials' actors
+    and the job (`check_ray_dashboard`), its stderr on a pipe has no colour codes and none of
+    Ray's INFO lines, and SIGTERM stops the search cleanly and leaves no process of it."""
     base = Path(tempfile.mkdtemp(prefix="segtmp-", dir="/tmp"))  # Ray's socket paths are short
     (base / "ray").mkdir()
     temp_dir = str(base / "ray")
