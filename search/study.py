@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ class StudySearch(OptunaSearch):
         super()._setup_study(mode)
         # optuna-dashboard labels the objective by it ("Objective 0" without).
         if self._ot_study is not None and not self._ot_study.metric_names:
-            self._ot_study.set_metric_names([self._metric_name])
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2, a line per run
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([self._metric_name])
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
