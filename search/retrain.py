@@ -71,8 +71,9 @@ def _stats(values: list[float]) -> dict[str, float]:
 def aggregate(scores: list[dict[str, float]], prefix: str) -> dict[str, Any]:
     """Mean and standard deviation over jobs of each `prefix/<region>` score, and of the
     mean over regions."""
-    regions = sorted({k.split("/", 2)[2] for s in scores for k in s
-                      if k.startswith(prefix + "/")})
+    # In the order the jobs report them (the dataset's label order), as every other table.
+    regions = list(dict.fromkeys(k.split("/", 2)[2] for s in scores for k in s
+                                 if k.startswith(prefix + "/")))
     out = {r: _stats([s.get(f"{prefix}/{r}") for s in scores]) for r in regions}
     out["mean"] = _stats([s.get(prefix, _mean([s.get(f"{prefix}/{r}") for r in regions]))
                           for s in scores])
@@ -315,11 +316,11 @@ def format_results(results: dict[str, Any], split: str) -> str:
             if stats:
                 cells.append([label, metric, *[_pm(stats.get(r), fmt) for r in regions],
                               _pm(stats.get("mean"), fmt)])
-    return "\n".join([f"{results['kind']}: mean ± std over {over} ({split} cases)", "",
+    return "\n".join([f"{results['kind']}: mean ± std (n) over {over} ({split} cases)", "",
                       *table(["model", "metric", *regions, "mean"], cells, markdown=True)])
 
 
 def _pm(s: dict[str, float] | None, fmt: str) -> str:
     if not s or math.isnan(s["mean"]):
         return "-"
-    return f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])}"
+    return f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])} ({s['n']})"
