@@ -6,7 +6,10 @@ MLflow parent run under `plots/`.
 - `best_vs_compute.png`: the best validation Dice found so far against the epochs trained
   by all trials together (how search setups are compared);
 - `param_importances.png`, `slice.png`: Optuna's own views of the persisted study;
-- `greedy_soup.png`: the greedy soup's steps, each candidate accepted or rejected.
+- `greedy_soup.png`: the greedy soup's steps, each candidate accepted or rejected;
+- `parallel_coordinates.png`, `history.png`: Optuna's parallel coordinates of the searched
+  values and its history of the value by trial (the views optuna-dashboard and W&B open on);
+- `test_regions.png`: test Dice per region, the best trial beside the soups.
 
 The LR range test draws its own figure (`lr_finder_plot.png`, `train_fn.lr_finder`). Drawing
 is matplotlib's and Optuna's; a figure that cannot be drawn is skipped with a warning, never
@@ -170,6 +173,42 @@ def greedy_soup(summary: dict[str, Any]):
     return fig, None
 
 
+def optuna_view(study, view: str):
+    """One of Optuna's matplotlib views (`plot_parallel_coordinate`, ...) of the study."""
+    import optuna
+    import optuna.visualization.matplotlib as views
+
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                    optuna.trial.TrialState.PRUNED)):
+        return None, "no finished trial"
+    return _figure(getattr(views, view)(study)), None
+
+
+def test_regions(summary: dict[str, Any]):
+    """Grouped bars: test Dice per region (label order) of the best trial and each soup."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    best = summary.get("best")
+    if not best or not best.get("test_dice_per_class"):
+        return None, "no test scores (the search did not finish)"
+    models = {f"best trial {best['trial_id']}": best["test_dice_per_class"]}
+    models |= {f"{k} soup": v["test_dice_per_class"]
+               for k, v in (summary.get("soups") or {}).items()}
+    regions = list(best["test_dice_per_class"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(regions) + 2), 4))
+    width = 0.8 / len(models)
+    for i, (label, per) in enumerate(models.items()):
+        ax.bar(np.arange(len(regions)) + i * width, [per.get(r, np.nan) for r in regions],
+               width, label=label)
+    ax.set_xticks(np.arange(len(regions)) + width * (len(models) - 1) / 2, regions)
+    ax.set_ylabel("test Dice")
+    ax.set_ylim(0, 1)
+    ax.set_title("Held-out test split, per region")
+    ax.legend(fontsize="small")
+    return fig, None
+
+
 def _figure(axes):
     """The figure of what an Optuna matplotlib plot returns (one Axes or an array of them)."""
     import numpy as np
@@ -212,6 +251,11 @@ def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
         "param_importances": lambda: param_importances(load_study(run_dir, name)),
         "slice": lambda: slices(load_study(run_dir, name)),
         "greedy_soup": lambda: greedy_soup(summary),
+        "parallel_coordinates": lambda: optuna_view(load_study(run_dir, name),
+                                                    "plot_parallel_coordinate"),
+        "history": lambda: optuna_view(load_study(run_dir, name),
+                                       "plot_optimization_history"),
+        "test_regions": lambda: test_regions(summary),
     }
     written = []
     try:
