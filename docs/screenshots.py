@@ -5,8 +5,9 @@
 Runs a search of the spec (a local Ray, its dashboard on loopback), photographs the dashboard's
 actors page in Debian's headless Chromium while the trials run, then draws one axial slice of a
 test patient with the finished run's best model's prediction over it. Writes
-docs/ray_dashboard.png and docs/predict_overlay.png. The MLflow UI pictures come from the
-browser test: `SEGTUNE_DOCS_SCREENSHOTS=1 python -m pytest tests/e2e/test_browser.py`.
+docs/ray_dashboard.png and docs/predict_overlay.png. The MLflow UI pictures (the stored view's
+table and charts, the nested runs, a trial's page) come from the browser test:
+`SEGTUNE_DOCS_SCREENSHOTS=1 python -m pytest tests/e2e/test_browser.py`.
 """
 
 from __future__ import annotations
@@ -98,14 +99,15 @@ def search_with_dashboard_shot(spec: str, storage: Path, tmp: Path) -> Path:
 
 
 def photograph_actors(driver, dashboard: str, path: Path) -> None:
-    """The actors page with the trials' actors alive (Ray names them ImplicitFunc)."""
+    """The actors page with the trials' actors alive (class SegtuneTrial, repr the trial's
+    name)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(f"{dashboard}/#/actors")
     WebDriverWait(driver, 60).until(ec.presence_of_element_located(
-        (By.XPATH, "//*[contains(text(), 'ImplicitFunc')]")),
+        (By.XPATH, "//*[contains(text(), 'trial_')]")),
         "the Ray dashboard lists no trial actor")
     time.sleep(2)  # the page fills its columns (state, memory) a moment after the rows
     save_png(driver.get_screenshot_as_png(), path)

@@ -47,6 +47,7 @@ from search.tracking import (
     Tracker,
     check_tracking,
     default_uri,
+    ui_command,
 )
 from search.tuner import make_tuner, restore_tuner, trial_records
 from train_fn.datasets import open_dataset, split_cases
@@ -165,14 +166,16 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         _check_new(run_dir, name, uri, clear=True)
     if not ray.is_initialized():
         # Before the data check and the cache build: they run as Ray tasks.
-        context = stopping.start_ray(**(ray_init or {}))
+        context = stopping.start_ray(**{"job_name": f"segtune {name}", **(ray_init or {})})
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
                     ray.cluster_resources().get("CPU", 0),
                     ray.cluster_resources().get("GPU", 0))
         if getattr(context, "dashboard_url", None):
-            logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>)",
-                        context.dashboard_url, context.dashboard_url)
+            token = ("" if os.environ.get("RAY_AUTH_MODE") == "disabled" else
+                     "; it asks for the token `ray get-auth-token` prints")
+            logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>%s)",
+                        context.dashboard_url, context.dashboard_url, token)
     try:
         check_resources(spec)
     except ResourceError:
@@ -364,7 +367,14 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
     folder.write_info(info)
     logger.info("run folder %s; checkpoints in %s; MLflow %s (experiment %r)", run_dir,
                 join(storage_uri, name) if storage_uri else run_dir, uri, experiment)
+    _log_view(tracker)
     return spec, split, data_root, tracker
+
+
+def _log_view(tracker: Tracker) -> None:
+    command = ui_command(tracker.uri)
+    logger.info("MLflow runs table: %s%s", f"{command}, then open " if command else "",
+                tracker.view_url())
 
 
 def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
@@ -397,6 +407,7 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
         logger.info("deleted the MLflow run of trial %s: killed before Ray saved it (it has no "
                     "checkpoint; a new trial takes its place)", trial_id)
     logger.info("resuming %s; MLflow %s", run_dir, folder.info.tracking_uri)
+    _log_view(tracker)
     return folder.spec, folder.split, Path(folder.data_root), tracker
 
 

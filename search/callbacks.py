@@ -12,7 +12,7 @@ from typing import Any
 from ray.tune import Callback
 
 from search import stopping
-from search.progress import SearchStatus, values_text
+from search.progress import SearchStatus, duration, values_text
 from search.spec import Spec
 from search.storage import disk_full
 from search.tracking import Tracker
@@ -59,20 +59,22 @@ class MlflowCallback(Callback):
         self.largest_checkpoint = 0
         s = base.search
         self.status = SearchStatus(s.metric, s.num_trials,
-                                   s.reduction_factor if s.scheduler == "asha" else None)
+                                   s.reduction_factor if s.scheduler == "asha" else None,
+                                   budget=self.epochs)
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         self.status.restart_clock()
         self.status.total = total_num_samples or self.status.total
 
     def _status(self, trials, starting=None, ending=None) -> None:
-        states = [getattr(t, "status", "") for t in trials or []]
-        running, pending = states.count("RUNNING"), states.count("PENDING")
         # Ray calls back before it changes the trial's status.
-        if starting is not None and getattr(starting, "status", "") == "PENDING":
-            running, pending = running + 1, pending - 1
-        if ending is not None and getattr(ending, "status", "") == "RUNNING":
-            running -= 1
+        running = [t.trial_id for t in trials or [] if t is not ending and (
+            t is starting or getattr(t, "status", "") == "RUNNING")]
+        done = sum(1 for t in trials or [] if t is ending or (
+            t is not starting and getattr(t, "status", "") in ("TERMINATED", "ERROR")))
+        # Ray creates a trial only when the searcher proposes it: those not proposed yet are
+        # pending too.
+        pending = max(self.status.total - len(running) - done, 0)
         logger.info("%s", self.status.line(running, pending))
 
     def on_step_end(self, iteration, trials, **info):
@@ -93,14 +95,18 @@ class MlflowCallback(Callback):
         self.last_epoch[trial.trial_id] = int(result.get("epoch", 0))
         if result.get("stop_reason"):
             self.stop_reason[trial.trial_id] = result["stop_reason"]
-        self.tracker.log_result(trial.trial_id, result, latest=self.base.cv.every)
+        self.tracker.log_result(trial.trial_id, result, latest=self.base.cv.every,
+                                 budget=self.epochs)
         self.status.result(trial.trial_id, int(result.get("epoch", 0)),
-                           result.get(self.base.search.metric))
+                           result.get(self.base.search.metric), result.get("time_this_iter_s"))
         self._check_space(trial)
+        if "loss" not in result:  # a job's final scores (`final/*`): no epoch to report
+            return
         logger.info(
-            "trial %s epoch %d/%d: loss %.3f, val_dice %.3f", trial.trial_id,
+            "trial %s epoch %d/%d: loss %.3f, val_dice %.3f (%s)", trial.trial_id,
             result.get("epoch", 0), self.epochs, result.get("loss", float("nan")),
             result.get("val_dice", float("nan")),
+            duration(result.get("time_this_iter_s") or 0),
         )
 
     def _check_space(self, trial) -> None:
@@ -131,11 +137,13 @@ class MlflowCallback(Callback):
         note = self.stop_reason.get(trial.trial_id) or ("completed" if done else "stopped early")
         self.tracker.end_trial(trial.trial_id, "FINISHED", note=note)
         self.status.end(trial.trial_id, "completed" if done else "stopped")
+        took = duration(self.status.trial_seconds(trial.trial_id))
         if note == "stopped early":
-            logger.info("%s", self.status.stopped_line(trial.trial_id, epoch, self.epochs))
+            logger.info("%s (%s)", self.status.stopped_line(trial.trial_id, epoch, self.epochs),
+                        took)
         else:
-            logger.info("trial %s %s after epoch %d/%d", trial.trial_id, note, epoch,
-                        self.epochs)
+            logger.info("trial %s %s after epoch %d/%d (%s)", trial.trial_id, note, epoch,
+                        self.epochs, took)
         self._status(trials, ending=trial)
 
     @_guarded

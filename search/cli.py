@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -120,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="test, val or train (default: test)")
     ev.add_argument("--out", help="output folder (default: RUN_DIR/eval/<model>-<split>)")
 
+    ef = sub.add_parser("evaluate-folder", help="score any folder of predictions against a "
+                        "folder of references, paired by file name (nnUNetv2_evaluate_folder)")
+    ef.add_argument("ref_dir", help="the reference label maps (*.nii.gz)")
+    ef.add_argument("pred_dir", help="the predictions, named as their references")
+    ef.add_argument("-l", "--labels", type=int, nargs="+", help="label ids to score (default: "
+                    "every non-zero id in the references)")
+    ef.add_argument("-o", "--out", help="summary.json to write (default: PRED_DIR/summary.json)")
+    ef.add_argument("--hd95", action="store_true", help="also HD95 in mm (MONAI's)")
+
     pr = sub.add_parser("predict", help="segment new images (no labels needed) with a "
                         "finished run's model: one <name>.nii.gz per input, in its own grid")
     pr.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
@@ -131,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
                     "file or folder (default: best)")
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"],
                     help="where to run the network (default: the spec's train.device)")
+    pr.add_argument("--tta", action="store_true", help="test-time mirroring: average the "
+                    "prediction over the 8 flips of the 3 axes (8x the time)")
+    pr.add_argument("--save-probabilities", action="store_true", help="also write the class "
+                    "probabilities, <name>.npz (key probabilities, classes x X x Y x Z)")
+    pr.add_argument("--overlap", type=float, help="sliding-window overlap, 0 to <1 (default: "
+                    "the spec's train.sw_overlap)")
+    pr.add_argument("--continue", dest="skip_existing", action="store_true",
+                    help="skip inputs whose output exists (continue an interrupted folder)")
 
     rep = sub.add_parser("repeat", help="retrain the best (or a named) configuration with "
                          "several seeds; per-region mean and std")
@@ -190,10 +206,19 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _evaluate_folder(args) -> int:
+    summary = evaluate.evaluate_folder(args.ref_dir, args.pred_dir, args.labels, args.out,
+                                       args.hd95)
+    print(evaluate.format_scores(summary))
+    print(f"summary.json: {args.out or Path(args.pred_dir) / 'summary.json'}")
+    return 0
+
+
 def _predict(args) -> int:
     with _held(args.run_dir, read_only=True):
         written = predict.predict_files(args.run_dir, args.input, args.output, args.model,
-                                        args.device)
+                                        args.device, args.tta, args.save_probabilities,
+                                        args.overlap, args.skip_existing)
     for path in written:
         print(path)
     print(f"{len(written)} prediction(s) in {args.output}", file=sys.stderr)
@@ -208,7 +233,9 @@ def _repeat(args) -> int:
             from None
     with _held(args.run_dir):
         _rehome(args)
-        print(retrain.repeat(args.run_dir, seeds, args.trial)["table"])
+        results = retrain.repeat(args.run_dir, seeds, args.trial)
+    print(results["table"])
+    print(f"results.md, results.json: {results['files']}", file=sys.stderr)
     return 0
 
 
@@ -348,12 +375,10 @@ def _compare(args) -> int:
 
 def _print_end(summary, searched, uri, local) -> None:
     print(report.format_summary(summary, searched))
-    print(f"\nrun folder: {summary['run_dir']}  (summary.json, soup/)")
-    if uri:
-        print(f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(uri)}   (or open {uri})")
-    else:
-        db = (Path(local) / "mlflow.db").resolve()
-        print(f"MLflow UI: mlflow ui --backend-store-uri {shlex.quote(f'sqlite:///{db}')}")
+    info = RunFolder(summary["run_dir"]).info
+    uri = info.tracking_uri or uri or f"sqlite:///{(Path(local) / 'mlflow.db').resolve()}"
+    view = tracking.experiment_view_url(uri, info.experiment) if info.experiment else None
+    print("\n" + "\n".join(report.next_steps(summary, summary["run_dir"], uri, view)))
 
 
 MAX_MESSAGE = 2000  # characters of an error line: a 200 KB value is shown by its ends
@@ -372,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
-    for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock"):
+    for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Ray Tune's own "Resume experiment with: Tuner.restore(...)": segtune prints the command.
     logging.getLogger("ray.tune.tune").addFilter(
@@ -384,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": _run, "soup": _soup, "lr-find": _lr_find, "evaluate": _evaluate,
                     "predict": _predict, "repeat": _repeat, "crossval": _crossval,
+                    "evaluate-folder": _evaluate_folder,
                     "compare": _compare}
         return commands[args.command](args)
     except SegtuneError as err:

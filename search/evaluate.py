@@ -84,14 +84,96 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
 
 
 def format_scores(summary: dict[str, Any]) -> str:
-    """The per-region means of an `evaluate_run` summary, and the foreground mean."""
+    """The per-region means of a summary (`evaluate_run`'s or `evaluate_folder`'s) with their
+    spread over the cases (std, n: cases where the region is scored), and the foreground
+    mean."""
     info = summary["segtune"]
-    rows = [[region, f"{m['Dice']:.3f}", f"{m['HD95']:.1f}"]
-            for region, m in [*summary["mean"].items(),
-                              ("foreground", summary["foreground_mean"])]]
-    return "\n".join([f"{info['model']} on the {info['split']} split "
-                      f"({len(info['cases'])} cases):",
-                      *table(["region", "Dice", "HD95 mm"], rows, right=(1, 2))])
+    per_case = summary["metric_per_case"]
+    hd = "HD95" in summary["foreground_mean"]
+    rows = []
+    for region in [*summary["mean"], "foreground"]:
+        dice = [_case_mean(c, region, "Dice") for c in per_case]
+        row = [region, *_spread(dice)]
+        if hd:
+            row += [f"{_spread([_case_mean(c, region, 'HD95') for c in per_case])[0]}"]
+        rows.append(row)
+    head = (f"{info['model']} on the {info['split']} split ({len(info['cases'])} cases):"
+            if "split" in info else f"{info['pred_dir']} against {info['ref_dir']} "
+            f"({len(per_case)} cases):")
+    return "\n".join([head, *table(["region", "Dice", "std", "n", *(["HD95 mm"] if hd else [])],
+                                   rows, right=(1, 2, 3, 4) if hd else (1, 2, 3))])
+
+
+def _case_mean(case: dict[str, Any], region: str, key: str) -> float:
+    """A case's score of `region`, or for `foreground` the plain mean over its regions."""
+    scores = case["metrics"]
+    if region != "foreground":
+        return float(scores[region].get(key, math.nan))
+    return _mean([s.get(key, math.nan) for s in scores.values()])
+
+
+def _spread(values: list[float]) -> list[str]:
+    """`mean`, `std` (over the cases, ddof 0), `n` of the values that are numbers."""
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return ["-", "-", "0"]
+    return [f"{np.mean(kept):.3f}", f"{np.std(kept):.3f}", str(len(kept))]
+
+
+def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path,
+                    labels: list[int] | None = None, out: str | Path | None = None,
+                    hd95: bool = False) -> dict[str, Any]:
+    """Score every prediction in `pred_dir` against the reference of the same file name in
+    `ref_dir`, as `nnUNetv2_evaluate_folder` does: per case and per label Dice, IoU, TP, FP,
+    FN, TN, n_pred, n_ref (and HD95 in mm, MONAI's, with `hd95`), per-label means and the
+    foreground mean, written to `out` (default `<pred_dir>/summary.json`). `labels`: the
+    label ids scored, each its own region (default: every non-zero id in the references)."""
+    import nibabel as nib
+    import torch
+
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    pairs = _folder_pairs(ref_dir, pred_dir)
+    loaded = []
+    for ref, pred in pairs:
+        r, p = nib.load(ref), nib.load(pred)
+        if r.shape != p.shape:
+            raise ArgumentError(f"{pred}: shape {p.shape}, its reference {ref} {r.shape}")
+        loaded.append((ref, pred, np.asanyarray(r.dataobj).round().astype(np.int64),
+                       np.asanyarray(p.dataobj).round().astype(np.int64),
+                       tuple(float(z) for z in r.header.get_zooms()[:3])))
+    ids = labels or sorted({int(v) for case in loaded for v in np.unique(case[2]) if v})
+    regions = {str(i): (int(i),) for i in ids}
+    per_case = []
+    for ref, pred, r, p, zooms in loaded:
+        scores = metrics.region_scores(torch.as_tensor(p), torch.as_tensor(r), regions,
+                                       zooms if hd95 else None, empty=math.nan)
+        for score in scores.values():
+            score["TN"] = int(r.size) - score["TP"] - score["FP"] - score["FN"]
+        per_case.append({"reference_file": str(ref), "prediction_file": str(pred),
+                         "metrics": scores})
+    summary = summarise(per_case, list(regions))
+    summary["segtune"] = {"model": pred_dir.name, "ref_dir": str(ref_dir),
+                          "pred_dir": str(pred_dir), "cases": [str(p.name) for _, p in pairs]}
+    write_json(Path(out) if out else pred_dir / "summary.json", summary)
+    return summary
+
+
+def _folder_pairs(ref_dir: Path, pred_dir: Path) -> list[tuple[Path, Path]]:
+    """(reference, prediction) files of one name; a prediction without its reference, or an
+    empty folder, is one line."""
+    for folder, what in ((ref_dir, "reference"), (pred_dir, "prediction")):
+        if not folder.is_dir():
+            raise ArgumentError(f"{folder}: no such {what} folder")
+    preds = sorted(p for p in pred_dir.iterdir() if p.name.endswith((".nii.gz", ".nii"))
+                   and not p.name.startswith("."))
+    if not preds:
+        raise ArgumentError(f"{pred_dir}: no predictions (*.nii.gz, *.nii) in this folder")
+    missing = [p.name for p in preds if not (ref_dir / p.name).is_file()]
+    if missing:
+        raise ArgumentError(f"{ref_dir}: no reference of the same name for "
+                            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                            "(predictions and references are paired by file name)")
+    return [(ref_dir / p.name, p) for p in preds]
 
 
 def summarise(per_case: list[dict[str, Any]], regions: list[str]) -> dict[str, Any]:

@@ -6,7 +6,10 @@ MLflow parent run under `plots/`.
 - `best_vs_compute.png`: the best validation Dice found so far against the epochs trained
   by all trials together (how search setups are compared);
 - `param_importances.png`, `slice.png`: Optuna's own views of the persisted study;
-- `greedy_soup.png`: the greedy soup's steps, each candidate accepted or rejected.
+- `greedy_soup.png`: the greedy soup's steps, each candidate accepted or rejected;
+- `parallel_coordinates.png`, `history.png`: Optuna's parallel coordinates of the searched
+  values and its history of the value by trial (the views optuna-dashboard and W&B open on);
+- `test_regions.png`: test Dice per region, the best trial beside the soups.
 
 The LR range test draws its own figure (`lr_finder_plot.png`, `train_fn.lr_finder`). Drawing
 is matplotlib's and Optuna's; a figure that cannot be drawn is skipped with a warning, never
@@ -117,7 +120,11 @@ def param_importances(study):
         return None, (f"importance needs 2 or more completed trials and more than one "
                       f"searched parameter ({len(complete)} completed, {len(params)} "
                       "parameter(s))")
-    return _figure(plot_param_importances(study)), None
+    axes = plot_param_importances(study)
+    # How many trials the importances rest on: a handful says little.
+    axes.set_title(f"Hyperparameter importances ({len(complete)} completed trials of "
+                   f"{len(study.trials)})", loc="left")  # Optuna's own title, replaced
+    return _figure(axes), None
 
 
 def slices(study):
@@ -126,7 +133,10 @@ def slices(study):
 
     if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         return None, "no completed trial"
-    return _figure(plot_slice(study)), None
+    axes = plot_slice(study)
+    for ax in np.ravel(axes):  # log-scaled lr ticks ran into each other unrotated
+        ax.tick_params(axis="x", labelrotation=45, labelsize="small")
+    return _figure(axes), None
 
 
 def greedy_soup(summary: dict[str, Any]):
@@ -158,6 +168,40 @@ def greedy_soup(summary: dict[str, Any]):
     ax.set_ylabel("validation Dice")
     ax.set_title("Greedy soup: candidates best first, kept if the soup does not drop")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig, None
+
+
+def optuna_view(study, view: str):
+    """One of Optuna's matplotlib views (`plot_parallel_coordinate`, ...) of the study."""
+    import optuna.visualization.matplotlib as views
+
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                    optuna.trial.TrialState.PRUNED)):
+        return None, "no finished trial"
+    return _figure(getattr(views, view)(study)), None
+
+
+def test_regions(summary: dict[str, Any]):
+    """Grouped bars: test Dice per region (label order) of the best trial and each soup."""
+    import matplotlib.pyplot as plt
+
+    best = summary.get("best")
+    if not best or not best.get("test_dice_per_class"):
+        return None, "no test scores (the search did not finish)"
+    models = {f"best trial {best['trial_id']}": best["test_dice_per_class"]}
+    models |= {f"{k} soup": v["test_dice_per_class"]
+               for k, v in (summary.get("soups") or {}).items()}
+    regions = list(best["test_dice_per_class"])
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(regions) + 2), 4))
+    width = 0.8 / len(models)
+    for i, (label, per) in enumerate(models.items()):
+        ax.bar(np.arange(len(regions)) + i * width, [per.get(r, np.nan) for r in regions],
+               width, label=label)
+    ax.set_xticks(np.arange(len(regions)) + width * (len(models) - 1) / 2, regions)
+    ax.set_ylabel("test Dice")
+    ax.set_ylim(0, 1)
+    ax.set_title("Held-out test split, per region")
     ax.legend(fontsize="small")
     return fig, None
 
@@ -199,6 +243,11 @@ def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
         "param_importances": lambda: param_importances(load_study(run_dir, name)),
         "slice": lambda: slices(load_study(run_dir, name)),
         "greedy_soup": lambda: greedy_soup(summary),
+        "parallel_coordinates": lambda: optuna_view(load_study(run_dir, name),
+                                                    "plot_parallel_coordinate"),
+        "history": lambda: optuna_view(load_study(run_dir, name),
+                                       "plot_optimization_history"),
+        "test_regions": lambda: test_regions(summary),
     }
     written = []
     try:

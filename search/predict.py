@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 checkpoint_io = LazyModule("train_fn.checkpoint")
 metrics = LazyModule("train_fn.metrics")
+loop = LazyModule("train_fn.loop")
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Segmenter:
     device: torch.device
     labels: dict[int, str]  # label id -> name, as the run was trained
     channels: int  # input channels (modalities) the network takes
+    mirror: bool = False  # test-time mirroring: the mean over the 8 flips of the 3 axes
+    overlap: float | None = None  # sliding-window overlap (default: the spec's sw_overlap)
 
     def __post_init__(self):
         self.net.eval()
@@ -84,13 +87,20 @@ class Segmenter:
         return self._segment(self._from_array, {"image": self._meta_tensor(image, affine,
                                                                            spacing)})
 
-    def predict_file(self, src: str | Path, dst: str | Path) -> np.ndarray:
+    def predict_file(self, src: str | Path, dst: str | Path,
+                     probabilities: str | Path | None = None) -> np.ndarray:
         """Predict the NIfTI `src` and write its labels to `dst` (a `.nii.gz` with `src`'s
-        affine; written to a temporary file and renamed, so a kill leaves no half file).
-        Returns the labels."""
+        affine; written to a temporary file and renamed, so a kill leaves no half file), and
+        with `probabilities` the class probabilities there (`.npz`, key `probabilities`,
+        float16, (classes, X, Y, Z) on `src`'s grid). Returns the labels."""
         import nibabel as nib
 
-        labels = self.predict(src)
+        check_image(Path(src), self.channels)
+        kept: dict[str, np.ndarray] | None = {} if probabilities else None
+        labels = self._segment(self._from_file, {"image": str(src)}, kept)
+        if probabilities:
+            atomic_write(Path(probabilities), lambda tmp: np.savez_compressed(
+                tmp, probabilities=kept["probabilities"].astype(np.float16)), suffix=".npz")
         save_labels(labels, nib.load(src).affine, Path(dst))
         return labels
 
@@ -119,25 +129,41 @@ class Segmenter:
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32)),
                           affine=torch.from_numpy(affine))
 
-    def _segment(self, transform, item: dict[str, Any]) -> np.ndarray:
+    def _segment(self, transform, item: dict[str, Any],
+                 kept: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Labels of one input; with `kept`, its class probabilities go there too."""
         import torch
-        from monai.data import MetaTensor
-        from monai.transforms import Invertd
 
         item = transform(item)
         train = self.spec.train
+        overlap = train.sw_overlap if self.overlap is None else self.overlap
+        args = (self.net, item["image"].as_tensor(), train.patch_size, train.sw_batch_size,
+                overlap, self.device)
         with torch.no_grad():
-            pred = metrics.predict(self.net, item["image"].as_tensor(), train.patch_size,
-                           train.sw_batch_size, train.sw_overlap, self.device)
+            if self.mirror or kept is not None:
+                prob = metrics.probabilities(*args, mirror=self.mirror)
+                pred = prob.argmax(0, keepdim=True)
+            else:
+                pred = metrics.predict(*args)
+        if kept is not None:
+            kept["probabilities"] = self._invert(prob, item, transform, nearest=False)
+        return self._invert(pred.float(), item, transform).round().astype(np.uint8)[0]
+
+    @staticmethod
+    def _invert(values, item: dict[str, Any], transform, nearest: bool = True) -> np.ndarray:
+        """`values` (channels first, on the preprocessed grid) back on the input's grid: they
+        take the image's record of spatial steps, so inverting it undoes them (nearest
+        neighbour for labels: labels stay labels)."""
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
         if not item["image"].applied_operations:  # no spatial step to undo
-            return pred[0].to(torch.uint8).numpy()
-        # The label map takes the image's record of spatial steps, so inverting it undoes
-        # them (nearest neighbour: labels stay labels).
-        item["pred"] = MetaTensor(pred.float(), meta=item["image"].meta,
+            return values.numpy()
+        item["pred"] = MetaTensor(values, meta=item["image"].meta,
                                   applied_operations=item["image"].applied_operations)
         invert = Invertd(keys="pred", transform=transform, orig_keys="image",
-                         nearest_interp=True)
-        return invert(item)["pred"].as_tensor()[0].round().to(torch.uint8).numpy()
+                         nearest_interp=nearest)
+        return invert(item)["pred"].as_tensor().numpy()
 
 
 def save_labels(labels: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -224,6 +250,8 @@ def load_model(run_dir: str | Path, model: str = "best", device: str | None = No
     the run's preprocessing, ready to `predict`. `device` defaults to the spec's
     `train.device` (auto: CUDA when there is one)."""
     folder = open_run(run_dir)
+    chosen = check_device(device or folder.spec.train.device)
+    logger.info("predict: loading model %s of %s on %s", model, folder.path, chosen)
     name, path, state = load_weights(folder.path, model)
     spec = model_spec(folder.spec, state, folder, model)
     arch = state.get("architecture") or {}
@@ -244,8 +272,19 @@ def load_model(run_dir: str | Path, model: str = "best", device: str | None = No
         first = str(err).splitlines()[0] if str(err) else "no 'model' weights"
         raise PredictError(f"--model {model}: {path} does not fit this run's network "
                            f"({first})") from None
-    chosen = folder.device(device)
     return Segmenter(name, str(path), spec, net.to(chosen), chosen, labels, channels)
+
+
+def check_device(choice: str) -> torch.device:
+    """The device `choice` (auto, cpu, cuda, cuda:N), or one line when it is not here."""
+    import torch
+
+    device = loop.pick_device(choice)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+        raise PredictError(f"--device {choice}: no CUDA device on this machine (torch "
+                           f"{torch.__version__}, {build}); use --device cpu or auto")
+    return device
 
 
 def check_image(path: Path, channels: int) -> None:
@@ -314,16 +353,45 @@ def plan_outputs(images: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+# Label files of a data layout, by name without suffix: a SegTHOR folder holds GT.nii.gz
+# beside each patient's image.
+LABEL_FILES = {"segthor": ("GT",), "phantom": ("GT",)}
+
+
+def skip_labels(images: list[Path], source: str) -> list[Path]:
+    """`images` without the label files of the run's data layout (`LABEL_FILES`), each
+    skipped with a line; none left is an error."""
+    names = LABEL_FILES.get(source, ())
+    kept = [i for i in images if image_name(i) not in names]
+    for image in images:
+        if image_name(image) in names:
+            logger.warning("skipped %s: a label file of the %s layout, not an image", image,
+                           source)
+    if images and not kept:
+        raise PredictError(f"--input: only label files ({', '.join(map(str, images))}); "
+                           "give the images")
+    return kept
+
+
 def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | Path,
-                  model: str = "best", device: str | None = None) -> list[Path]:
-    """Segment each image of `inputs` (folders or files) into `out_dir/<name>.nii.gz`. Every
-    input is checked before anything is written. Returns the files written."""
+                  model: str = "best", device: str | None = None, tta: bool = False,
+                  probabilities: bool = False, overlap: float | None = None,
+                  skip_existing: bool = False) -> list[Path]:
+    """Segment each image of `inputs` (folders or files) into `out_dir/<name>.nii.gz` (and
+    with `probabilities`, `<name>.npz`). Every input is checked before anything is written.
+    `tta`: test-time mirroring; `overlap`: the sliding window's; `skip_existing`: inputs
+    whose output is there already are skipped (an interrupted folder continues). Returns the
+    files written."""
     import torch
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    open_run(run_dir)  # a wrong folder is named before the inputs are looked at
-    images = find_images(inputs)
+    if overlap is not None and not 0 <= overlap < 1:
+        raise ArgumentError(f"--overlap {overlap}: the sliding windows' overlap is a fraction "
+                            "in [0, 1), e.g. 0.5")
+    folder = open_run(run_dir)  # a wrong folder is named before the inputs are looked at
+    images = skip_labels(find_images(inputs), folder.spec.data.source)
     segmenter = load_model(run_dir, model, device)
+    segmenter.mirror, segmenter.overlap = tta, overlap
     for image in images:
         check_image(image, segmenter.channels)
     input_checks.check_inputs(images)  # read to the end and finite, all before the first write
@@ -334,7 +402,11 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src, dst in pairs:
-        labels = segmenter.predict_file(src, dst)
+        npz = dst.with_name(f"{image_name(dst)}.npz") if probabilities else None
+        if skip_existing and dst.is_file() and (npz is None or npz.is_file()):
+            logger.info("%s: done already (%s), skipped", src, dst)
+            continue
+        labels = segmenter.predict_file(src, dst, npz)
         found = sorted(int(v) for v in np.unique(labels) if v)
         logger.info("%s -> %s (labels %s)", src, dst, found)
         written.append(dst)

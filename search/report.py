@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Any
 
 from search.tables import table
+from search.tracking import ui_base, ui_command
 
 
 def _f(value: Any) -> str:
@@ -60,3 +63,37 @@ def _fmt_param(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return "-" if value is None else str(value)
+
+
+def recommended(summary: dict[str, Any]) -> str:
+    """The model a finished run recommends: the greedy soup when it holds more than the best
+    trial (it is at least as good on the validation cases by construction), else the best
+    trial. Chosen without the test split."""
+    greedy = (summary.get("soups") or {}).get("greedy")
+    return "greedy" if greedy and len(greedy.get("ingredients", [])) > 1 else "best"
+
+
+def next_steps(summary: dict[str, Any], run_dir: str | Path, tracking_uri: str | None,
+               view: str | None) -> list[str]:
+    """What a finished run points to: its best checkpoint, plots, Optuna study, MLflow view
+    and the command that segments new images with the recommended model."""
+    run_dir = Path(run_dir).resolve()
+    lines = [f"run folder:       {run_dir}  (summary.json, soup/)"]
+    best = summary.get("best") or {}
+    if best.get("checkpoint"):
+        lines.append(f"best checkpoint:  {run_dir / best['checkpoint']}  "
+                     f"(trial {best['trial_id']})")
+    if (run_dir / "plots").is_dir():
+        lines.append(f"plots:            {run_dir / 'plots'}/")
+    if (run_dir / "optuna.db").is_file():
+        study = shlex.quote(f"sqlite:///{run_dir / 'optuna.db'}")
+        lines.append(f"Optuna study:     {run_dir / 'optuna.db'}  (optuna-dashboard {study})")
+    if tracking_uri:
+        command = (f"{ui_command(tracking_uri)}, then open " if ui_command(tracking_uri)
+                   else "open ")
+        lines.append(f"MLflow:           {command}{view or ui_base(tracking_uri)}")
+    if best:
+        lines.append(f"predict:          python -m search predict "
+                     f"{shlex.quote(str(run_dir))} -i SCANS/ -o SEGMENTATIONS/ "
+                     f"--model {recommended(summary)}")
+    return lines

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
+from search.report import recommended
 from search.runfolder import RunFolder
 from search.tracking import NOTE_TAG, PARENT_TAG, RUN_DIR_TAG, Tracker, params_of
 
@@ -28,6 +29,7 @@ RESULT_SET_TAG = "segtune.result_set"
 SOUP_TAG = "segtune.soup"
 BEST_TRIAL_TAG = "segtune.best_trial"
 RESULT_KINDS = ("best", "soup")
+CHAMPION = "champion"  # the alias of the model the run recommends: models:/<run>@champion
 
 
 @dataclass
@@ -90,6 +92,8 @@ def retire_results(tracker: Tracker, current: str | None, untagged: bool = True)
         tag = run.data.tags.get(RESULT_SET_TAG)
         if (tag is None and not untagged) or (tag is not None and tag == current):
             continue
+        for mv in tracker.client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            tracker.client.delete_model_version(mv.name, mv.version)
         for logged in tracker.client.search_logged_models(
                 [tracker.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"):
             tracker.client.delete_logged_model(logged.model_id)
@@ -99,18 +103,20 @@ def retire_results(tracker: Tracker, current: str | None, untagged: bool = True)
 
 
 def log_results(tracker: Tracker, results: list[Result], model=None, example=None,
-                metadata: dict[str, Any] | None = None, result_set: str | None = None
-                ) -> dict[str, str]:
+                metadata: dict[str, Any] | None = None, result_set: str | None = None,
+                champion: str | None = None) -> dict[str, str]:
     """Make one nested run per result under the tracker's parent run (and log its model, when
-    `model`, a network of the right architecture, is given), tagged with the soup step's
-    `result_set`; without a `result_set`, then delete the result runs an earlier soup made
-    (with one, `retire_results` does so once the step is switched to). Tags the parent with
-    the best trial's id. Returns name -> run id."""
+    `model`, a network of the right architecture, is given, named by the result and
+    registered as a version of the registered model named after the run; the version of
+    `champion` gets the alias `champion`), tagged with the soup step's `result_set`; without
+    a `result_set`, then delete the result runs an earlier soup made, with their models and
+    versions (with one, `retire_results` does so once the step is switched to). Tags the
+    parent with the best trial's id. Returns name -> run id."""
     if tracker.parent_id is None:
         return {}
     client = tracker.client
     old = [] if result_set else _result_runs(tracker)
-    made = {}
+    made, versions = {}, {}
     for result in results:
         run = client.create_run(
             tracker.experiment_id, run_name=f"{tracker.run_name}/{result.name}",
@@ -120,13 +126,19 @@ def log_results(tracker: Tracker, results: list[Result], model=None, example=Non
         run_id = run.info.run_id
         tracker.log_batch(run_id, params=params_of(result.params), metrics=result.metrics)
         if model is not None and result.weights is not None:
-            log_model(tracker.uri, run_id, model, result.weights, example, metadata)
+            versions[result.name] = log_model(tracker.uri, run_id, model, result.weights,
+                                              example, metadata, result.name,
+                                              tracker.run_name)
         client.set_terminated(run_id, "FINISHED")
         made[result.name] = run_id
+    if versions.get(champion):
+        client.set_registered_model_alias(tracker.run_name, CHAMPION, versions[champion])
     best = next((r for r in results if r.name == "best"), None)
     if best is not None:
         client.set_tag(tracker.parent_id, BEST_TRIAL_TAG, best.tags["segtune.trial"])
     for run in old:
+        for mv in client.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            client.delete_model_version(mv.name, mv.version)
         for logged in client.search_logged_models(
                 [tracker.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"):
             client.delete_logged_model(logged.model_id)
@@ -158,11 +170,14 @@ def requirements() -> list[str]:
 
 
 def log_model(uri: str, run_id: str, model, weights: dict[str, Any], example,
-              metadata: dict[str, Any] | None) -> None:
-    """The network with `weights`, as an MLflow PyTorch model named `model` of the run. Saved
-    pickled (MONAI's classes by reference), not as MLflow's default `pt2` graph: an exported
-    graph takes one input shape and not every MONAI network exports. A model that cannot be
-    logged is a warning: the run's scores and the run folder's files stand without it."""
+              metadata: dict[str, Any] | None, name: str = "model",
+              registered: str | None = None) -> str | None:
+    """The network with `weights`, as an MLflow PyTorch model `name` of the run, registered
+    as a new version of the registered model `registered` (when given); returns that
+    version. Saved pickled (MONAI's classes by reference), not as MLflow's default `pt2`
+    graph: an exported graph takes one input shape and not every MONAI network exports. A
+    model that cannot be logged is a warning: the run's scores and the run folder's files
+    stand without it."""
     import mlflow.pytorch
 
     net = copy.deepcopy(model).to("cpu").eval()
@@ -173,14 +188,37 @@ def log_model(uri: str, run_id: str, model, weights: dict[str, Any], example,
     pickle_warning.setLevel(logging.ERROR)
     try:
         with _active(uri, run_id):
-            mlflow.pytorch.log_model(net, name="model", input_example=example,
-                                     pip_requirements=requirements(), metadata=metadata,
-                                     serialization_format="pickle")
+            info = mlflow.pytorch.log_model(net, name=name, input_example=example,
+                                            pip_requirements=requirements(),
+                                            metadata=metadata, serialization_format="pickle")
+            # In the block: the registry finds the logged model through the active store.
+            return register(uri, registered, info, run_id) if registered else None
     except Exception as err:  # noqa: BLE001 - any failure: the results are kept without it
         logger.warning("MLflow: the model of run %s was not logged (%s)", run_id,
                        str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+        return None
     finally:
         pickle_warning.setLevel(level)
+
+
+def register(uri: str, name: str, info, run_id: str) -> str:
+    """A new version of the registered model `name` (made if new) for the logged model
+    `info`; its number. Through the client: MLflow's `registered_model_name=` prints its
+    own lines on stderr."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        client.create_registered_model(
+            name, description="segtune: the best trial and the soups of the run of this "
+            "name; alias champion: the model the run recommends")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(name, info.model_uri, run_id=run_id,
+                                          model_id=info.model_id)
+    return str(version.version)
 
 
 def log_finish(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
@@ -217,7 +255,8 @@ def log_new_results(tracker: Tracker, folder: RunFolder, summary: dict[str, Any]
 
     ds, spec = folder.dataset, folder.spec
     example = torch.zeros((1, len(ds.channels), *spec.train.patch_size)).numpy()
-    log_results(tracker, results_of(summary, weights), model, example, metadata={
+    log_results(tracker, results_of(summary, weights), model, example,
+                champion=recommended(summary), metadata={
         "segtune": {"run": folder.path.name, "channels": list(ds.channels),
                     "regions": {k: list(v) for k, v in ds.regions.items()},
                     "num_classes": ds.num_classes,

@@ -68,8 +68,9 @@ def _stats(values: list[float]) -> dict[str, float]:
 def aggregate(scores: list[dict[str, float]], prefix: str) -> dict[str, Any]:
     """Mean and standard deviation over jobs of each `prefix/<region>` score, and of the
     mean over regions."""
-    regions = sorted({k.split("/", 2)[2] for s in scores for k in s
-                      if k.startswith(prefix + "/")})
+    # In the order the jobs report them (the dataset's label order), as every other table.
+    regions = list(dict.fromkeys(k.split("/", 2)[2] for s in scores for k in s
+                                 if k.startswith(prefix + "/")))
     out = {r: _stats([s.get(f"{prefix}/{r}") for s in scores]) for r in regions}
     out["mean"] = _stats([s.get(prefix, _mean([s.get(f"{prefix}/{r}") for r in regions]))
                           for s in scores])
@@ -282,6 +283,7 @@ def _finish(run_dir: Path, name: str, results: dict[str, Any], split: str) -> di
     table = format_results(results, split)
     write_text(out / "results.md", table + "\n")
     results["table"] = table
+    results["files"] = str(out)
     metrics = {}
     for key in ("val_dice", "val_hd95", "test_dice", "test_hd95"):
         for region, s in (results.get(key) or {}).items():
@@ -309,11 +311,11 @@ def format_results(results: dict[str, Any], split: str) -> str:
             if stats:
                 cells.append([label, metric, *[_pm(stats.get(r), fmt) for r in regions],
                               _pm(stats.get("mean"), fmt)])
-    return "\n".join([f"{results['kind']}: mean ± std over {over} ({split} cases)", "",
+    return "\n".join([f"{results['kind']}: mean ± std (n) over {over} ({split} cases)", "",
                       *table(["model", "metric", *regions, "mean"], cells, markdown=True)])
 
 
 def _pm(s: dict[str, float] | None, fmt: str) -> str:
     if not s or math.isnan(s["mean"]):
         return "-"
-    return f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])}"
+    return f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])} ({s['n']})"

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -175,14 +176,19 @@ def check_address(address: str | None, what: str) -> None:
                             f"speaks gRPC); {rule}")
 
 
-def start_ray(address: str | None = None, **options: Any):
+def start_ray(address: str | None = None, job_name: str | None = None, **options: Any):
     """`ray.init` for a command: on `address`, else `RAY_ADDRESS`, else a new Ray of this
     process's own. Ray's own default would join the newest cluster started on this machine
     (`/tmp/ray/ray_current_cluster`): a `ray start` left running, or another user's search,
-    whose resources, storage and exposure are not the ones this command was asked for. Then
-    SIGTERM is handled as Ctrl-C (`ray.init` installs its own handler)."""
+    whose resources, storage and exposure are not the ones this command was asked for. The
+    dashboard's jobs page names the job `job_name`. Then SIGTERM is handled as Ctrl-C
+    (`ray.init` installs its own handler)."""
     given = address or os.environ.get("RAY_ADDRESS")
     check_address(given, "--address" if address else "RAY_ADDRESS")
+    if quiet_ray():
+        options.setdefault("logging_level", logging.WARNING)  # ray.init sets it again
+    if job_name:
+        options["job_config"] = ray.job_config.JobConfig(metadata={"job_name": job_name})
     try:
         context = ray.init(address=given or "local", **options)
     except SystemExit as exit_:  # Ray's own SIGTERM handler while it starts: sys.exit(15)
@@ -192,3 +198,20 @@ def start_ray(address: str | None = None, **options: Any):
         raise Stopped(f"signal {signal.SIGTERM} while Ray started") from None
     install()
     return context
+
+
+def quiet_ray() -> bool:
+    """Ray's INFO lines (its start-up banner, Ray Tune's "Wrote the latest version of all
+    result files") and its token-authentication notice stay off the terminal (segtune says
+    where the dashboard is, and how to get its token); its warnings stay. Ray sets its
+    loggers' levels when it is imported, so this runs after the import. Colour codes in the
+    trials' log prefixes only where stderr is a terminal. False under --debug (Ray says
+    everything)."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        return False
+    ray.is_initialized()  # imports Ray, which configures its loggers
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    return True

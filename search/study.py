@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class StudySearch(OptunaSearch):
 
     def __init__(self, space, metric: str, mode: str, sampler, url: str | None,
                  study_name: str, budget: int):
+        self._metric_name = metric  # before Ray's __init__, which sets the study up
         # url None: an in-memory study (a search without a run folder, as in the benchmarks).
         super().__init__(space, metric=metric, mode=mode, sampler=sampler,
                          study_name=study_name,
@@ -89,6 +91,14 @@ class StudySearch(OptunaSearch):
         self._budget = budget
         self._best: dict[str, float] = {}  # Ray trial id -> best metric so far
         self._step: dict[str, int] = {}  # Ray trial id -> last step reported to Optuna
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        # optuna-dashboard labels the objective by it ("Objective 0" without).
+        if self._ot_study is not None and not self._ot_study.metric_names:
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2, a line per run
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([self._metric_name])
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import os
+import shlex
 import socket
 import time
 import urllib.error
@@ -38,6 +39,15 @@ METRIC_PREFIXES = ("loss", "val_dice", "val_hd95", "grad_norm", "lr/")
 VIEW_KEY = "segtune"
 VIEW_TAG = "mlflow.sharedViewState."
 PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
+# MLflow 3's UI opens an experiment in its GenAI mode (Overview, Traces) unless this tag says
+# it holds model training runs.
+KIND_TAG = "mlflow.experimentKind"
+KIND = "custom_model_development"
+# MLflow 3.18 decides it by its GenAI / Model training switch instead, which a link sets.
+WORKFLOW = "machine_learning"
+STATUS_TAG = "segtune.status"  # running, completed, stopped early, error, ...
+EPOCHS_TAG = "segtune.epochs"  # epochs trained of the budget, `3 of 8`
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
 
 def default_uri(storage: str | Path) -> str:
@@ -214,7 +224,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (found.experiment_id if found is not None else
                               self.client.create_experiment(
-                                  experiment, artifact_location=artifact_root(uri, experiment)))
+                                  experiment, artifact_location=artifact_root(uri, experiment),
+                                  tags={KIND_TAG: KIND}))
         self.run_name = run_name
         self.run_dir = str(Path(run_dir).resolve())
         self.parent_id: str | None = None
@@ -245,16 +256,18 @@ class Tracker:
         metric from the primary-metric tag."""
         columns = [f"metrics.`{m}`" for m in ("best_val_dice", "val_dice", "test_dice",
                                                 "best_epoch")]
+        columns += [f"tags.`{STATUS_TAG}`", f"tags.`{EPOCHS_TAG}`"]
         columns += [f"params.`{k}`" for k in searched] + ["tags.`segtune.kind`"]
         view = {"orderByKey": "metrics.`best_val_dice`", "orderByAsc": False,
-                "selectedColumns": columns}
-        self.client.set_experiment_tag(self.experiment_id, VIEW_TAG + VIEW_KEY,
-                                       json.dumps(view))
-        self.client.set_experiment_tag(self.experiment_id, PRIMARY_METRIC_TAG, "best_val_dice")
+                "selectedColumns": columns, **chart_view()}
+        for key, value in ((VIEW_TAG + VIEW_KEY, json.dumps(view)),
+                           (PRIMARY_METRIC_TAG, "best_val_dice"), (KIND_TAG, KIND)):
+            self.client.set_experiment_tag(self.experiment_id, key, value)
 
-    def view_url(self, ui: str = "http://127.0.0.1:5000") -> str:
-        """The address of the view `set_view` stored, on the UI at `ui`."""
-        return f"{ui}/#/experiments/{self.experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    def view_url(self, ui: str | None = None) -> str:
+        """The address of the view `set_view` stored, on the UI at `ui` (default: the
+        tracking server itself, or where `mlflow ui` serves a local store)."""
+        return view_url(self.uri, self.experiment_id, ui)
 
     def attach_parent(self, run_id: str) -> None:
         self.parent_id = run_id
@@ -301,6 +314,7 @@ class Tracker:
         if trial_id in self.trial_runs:
             run_id = self.trial_runs[trial_id]
             self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, STATUS_TAG, "running")
         else:
             run = self.client.create_run(
                 self.experiment_id, run_name=run_name or f"{self.run_name}/{trial_id}",
@@ -314,7 +328,7 @@ class Tracker:
             values = values_text(searched, digits=4)
             self.log_batch(run_id, params=params_of(flat_config),
                       tags=[("segtune.searched_params", ", ".join(sorted(searched))),
-                            ("segtune.searched_values", values[:5000]),
+                            ("segtune.searched_values", values[:5000]), (STATUS_TAG, "running"),
                             (NOTE_TAG, f"searched: {values}"[:5000])])
         self.open.add(run_id)
         return run_id
@@ -329,10 +343,11 @@ class Tracker:
                         if k.startswith(("best_val_dice/", "best_val_hd95/")) and v == v}}
         self.hd_keys[trial_id] = {k for k in metrics if k.startswith("best_val_hd95/")}
 
-    def log_result(self, trial_id: str, result: dict[str, Any], latest: bool = False) -> None:
+    def log_result(self, trial_id: str, result: dict[str, Any], latest: bool = False,
+                   budget: int | None = None) -> None:
         """One epoch's curves, and the best epoch's scores so far (`best_*`), at the epoch's
-        step: a trial stopped or interrupted at any point has them. `latest`: the last report
-        is the best (cv.mode every)."""
+        step: a trial stopped or interrupted at any point has them; the epochs trained (of
+        `budget`) as a tag. `latest`: the last report is the best (cv.mode every)."""
         run_id = self.trial_runs.get(trial_id)
         if run_id is None:
             return
@@ -344,7 +359,8 @@ class Tracker:
             hd_keys = self.hd_keys.setdefault(trial_id, set())
             metrics.update(best_metrics(best, hd_keys))
             hd_keys.update(k for k in metrics if k.startswith("best_val_hd95/"))
-        self.log_batch(run_id, metrics=metrics, step=step)
+        epochs = f"{step} of {budget}" if budget else str(step)
+        self.log_batch(run_id, metrics=metrics, step=step, tags=[(EPOCHS_TAG, epochs)])
 
     def drop_unknown_trials(self, known: set[str]) -> list[str]:
         """Delete the nested runs of trials that Ray's saved state does not hold: a kill -9
@@ -371,7 +387,7 @@ class Tracker:
         if run_id is None or run_id not in self.open:
             return
         if note:
-            self.client.set_tag(run_id, "segtune.status", note)
+            self.client.set_tag(run_id, STATUS_TAG, note)
         self.client.set_terminated(run_id, status)
         self.open.discard(run_id)
 
@@ -410,6 +426,71 @@ class Tracker:
         while ms or ps or ts:
             self.client.log_batch(run_id, metrics=ms[:1000], params=ps[:100], tags=ts[:100])
             ms, ps, ts = ms[1000:], ps[100:], ts[100:]
+
+
+def _chart(kind: str, key: str, section: str) -> dict[str, Any]:
+    """One chart card as MLflow's UI stores it (its fields and their defaults). Not marked
+    generated: the UI would turn a bar chart of a metric with a history into curves."""
+    card = {"uuid": f"segtune-{key}", "type": kind, "runsCountToCompare": 10,
+            "metricSectionId": section, "deleted": False, "isGenerated": False,
+            "displayName": key, "metricKey": key}
+    if kind == "LINE":
+        card.update(lineSmoothness=0, xAxisScaleType="linear", scaleType="linear",
+                    range={}, xAxisKey="step", selectedXAxisMetricKey="", yAxisKey="metric",
+                    yAxisExpressions=[], ignoreOutliers=False, useGlobalXaxisKey=True,
+                    useGlobalLineSmoothing=True)
+    return card
+
+
+def chart_view() -> dict[str, Any]:
+    """The chart view's part of the stored view: first a section with best_val_dice (a bar
+    per run), val_dice and loss, then the per-region Dice curves and the learning rates (the
+    UI files each `val_dice/<region>` and `lr/<group>` under the section of its prefix), then
+    what the UI adds by itself. Every run is shown, so that no section the UI makes for the
+    parent's or the soups' metrics stays empty."""
+    sections = [{"uuid": f"segtune-section-{name}", "name": name, "display": True,
+                 "isReordered": name == "search", "deleted": False}
+                for name in ("search", "val_dice", "lr")]
+    charts = [_chart("BAR", "best_val_dice", sections[0]["uuid"]),
+              _chart("LINE", "val_dice", sections[0]["uuid"]),
+              _chart("LINE", "loss", sections[0]["uuid"])]
+    return {"compareRunSections": sections, "compareRunCharts": charts,
+            "isAccordionReordered": True, "runsHiddenMode": "SHOW_ALL",
+            "hideEmptyCharts": True}
+
+
+def ui_base(uri: str, ui: str | None = None) -> str:
+    """Where the MLflow UI of the store `uri` is: `ui`, the tracking server itself, or
+    `mlflow ui`'s default address for a local store."""
+    if ui:
+        return ui.rstrip("/")
+    return uri.rstrip("/") if uri.lower().startswith(("http://", "https://")) else DEFAULT_UI
+
+
+def ui_command(uri: str) -> str | None:
+    """The command that serves the UI of a local store (None for a server)."""
+    if uri.lower().startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+
+
+def view_url(uri: str, experiment_id: str, ui: str | None = None) -> str:
+    """The stored view's full address (`Tracker.set_view`) on the UI of the store `uri`."""
+    return (f"{ui_base(uri, ui)}/#/experiments/{experiment_id}/runs?"
+            f"workflowType={WORKFLOW}&viewStateShareKey={VIEW_KEY}")
+
+
+def experiment_view_url(uri: str, experiment: str) -> str | None:
+    """`view_url` of the experiment named `experiment` in the store `uri` (None when the
+    store cannot be read or holds no such experiment)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except Exception as err:  # noqa: BLE001 - an address to print, not worth failing for
+        logger.debug("no MLflow view address: %s", err)
+        return None
+    return view_url(uri, found.experiment_id) if found is not None else None
 
 
 def _home_error(run_dir: Path, info: dict[str, Any]) -> TrackingError:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import sys
 import tempfile
 from typing import Any
 
 from ray import tune
+from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME, LOG_PREFIX_TASK_NAME
 
 from search.spec import Spec
 from search.trials import job_spec
@@ -31,7 +33,21 @@ logger = logging.getLogger(__name__)
 def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
               data_root: str) -> None:
     """One trial: resolve the spec with the sampled `config`, then `run_trial`."""
+    name_worker_log(tune.get_context().get_trial_id(), config)
     run_trial(base.resolve(config), split, data_root)
+
+
+def name_worker_log(trial_id: str, config: dict[str, Any]) -> None:
+    """Mark the worker's log files (stdout and stderr) with the trial that runs now: a worker
+    runs trial after trial (`reuse_actors`). Ray's log monitor takes a line that starts with
+    `:actor_name:` as the name its forwarded lines carry (`(trial_ab12 pid=...)` on the
+    driver's terminal), and one that starts with `:task_name:` as a note of the running
+    task: both stay in the log, and neither is forwarded."""
+    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in config.items())
+    for stream in (sys.stdout, sys.stderr):
+        print(f"{LOG_PREFIX_ACTOR_NAME}trial_{trial_id}", file=stream)
+        print(f"{LOG_PREFIX_TASK_NAME}trial {trial_id}: {values}", file=stream, flush=True)
 
 
 def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
@@ -133,6 +149,7 @@ def job_trainable(config: dict[str, Any], base: Spec, jobs: dict[str, dict[str, 
     """One job: train to the end, then score the final weights on the job's validation and
     test cases (reported once more, under `final/`)."""
     job = jobs[config["job"]]
+    name_worker_log(tune.get_context().get_trial_id(), {"job": config["job"]})
     spec = job_spec(base, job)
     state = run_trial(spec, job["split"], data_root)
     if state is None:  # diverged: nothing to score

@@ -14,6 +14,7 @@ from typing import Any
 from ray import tune
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.trainable.function_trainable import wrap_function
 
 from search.lazy import LazyModule
 from search.space import define_by_run, make_sampler
@@ -39,11 +40,19 @@ def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, locat
 def _trial_fn(spec: Spec, split: dict[str, list[str]], data_root: str):
     """The trainable with the base spec, split and data folder bound, and its resources."""
     return _with_resources(spec, tune.with_parameters(
-        worker.trainable, base=spec, split=split, data_root=data_root))
+        worker.trainable, base=spec, split=split, data_root=data_root), "SegtuneTrial")
 
 
-def _with_resources(spec: Spec, fn):
-    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+def _trial_repr(self) -> str:
+    return f"trial_{self.trial_id}"
+
+
+def _with_resources(spec: Spec, fn, kind: str):
+    """`fn` with its resources, as a trainable class named `kind` whose repr is its trial's
+    name: Ray's dashboard lists each trial's actor by them (a plain function trainable is
+    class `ImplicitFunc`, repr `trainable`, for every trial)."""
+    fn = tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    return type(kind, (wrap_function(fn),), {"__repr__": _trial_repr})
 
 
 def _trial_name(trial) -> str:
@@ -102,7 +111,7 @@ def make_job_tuner(spec: Spec, jobs: dict[str, dict[str, Any]], data_root: str, 
     to its end (no searcher, no scheduler), with the spec's concurrency, resources and
     retries."""
     fn = _with_resources(spec, tune.with_parameters(
-        worker.job_trainable, base=spec, jobs=jobs, data_root=data_root))
+        worker.job_trainable, base=spec, jobs=jobs, data_root=data_root), "SegtuneJob")
     return _tuner(fn, spec, name, storage, callbacks, tune_config={},
                   run_config=dict(checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
                   param_space={"job": tune.grid_search(list(jobs))})

@@ -173,6 +173,30 @@ def predict(model: torch.nn.Module, image: torch.Tensor, roi: tuple[int, int, in
     return logits.argmax(1).cpu()
 
 
+# Every combination of flips of the 3 spatial axes of a (N, C, X, Y, Z) batch, as nnU-Net's
+# test-time mirroring.
+MIRRORS = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+
+
+def probabilities(model: torch.nn.Module, image: torch.Tensor, roi: tuple[int, int, int],
+                  sw_batch_size: int, overlap: float, device: torch.device,
+                  mirror: bool = False) -> torch.Tensor:
+    """Class probabilities (K, X, Y, Z) of one (C, X, Y, Z) image by sliding-window
+    inference; with `mirror`, the mean over the image and its 7 mirrored copies (each
+    prediction flipped back). Their argmax is `predict`'s label map without `mirror`."""
+    from monai.inferers import sliding_window_inference
+
+    x = image[None].to(device)
+    total = None
+    for axes in MIRRORS if mirror else MIRRORS[:1]:
+        logits = sliding_window_inference(x.flip(axes) if axes else x, roi, sw_batch_size,
+                                          model, overlap=overlap)
+        prob = torch.softmax(logits.float(), 1)
+        prob = prob.flip(axes) if axes else prob
+        total = prob if total is None else total + prob
+    return (total / (len(MIRRORS) if mirror else 1))[0].cpu()
+
+
 def _tensors(volume: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """(image float32, label) tensors of a volume whose arrays may be memory-mapped float16."""
     image, label = volume["image"], volume["label"]

@@ -54,6 +54,18 @@ def test_run_writes_summary_split_and_soups(smoke_run):
     assert f"low: {low}" in saved and f"high: {high}" in saved
     assert all(low <= t["config"]["optimizer.lr"] <= high for t in summary["trials"])
     assert f"mlflow ui --backend-store-uri sqlite:///{storage / 'mlflow.db'}" in proc.stdout
+    # The end of the run says where everything is, and what to run next.
+    home = run_dir.resolve()
+    assert f"best checkpoint:  {home / best['checkpoint']}  (trial {best['trial_id']})" \
+        in proc.stdout
+    assert f"plots:            {home / 'plots'}/" in proc.stdout
+    assert f"(optuna-dashboard sqlite:///{home / 'optuna.db'})" in proc.stdout
+    assert ("then open http://127.0.0.1:5000/#/experiments/1/runs?workflowType="
+            "machine_learning&viewStateShareKey=segtune") in proc.stdout
+    assert f"predict:          python -m search predict {home} -i SCANS/ -o SEGMENTATIONS/ " \
+           "--model " in proc.stdout
+    # The same view's address when the run starts, on stderr.
+    assert "search.api: MLflow runs table: mlflow ui --backend-store-uri" in proc.stderr
 
 
 def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
@@ -121,6 +133,22 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
         out = net(torch.zeros(1, 1, 32, 32, 16))
     assert out.shape == (1, 5, 32, 32, 16)
     assert info.metadata["segtune"]["patch_size"] == [32, 32, 16]
+    assert sorted(m.name for m in models) == ["best", "greedy", "uniform"]
+    # The model the run recommends, by the registered model named after the run.
+    from search.predict import load_model
+    from search.report import recommended
+
+    mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow.db'}")
+    try:
+        champion = mlflow.pytorch.load_model("models:/smoke@champion")
+    finally:
+        mlflow.set_tracking_uri(None)
+    ours = load_model(storage / "smoke", recommended(summary), device="cpu")
+    patch = torch.randn(2, 1, 32, 32, 16)
+    with torch.no_grad():
+        assert torch.allclose(champion.eval()(patch), ours.net(patch), atol=1e-6)
+    # One version per result of the latest soup (a re-soup's test may have run before).
+    assert len(client.search_model_versions("name = 'smoke'")) == 3
     assert info.metadata["segtune"]["preprocessing"]["source"] == "phantom"
     assert parent.data.metrics["soup/greedy/test_dice"] == pytest.approx(
         summary["soups"]["greedy"]["test_dice"])

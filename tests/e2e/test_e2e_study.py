@@ -59,7 +59,8 @@ def test_every_plot_is_drawn_and_logged(study_run):
     from mlflow.tracking import MlflowClient
 
     storage, run_dir, proc = study_run
-    names = {"dice_curves", "best_vs_compute", "param_importances", "slice", "greedy_soup"}
+    names = {"dice_curves", "best_vs_compute", "param_importances", "slice", "greedy_soup",
+             "parallel_coordinates", "history", "test_regions"}
     for name in names:
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 10_000, name
     assert (run_dir / "lr_finder_plot.png").stat().st_size > 10_000
@@ -87,12 +88,14 @@ def test_a_figure_that_fails_is_skipped_with_a_warning(study_run, tmp_path, monk
     monkeypatch.setattr(plots, "greedy_soup", broken)
     caplog.set_level(logging.INFO, logger="search.plots")
     written = plots.write_plots(run_dir, "study", results=[])
-    assert sorted(p.name for p in written) == ["param_importances.png", "slice.png"]
+    others = ["history.png", "parallel_coordinates.png", "param_importances.png", "slice.png",
+              "test_regions.png"]
+    assert sorted(p.name for p in written) == others
     assert "plots: greedy_soup.png not drawn: RuntimeError: no ink" in caplog.text
     assert "plots: no dice_curves.png: no per-class validation Dice" in caplog.text
     caplog.clear()  # a re-soup (no results): the trials' curves are left as they are
     written = plots.write_plots(run_dir, "study", results=None)
-    assert sorted(p.name for p in written) == ["param_importances.png", "slice.png"]
+    assert sorted(p.name for p in written) == others
     assert "dice_curves" not in caplog.text
     assert plots.write_plots(tmp_path / "missing", "study", results=[]) == []
     assert "plots: none drawn: FileNotFoundError" in caplog.text

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT, cli_process, free_port, start_ray, stop_ray
+from test_browser import check_ray_dashboard
 from test_e2e import cli, runs_by_trial
 
 pytestmark = pytest.mark.e2e
@@ -105,8 +106,9 @@ def test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving
     """A run without `--address` or `RAY_ADDRESS` starts a Ray of its own. Ray's own default
     (`ray.init()`) would join the newest cluster started on the machine, found through
     `<RAY_TMPDIR>/ray/ray_current_cluster`: here one of 64 CPUs that a `ray start` left
-    running. The run's Ray listens on loopback only, and SIGTERM stops the search cleanly and
-    leaves no process of it."""
+    running. The run's Ray listens on loopback only, its dashboard names the trials' actors
+    and the job (`check_ray_dashboard`), its stderr on a pipe has no colour codes and none of
+    Ray's INFO lines, and SIGTERM stops the search cleanly and leaves no process of it."""
     base = Path(tempfile.mkdtemp(prefix="segtmp-", dir="/tmp"))  # Ray's socket paths are short
     (base / "ray").mkdir()
     temp_dir = str(base / "ray")
@@ -121,6 +123,9 @@ def test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving
                       "--set", "tracking.plots=false"], storage, RAY_TMPDIR=str(base))
         seen = "".join(wait_for(proc, " epoch 1/6"))
         assert "Connecting to existing Ray cluster" not in seen
+        # What the terminal shows: no colour codes on a pipe, none of Ray's INFO lines.
+        assert "\x1b[" not in seen and " INFO " not in seen, seen
+        check_ray_dashboard(seen, tmp_path / "profile", tmp_path)
         assert f"search.api: Ray: 1 node(s), {float(os.cpu_count())} CPUs, 0 GPUs" in seen, seen
         ray_processes = descendants(proc.pid)
         assert len(ray_processes) >= 3  # gcs_server, raylet, trial workers, agents

@@ -233,3 +233,68 @@ def test_predict_holds_the_run_lock(run_dir, tmp_path, capsys):
         assert main(["predict", str(run_dir), "-i", str(src), "-o", str(tmp_path / "o")]) == 2
     assert f"{run_dir}: in use by another segtune process" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_label_files_of_the_run_layout_are_skipped_with_a_line(run_dir, tmp_path, caplog):
+    scans = tmp_path / "Patient_41"
+    scans.mkdir()
+    write_image(scans / "Patient_41.nii.gz")
+    write_image(scans / "GT.nii.gz", seed=1)  # SegTHOR keeps the labels beside the image
+    with caplog.at_level("WARNING", logger="search.predict"):
+        written = predict_files(run_dir, [scans], tmp_path / "out")
+    assert written == [tmp_path / "out" / "Patient_41.nii.gz"]
+    assert f"skipped {scans / 'GT.nii.gz'}: a label file of the phantom layout" in caplog.text
+
+
+def test_device_cuda_without_cuda_and_a_bad_overlap_are_one_line_exit_2(run_dir, tmp_path,
+                                                                        capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    src = write_image(tmp_path / "a.nii.gz")
+    for extra, message in ((["--device", "cuda"], "--device cuda: no CUDA device on this "
+                            "machine (torch "), (["--overlap", "1.5"], "--overlap 1.5: the "
+                            "sliding windows' overlap is a fraction in [0, 1)")):
+        code = main(["predict", str(run_dir), "-i", str(src), "-o", str(tmp_path / "o"),
+                     *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("segtune: error: ") and message in err, err
+        assert err.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
+def test_mirroring_averages_the_eight_flips_and_probabilities_are_saved(run_dir, tmp_path):
+    from train_fn.metrics import probabilities
+
+    model = load_model(run_dir, "best")
+    image = torch.randn(1, 24, 20, 12)
+    args = (model.net, image, (16, 16, 8), 2, 0.25, torch.device("cpu"))
+    with torch.no_grad():
+        plain = probabilities(*args)
+        mirrored = probabilities(*args, mirror=True)
+        by_hand = sum(probabilities(model.net, image.flip([a - 1 for a in axes]), *args[2:]
+                                    ).flip([a - 1 for a in axes]) if axes else plain
+                      for axes in ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))) / 8
+    assert torch.allclose(mirrored, by_hand, atol=1e-6)
+    assert not torch.allclose(mirrored, plain, atol=1e-3)  # the flips change the answer
+    src = write_image(tmp_path / "a.nii.gz")
+    written = predict_files(run_dir, [src], tmp_path / "out", tta=True, probabilities=True)
+    labels = nib.load(written[0]).get_fdata()
+    prob = np.load(tmp_path / "out" / "a.npz")["probabilities"]
+    assert prob.shape == (5, *labels.shape) and prob.dtype == np.float16
+    assert np.allclose(prob.sum(0), 1, atol=1e-2)
+    # Labels are the argmax on the preprocessed grid resampled by nearest neighbour, the
+    # probabilities resampled linearly: on noise most voxels still agree (chance is 1 in 5).
+    assert (prob.argmax(0) == labels).mean() > 0.6
+
+
+def test_continue_skips_the_inputs_whose_output_exists(run_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed, name in enumerate(("a", "b")):
+        write_image(folder / f"{name}.nii.gz", seed=seed)
+    out = tmp_path / "out"
+    assert len(predict_files(run_dir, [folder], out)) == 2
+    first = (out / "a.nii.gz").stat().st_mtime_ns
+    (out / "b.nii.gz").unlink()  # as if killed before b
+    assert predict_files(run_dir, [folder], out, skip_existing=True) == [out / "b.nii.gz"]
+    assert (out / "a.nii.gz").stat().st_mtime_ns == first
+    assert predict_files(run_dir, [folder], out, skip_existing=True) == []

@@ -9,8 +9,8 @@ from search.progress import SearchStatus, versus
 
 
 def test_status_line_counts_each_end_and_names_the_best_so_far(monkeypatch):
-    clock = iter([1000.0, 1125.0, 1125.0, 1140.0, 1200.0])
-    monkeypatch.setattr("search.progress.time.time", lambda: next(clock))
+    now = [1000.0]
+    monkeypatch.setattr("search.progress.time.time", lambda: now[0])
     status = SearchStatus("val_dice", total=5, reduction_factor=2, every=30)
     status.started("a", {"optimizer.lr": 0.0125, "model.norm": "instance"})
     status.started("b", {"optimizer.lr": 0.5})
@@ -22,12 +22,30 @@ def test_status_line_counts_each_end_and_names_the_best_so_far(monkeypatch):
     status.end("b", "stopped")
     status.started("c", {"optimizer.lr": 0.1})
     status.end("c", "errored")
+    now[0] = 1125.0
     line = status.line(running=1, pending=1)
-    assert line == ("status: 1 running, 1 completed, 1 stopped, 1 errored of 5 trials "
-                    "(1 pending); 2m05s; best so far: trial a val_dice 0.4500 at epoch 2 "
-                    "(optimizer.lr=0.0125, model.norm=instance)")
+    assert line == ("status: 1 running, 1 completed, 1 stopped, 1 errored, 1 pending of 5 "
+                    "trials; 2m05s; best: trial a val_dice 0.4500 at epoch 2 "
+                    "(new: optimizer.lr=0.0125, model.norm=instance)")
+    now[0] = 1140.0
     assert not status.due()  # 15 s after the line
+    now[0] = 1200.0
     assert status.due()  # 75 s after it (every 30 s)
+    # The best trial's values once, not on every line while it stays the best.
+    assert status.line(running=1, pending=1).endswith("best: trial a val_dice 0.4500 at "
+                                                      "epoch 2")
+
+
+def test_status_line_bounds_the_time_left_by_the_epochs_left_at_the_median_epoch_time():
+    status = SearchStatus("val_dice", total=6, budget=4)
+    assert status.time_left(["a"], 2) is None  # no epoch timed yet
+    status.started("a", {})
+    status.started("b", {})
+    for trial, epoch, seconds in (("a", 1, 10.0), ("a", 2, 12.0), ("b", 1, 30.0)):
+        status.result(trial, epoch, 0.5, seconds)
+    # a has 2 epochs left, b 3, two pending trials 4 each: 13 epochs at 12 s on 2 workers.
+    assert status.time_left(["a", "b"], 2) == pytest.approx(13 * 12.0 / 2)
+    assert ", at most 1m18s left;" in status.line(["a", "b"], 2)
 
 
 def test_the_stop_line_gives_the_value_asha_saw_and_its_cutoff():

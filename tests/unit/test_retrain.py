@@ -93,3 +93,18 @@ def test_crossval_folds_are_drawn_with_the_runs_split_seed(tmp_path, phantom_roo
     assert want != other  # the two seeds give other folds: the test can tell them apart
     assert [seen[f"fold{k}-a"]["split"] for k in range(3)] == want
     assert json.loads((run / "splits.json").read_text()) == want
+
+
+def test_repeat_table_keeps_label_order_and_gives_mean_std_and_n():
+    from search.retrain import aggregate, format_results
+
+    jobs = [{"final/test_dice/heart": 0.9, "final/test_dice/aorta": 0.7,
+             "final/test_dice": 0.8},
+            {"final/test_dice/heart": 0.8, "final/test_dice/aorta": 0.5,
+             "final/test_dice": 0.65}]
+    stats = aggregate(jobs, "final/test_dice")
+    assert list(stats) == ["heart", "aorta", "mean"]  # as reported, not alphabetical
+    text = format_results({"kind": "repeat", "seeds": [1, 2], "test_dice": stats}, "test")
+    assert "mean ± std (n) over 2 seeds" in text
+    # std over seeds with ddof 1 (statistics.stdev): 0.0707, 0.1414
+    assert "| single | Dice | 0.850 ± 0.071 (2) | 0.600 ± 0.141 (2) |" in text, text

@@ -46,6 +46,7 @@ def test_states_and_best_values_reach_the_sqlite_study(tmp_path):
     search.on_trial_complete("d", report(search, "d", [float("nan")]))
     search.on_trial_complete("e")
     study = optuna.load_study(study_name="run", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert study.metric_names == ["val_dice"]  # optuna-dashboard's label of the objective
     trials = study.get_trials()
     assert [t.state for t in trials] == [State.COMPLETE, State.PRUNED, State.FAIL,
                                          State.PRUNED, State.PRUNED]

@@ -10,6 +10,7 @@ import pickle
 import pytest
 from helpers import ROOT
 
+from search import tracking
 from search.results import Result, log_results, results_of
 from search.tracking import Tracker, readable_range
 
@@ -60,9 +61,20 @@ def test_best_epoch_metrics_follow_the_best_epoch_not_the_last(tracker):
     assert [(m.step, m.value) for m in history] == [(1, 10.0), (3, 30.0)]
     assert "time_this_iter_s" not in metrics and "training_iteration" not in metrics
     # A later better epoch with HD95 shows its own.
-    tracker.log_result("t1", epoch(4, 0.8, hd95=True))
+    tracker.log_result("t1", epoch(4, 0.8, hd95=True), budget=6)
     metrics = latest(tracker)
     assert (metrics["best_epoch"], metrics["best_val_hd95/heart"]) == (4, 40.0)
+
+
+def test_a_trial_run_says_its_status_and_the_epochs_it_trained(tracker):
+    run_id = tracker.start_trial("t1", {}, {})
+    tags = lambda: tracker.client.get_run(run_id).data.tags  # noqa: E731
+    assert tags()["segtune.status"] == "running"
+    tracker.log_result("t1", epoch(1, 0.3), budget=8)
+    tracker.log_result("t1", epoch(2, 0.4), budget=8)
+    assert tags()["segtune.epochs"] == "2 of 8"
+    tracker.end_trial("t1", "FINISHED", note="stopped early")
+    assert tags()["segtune.status"] == "stopped early"
 
 
 def test_best_epoch_ties_go_to_the_later_epoch_and_a_diverged_report_never_counts(tracker):
@@ -149,8 +161,21 @@ def test_parent_params_show_fixed_values_and_readable_ranges(store, tmp_path):
     assert {"metrics.`best_val_dice`", "params.`optimizer.lr`",
             "params.`layers.early_encoder`"} <= set(view["selectedColumns"])
     assert tags["mlflow.experiment.primaryMetric.name"] == "best_val_dice"
-    assert tracker.view_url().endswith(
-        f"/#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=segtune")
+    # A trial's status and its epochs are columns: a stopped trial is FINISHED too.
+    assert {"tags.`segtune.status`", "tags.`segtune.epochs`"} <= set(view["selectedColumns"])
+    # The experiment opens on its training runs, not MLflow's GenAI overview.
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # The chart view starts on best_val_dice, then the validation Dice and the loss.
+    first = [c["metricKey"] for c in view["compareRunCharts"]
+             if c["metricSectionId"] == view["compareRunSections"][0]["uuid"]]
+    assert first == ["best_val_dice", "val_dice", "loss"]
+    assert [s["name"] for s in view["compareRunSections"]] == ["search", "val_dice", "lr"]
+    assert tracker.view_url() == (
+        f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs?"
+        "workflowType=machine_learning&viewStateShareKey=segtune")
+    assert tracking.view_url("http://mlflow:5000/", "7") == (
+        "http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning&"
+        "viewStateShareKey=segtune")
 
 
 def summary(best_trial: str = "t1", soups: bool = True) -> dict:
@@ -217,18 +242,26 @@ def test_a_logged_model_loads_and_predicts_and_a_resoup_replaces_it(tracker):
         made = log_results(tracker, [Result("best", {"val_dice": 0.5}, weights,
                                             tags={"segtune.kind": "best",
                                                   "segtune.trial": "t1"})],
-                           torch.nn.Conv3d(1, 3, 3, padding=1), example, meta)
+                           torch.nn.Conv3d(1, 3, 3, padding=1), example, meta,
+                           champion="best")
     models = tracker.client.search_logged_models([tracker.experiment_id])
     assert [m.source_run_id for m in models] == [made["best"]]  # the first one's is gone
+    assert models[0].name == "best"
+    # Registered under the run's name; the first soup's version went with its run.
+    versions = tracker.client.search_model_versions("name = 'run'")
+    assert [(str(v.version), v.run_id) for v in versions] == [("2", made["best"])]
+    assert str(tracker.client.get_model_version_by_alias("run", "champion").version) == "2"
     import mlflow
 
     mlflow.set_tracking_uri(tracker.uri)
     try:
         loaded = mlflow.pytorch.load_model(f"models:/{models[0].model_id}")
         info = mlflow.models.get_model_info(f"models:/{models[0].model_id}")
+        champion = mlflow.pytorch.load_model("models:/run@champion")
     finally:
         mlflow.set_tracking_uri(None)
     x = torch.randn(1, 1, 8, 8, 4)
     assert torch.equal(loaded(x), net(x))  # the weights given, not the net's own
+    assert torch.equal(champion(x), net(x))
     assert info.metadata == meta
     assert info.signature is not None  # inferred from the input example
