@@ -267,6 +267,7 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
 
     best_weights, summary["best"] = score_best(folder, ranked[0], judge, test, hd)
     weights, out = {"best": best_weights}, None
+    summary.pop("reference", None)  # an earlier soup step's
     if soup:
         chosen = ranked[:top_k]
         check_lineage(folder, chosen)
@@ -277,12 +278,30 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
             record.update(scores_on_test(judge(soup_weights, test, hd)))
             weights[kind] = soup_weights
         write_soup_set(folder, out, chosen, made, top_k)
+        summary["reference"] = test_reference(folder, judge, test, chosen, weights, made)
     summary["soups"] = {k: r for k, (_, r) in made.items()} if soup else None
     stopping.check()  # before the new results become the run's
     switch_soups(folder.path, summary, out)
     if tracker is not None:
         log_finish(tracker, folder, summary, weights, judge.model)
     return summary
+
+
+def test_reference(folder: RunFolder, judge: Scorer, test: list, chosen: list[dict[str, Any]],
+                   weights: dict[str, Weights], made: dict[str, tuple[Weights, dict[str, Any]]]
+                   ) -> dict[str, Any]:
+    """The best trial, the soups and the prediction ensemble of the soup's candidates, per
+    test case with spread and bootstrap intervals (search.reference)."""
+    from search import reference
+
+    members = [load_run_checkpoint(folder.path, t["checkpoint"], mmap=True)["model"]
+               for t in chosen]
+    models = {"best": [weights["best"]], **{k: [weights[k]] for k in made},
+              "ensemble": members}
+    ingredients = {"best": [chosen[0]["trial_id"]],
+                   **{k: r["ingredients"] for k, (_, r) in made.items()},
+                   "ensemble": [t["trial_id"] for t in chosen]}
+    return reference.reference(judge, test, list(folder.split["test"]), models, ingredients)
 
 
 def score_best(folder: RunFolder, best: dict[str, Any], judge: Scorer, test: list, hd: bool
