@@ -206,6 +206,11 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                    "trials": trial_records(results, location, spec),
                    "best": None, "soups": None}
         RunFolder(run_dir).write_summary(summary)
+        if spec.soup.enabled and spec.soup.siblings and not spec.cv.every:
+            from search.siblings import run_siblings
+
+            summary["siblings"] = run_siblings(run_dir)
+            RunFolder(run_dir).write_summary(summary)
         # With cv.mode every the trials' fold models are souped per fold instead: the run's
         # validation cases are in every fold's training data.
         summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled and not spec.cv.every,

@@ -175,7 +175,9 @@ def format_reference(ref: dict[str, Any]) -> list[str]:
         m = record["mean"]
         rows.append([name, str(len(record["ingredients"]) or 1), *cells,
                      f"{m['mean']:.3f}±{m['std']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]",
-                     "-" if name == "best" else verdict(record).split(" (")[0]])
+                     "-" if name == "best" else
+                     f"{'better' if record['vs_best']['better'] else 'not better'} "
+                     f"({record['vs_best']['delta']:+.3f})"])
     n = len(ref["cases"])
     return [f"Test split per case (mean ± std over {n} cases, bootstrap 95% CI of the mean):",
             *table(["model", "size", *[r[:5] for r in regions], "mean [95% CI]", "vs best"],

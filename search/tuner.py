@@ -100,12 +100,13 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
 
 
 def make_job_tuner(spec: Spec, jobs: dict[str, dict[str, Any]], data_root: str, name: str,
-                   storage: str | Path, callbacks: list[Callback]) -> tune.Tuner:
+                   storage: str | Path, callbacks: list[Callback],
+                   start: dict[str, Any] | None = None) -> tune.Tuner:
     """The `Tuner` of retrain jobs: a grid over the job names, each `job_trainable` trained
     to its end (no searcher, no scheduler), with the spec's concurrency, resources and
-    retries."""
+    retries; from the state `start` when given (siblings' fork point)."""
     fn = _with_resources(spec, tune.with_parameters(
-        worker.job_trainable, base=spec, jobs=jobs, data_root=data_root))
+        worker.job_trainable, base=spec, jobs=jobs, data_root=data_root, start=start))
     return _tuner(fn, spec, name, storage, callbacks, tune_config={},
                   run_config=dict(checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
                   param_space={"job": tune.grid_search(list(jobs))})
@@ -167,6 +168,8 @@ def trial_records(results: tune.ResultGrid, location: str | Path, spec: Spec
             "val_hd95_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
                                    if k.startswith("val_hd95/")},
             "best_epoch": best.get("epoch"),
+            # With train.average: the averaged weights in that checkpoint (a soup ingredient).
+            **({"avg_val_dice": best["avg/val_dice"]} if "avg/val_dice" in best else {}),
             "checkpoint": relative(best_path, str(location)) if best_path else None,
             "error": _error_line(result.error),
         })
