@@ -2,9 +2,12 @@
 each a real search (`search.api.run_search`: Ray Tune, Optuna, MLflow, then the soup step with
 its test-split reference), over several search seeds, on a phantom with 8 test patients.
 
-- today: TPE + ASHA, the top-k trials souped (what every run did before issue 28);
-- average: the same search with `train.average: swa` over each trial's last half, each
-  trial's averaged weights one more soup candidate (no extra training);
+- average: TPE + ASHA with `train.average: swa` over each trial's last half, each trial's
+  averaged weights one more soup candidate (no extra training);
+- today: the same search's trials souped without the averaged weights (what every run did
+  before issue 28): a copy of the `average` run folder, re-souped by `search.soup.finish`
+  with the averages left out. SWA changes neither the raw weights nor the validation Dice
+  ASHA and TPE see, so the two settings share their trials and compare paired;
 - siblings: fewer trials, then `soup.siblings` of the best trial forked at half its
   training, each finishing with its own seed; the soups are the best trial and its siblings.
 
@@ -52,7 +55,6 @@ tracking: {{plots: false}}
 """
 
 SETTINGS = {
-    "today": [],
     "average": ["train.average=swa", "train.average_fraction=0.5"],
     # 6 trials + 3 siblings x 4 epochs: about the 8 trials' epochs of the others.
     "siblings": ["search.num_trials=6", "soup.siblings=3", "soup.fork_fraction=0.5"],
@@ -66,13 +68,32 @@ def run_one(storage: Path, setting: str, seed: int) -> None:
     from search.spec import load_spec
 
     name = f"{setting}-s{seed}"
-    if (storage / name / "summary.json").is_file():
+    if not (storage / name / "summary.json").is_file():
+        spec_path = storage / "base.yaml"
+        spec = load_spec(spec_path, [*SETTINGS[setting], f"search.seed={seed}"])
+        t0 = time.time()
+        run_search(spec, spec_path, name=name, storage=storage)
+        (storage / name / "bench.json").write_text(json.dumps({"wall_s": time.time() - t0}))
+    if setting == "average":
+        resoup_without_averages(storage / name, storage / f"today-s{seed}")
+
+
+def resoup_without_averages(source: Path, target: Path) -> None:
+    """`today`: a copy of an `average` run folder souped again without the averaged weights."""
+    import shutil
+
+    from search.soup import finish
+
+    if (target / "summary.json").is_file() and "reference" in json.loads(
+            (target / "summary.json").read_text()):
         return
-    spec_path = storage / "base.yaml"
-    spec = load_spec(spec_path, [*SETTINGS[setting], f"search.seed={seed}"])
-    t0 = time.time()
-    run_search(spec, spec_path, name=name, storage=storage)
-    (storage / name / "bench.json").write_text(json.dumps({"wall_s": time.time() - t0}))
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target, symlinks=True)
+    summary = json.loads((target / "summary.json").read_text())
+    for t in summary["trials"]:
+        t.pop("avg_val_dice", None)
+    (target / "summary.json").write_text(json.dumps(summary))
+    finish(target)
 
 
 def barrier(run_dir: Path, summary: dict) -> float | None:
@@ -170,10 +191,11 @@ def main() -> None:
         for seed in range(args.seeds):  # seed by seed: a partial benchmark still compares
             for setting in args.settings:
                 run_one(args.storage, setting, seed)
+    shown = ["today", *args.settings] if "average" in args.settings else args.settings
     result = {s: {seed: analyse_run(args.storage / f"{s}-s{seed}")
                   for seed in range(args.seeds)
                   if (args.storage / f"{s}-s{seed}" / "summary.json").is_file()}
-              for s in args.settings}
+              for s in shown}
     (HERE / "soups.json").write_text(json.dumps(result, indent=1) + "\n")
     print(report(result))
 
