@@ -189,11 +189,17 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     where = f"--storage {uri} --local-dir {local}" if uri else f"--storage {local}"
     again = f"python -m search run {spec_path} --name {name} {where} --resume"
     try:
+        trunk = None
+        if spec.search.trunk_epochs:
+            from search.trunk import ensure_trunk
+
+            trunk = ensure_trunk(run_dir, spec, split, str(data_root), tracker)
         if resume:
-            tuner = restore_tuner(spec, split, str(data_root), location)
+            tuner = restore_tuner(spec, split, str(data_root), location, trunk)
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
-                               [MlflowCallback(tracker, spec)], study=study_url(run_dir))
+                               [MlflowCallback(tracker, spec)], study=study_url(run_dir),
+                               trunk=trunk)
         results = stopping.tune_fit(tuner.fit)
         if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
             raise _disk_full(run_dir, again)

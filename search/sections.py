@@ -275,6 +275,9 @@ class SearchSpec(_Section):
     metric: Literal["val_dice"] = "val_dice"
     max_failures: int = Field(1, ge=0)  # retries of a failing trial, from its last checkpoint
     trial_time_limit_s: float | None = Field(None, gt=0)  # checked after each epoch
+    # Fork-then-search (search.trunk): one shared trunk trained for this many epochs at the
+    # centre of the searched ranges before the search; every trial starts from its weights.
+    trunk_epochs: int = Field(0, ge=0)
 
 
 class ResourcesSpec(_Section):

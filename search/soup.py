@@ -39,7 +39,7 @@ loop = LazyModule("train_fn.loop")
 
 logger = logging.getLogger(__name__)
 
-LINEAGE_KEYS = ("architecture", "init_fingerprint")
+LINEAGE_KEYS = ("architecture", "init_fingerprint", "ancestor")
 
 
 
@@ -52,7 +52,9 @@ def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
     for trial_id, state in items[1:]:
         for key in LINEAGE_KEYS:
             if state.get(key) != ref.get(key):
-                if key == "architecture":
+                if key == "ancestor":
+                    what = f"{_ancestor(ref.get(key))} vs {_ancestor(state.get(key))}"
+                elif key == "architecture":
                     diff = {k: (ref[key].get(k), v) for k, v in state[key].items()
                             if ref[key].get(k) != v}
                     what = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
@@ -62,6 +64,12 @@ def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
                 raise SoupError(
                     f"cannot soup trial {trial_id} with trial {ref_id}: different {key}: {what}"
                 )
+
+
+def _ancestor(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "none (trained from its initial weights)"
+    return f"{record['kind']} {record['fingerprint']} ({record['epochs']} epochs)"
 
 
 def _load(source: Source) -> Weights:

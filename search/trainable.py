@@ -29,15 +29,16 @@ logger = logging.getLogger(__name__)
 
 
 def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
-              data_root: str) -> None:
-    """One trial: resolve the spec with the sampled `config`, then `run_trial`."""
+              data_root: str, trunk: dict[str, Any] | None = None) -> None:
+    """One trial: resolve the spec with the sampled `config`, then `run_trial` (from the
+    shared `trunk`'s weights when the search has one)."""
     spec = base.resolve(config)
-    run_trial(spec, split, data_root, keep_fork=fork_epoch(spec))
+    run_trial(spec, split, data_root, keep_fork=fork_epoch(spec), init=trunk)
 
 
 def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str,
-              start: dict[str, Any] | None = None, keep_fork: int | None = None
-              ) -> dict[str, Any] | None:
+              start: dict[str, Any] | None = None, keep_fork: int | None = None,
+              init: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Train inside a Ray trial: report every epoch with a checkpoint, and resume from the
     trial's last checkpoint after a retry or restore, else from `start` (a sibling's fork
     point). With `keep_fork`, that epoch's state rides along in every later checkpoint
@@ -79,7 +80,7 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str,
         if spec.cv.every:
             return _run_folds(spec, split, data_root, resume, report)
         if resume is None or resume["epoch"] < spec.train.epochs:
-            train(spec, split, data_root, report=report, resume=resume)
+            train(spec, split, data_root, report=report, resume=resume, init=init)
         return last["state"]
     finally:
         release_memory()

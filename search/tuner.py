@@ -29,20 +29,22 @@ worker = LazyModule("search.trainable")
 logger = logging.getLogger(__name__)
 
 
-def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, location: str
-                  ) -> tune.Tuner:
+def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, location: str,
+                  trunk: dict[str, Any] | None = None) -> tune.Tuner:
     """The interrupted search whose Ray experiment is at `location` (the run folder, or a
     URI in an object store), to continue: finished trials stay, unfinished and errored ones
     resume from their last checkpoint (errored ones count against `search.max_failures`
     again). Its MLflow callback comes back from Ray's saved state."""
-    return tune.Tuner.restore(location, _trial_fn(spec, split, data_root),
+    return tune.Tuner.restore(location, _trial_fn(spec, split, data_root, trunk),
                               resume_unfinished=True, resume_errored=True)
 
 
-def _trial_fn(spec: Spec, split: dict[str, list[str]], data_root: str):
-    """The trainable with the base spec, split and data folder bound, and its resources."""
+def _trial_fn(spec: Spec, split: dict[str, list[str]], data_root: str,
+              trunk: dict[str, Any] | None = None):
+    """The trainable with the base spec, split, data folder and shared trunk bound, and its
+    resources."""
     return _with_resources(spec, tune.with_parameters(
-        worker.trainable, base=spec, split=split, data_root=data_root))
+        worker.trainable, base=spec, split=split, data_root=data_root, trunk=trunk))
 
 
 def _with_resources(spec: Spec, fn):
@@ -75,15 +77,15 @@ def make_searcher(spec: Spec, study: str | None, name: str):
 
 
 def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: str,
-               storage: str | Path, callbacks: list[Callback], study: str | None = None
-               ) -> tune.Tuner:
+               storage: str | Path, callbacks: list[Callback], study: str | None = None,
+               trunk: dict[str, Any] | None = None) -> tune.Tuner:
     """The `Tuner` for a spec: OptunaSearch over `define_by_run(spec)` with the spec's seeded
     sampler, ASHA (or FIFO) on epochs, a concurrency limit and per-trial resources. `storage`
     is a local folder or an object-store URI (`s3://bucket/prefix`). `study` is the RDB URL
     where the Optuna study (named `name`) is kept (`search.study`; None: in memory)."""
     s = spec.search
     return _tuner(
-        _trial_fn(spec, split, data_root), spec, name, storage, callbacks,
+        _trial_fn(spec, split, data_root, trunk), spec, name, storage, callbacks,
         tune_config=dict(
             num_samples=s.num_trials,
             # metric and mode go to the searcher and the scheduler, not to TuneConfig: a

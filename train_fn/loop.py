@@ -151,12 +151,14 @@ def train(
     data: Dataset | str | Path,
     report: Report | None = None,
     resume: dict[str, Any] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `spec` (fully resolved: no search leaves) and validate after every epoch.
 
     `data` is the opened dataset (or its folder). `report(metrics, state)` receives each
-    epoch's metrics and the checkpoint state; `resume` is a state to continue from. Returns
-    the last epoch's metrics.
+    epoch's metrics and the checkpoint state; `resume` is a state to continue from; `init`
+    ({model, ancestor}: a shared trunk's weights) is where a new run starts, with a fresh
+    optimizer, instead of the initial weights. Returns the last epoch's metrics.
     """
     t_start = time.perf_counter()
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
@@ -170,6 +172,10 @@ def train(
 
     model = build_model(spec.model, *shape)
     init_fingerprint = weights_fingerprint(model)
+    ancestor = None
+    if init is not None and resume is None:
+        model.load_state_dict(init["model"])
+        ancestor = init["ancestor"]
     model.to(device)
     kind = OPTIMIZERS[spec.optimizer.name]
     optimizer = build_optimizer(
@@ -190,6 +196,7 @@ def train(
         if schedule is not None:
             schedule.load_state_dict(resume["scheduler"])
         first_epoch = resume["epoch"]
+        ancestor = resume.get("ancestor")
         if average is not None and resume.get("averaged"):
             average.load(resume["averaged"])
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
@@ -291,6 +298,7 @@ def train(
                 "architecture": architecture(spec.model, *shape),
                 "init_seed": spec.model.init_seed,
                 "init_fingerprint": init_fingerprint,
+                "ancestor": ancestor,  # the shared trunk it started from (None: its init)
             }
             if average is not None and average.count:
                 state["averaged"] = validate_average(average, spec, val_vols, ds, device,
