@@ -9,7 +9,9 @@ its test-split reference), over several search seeds, on a phantom with 8 test p
   with the averages left out. SWA changes neither the raw weights nor the validation Dice
   ASHA and TPE see, so the two settings share their trials and compare paired;
 - siblings: fewer trials, then `soup.siblings` of the best trial forked at half its
-  training, each finishing with its own seed; the soups are the best trial and its siblings.
+  training, each finishing with its own seed; the soups are the best trial and its siblings;
+- trunk2, trunk4: fork-then-search, a shared trunk of 2 or 4 epochs trained before the search
+  (`search.trunk_epochs`), every trial starting from it; fewer trials pay for the trunk.
 
 Per run, from its summary.json (search.reference): best trial, greedy, uniform and prediction
 ensemble on the test split (mean Dice over regions, per case), the greedy soup's size, the
@@ -32,6 +34,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# A reused worker waits this long for the stopped trial's thread before it fails the next
+# trial (Ray's default, 2 s, is too short on a loaded 2-core machine: trials errored).
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
 
 HERE = Path(__file__).resolve().parent
 EPOCHS = 8
@@ -58,6 +63,9 @@ SETTINGS = {
     "average": ["train.average=swa", "train.average_fraction=0.5"],
     # 6 trials + 3 siblings x 4 epochs: about the 8 trials' epochs of the others.
     "siblings": ["search.num_trials=6", "soup.siblings=3", "soup.fork_fraction=0.5"],
+    # Fork-then-search: a shared trunk of 2 or 4 epochs, paid for with fewer trials.
+    "trunk2": ["search.trunk_epochs=2", "search.num_trials=7"],
+    "trunk4": ["search.trunk_epochs=4", "search.num_trials=6"],
 }
 MODELS = ("best", "greedy", "uniform", "ensemble")
 
@@ -119,14 +127,17 @@ def analyse_run(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     ref = summary["reference"]["models"]
     sib = summary.get("siblings") or []
+    from search.runfolder import RunFolder
+
     epochs = sum(t.get("epochs") or 0 for t in summary["trials"]) + sum(
-        EPOCHS - s["fork_epoch"] for s in sib)
+        EPOCHS - s["fork_epoch"] for s in sib) + RunFolder(run_dir).spec.search.trunk_epochs
     wall = json.loads((run_dir / "bench.json").read_text())["wall_s"] \
         if (run_dir / "bench.json").is_file() else None
     return {"epochs": epochs, "wall_s": wall,
             "test": {m: ref[m]["mean"]["mean"] for m in MODELS},
             "test_std_cases": {m: ref[m]["mean"]["std"] for m in MODELS},
             "vs_best": {m: ref[m]["vs_best"] for m in MODELS if m != "best"},
+            "best_val": summary["best"]["val_dice"],
             "greedy_size": len(summary["soups"]["greedy"]["ingredients"]),
             "greedy": summary["soups"]["greedy"]["ingredients"],
             "cases": len(summary["reference"]["cases"]),
@@ -180,7 +191,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--storage", type=Path, default=Path("/work/data/soups-bench"))
-    parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    parser.add_argument("--settings", nargs="*", default=["average", "siblings"],
+                        help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--analyse-only", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",

@@ -183,7 +183,8 @@ def _error_line(error: BaseException | None) -> str | None:
     """The trial's own exception (`Type: message`), not Ray's wrapper around it."""
     if error is None:
         return None
-    cause = getattr(error, "cause", None) or error.__cause__
+    # Ray gives a string when a reused worker could not be reset for the trial.
+    cause = getattr(error, "cause", None) or getattr(error, "__cause__", None)
     if cause is not None:
         text = str(cause).strip().splitlines()
         return f"{type(cause).__name__}: {text[0] if text else ''}"[:500]
