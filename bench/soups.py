@@ -76,7 +76,12 @@ def run_one(storage: Path, setting: str, seed: int) -> None:
     from search.spec import load_spec
 
     name = f"{setting}-s{seed}"
-    if not (storage / name / "summary.json").is_file():
+    summary = storage / name / "summary.json"
+    if summary.is_file() and "reference" not in json.loads(summary.read_text()):
+        from search.soup import finish  # the benchmark was stopped in the soup step
+
+        finish(storage / name)
+    if not summary.is_file():
         spec_path = storage / "base.yaml"
         spec = load_spec(spec_path, [*SETTINGS[setting], f"search.seed={seed}"])
         t0 = time.time()
@@ -200,9 +205,13 @@ def main() -> None:
     args.storage.mkdir(parents=True, exist_ok=True)
     (args.storage / "base.yaml").write_text(BASE.lstrip())
     if not args.analyse_only:
-        for seed in range(args.seeds):  # seed by seed: a partial benchmark still compares
-            for setting in args.settings:
-                run_one(args.storage, setting, seed)
+        # Seed by seed (a partial benchmark still compares), the trunk settings last.
+        groups = ([s for s in args.settings if not s.startswith("trunk")],
+                  [s for s in args.settings if s.startswith("trunk")])
+        for group in groups:
+            for seed in range(args.seeds):
+                for setting in group:
+                    run_one(args.storage, setting, seed)
     shown = ["today", *args.settings] if "average" in args.settings else args.settings
     result = {s: {seed: analyse_run(args.storage / f"{s}-s{seed}")
                   for seed in range(args.seeds)
