@@ -23,6 +23,7 @@ from search.plots import write_plots
 from search.prepare import build_cache, check_device, check_resources, prepare_data
 from search.runfolder import RunFolder, RunInfo
 from search.runlock import run_lock
+from search.siblings import run_siblings
 from search.soup import finish
 from search.spec import Spec, SpecError
 from search.stopping import Interrupted
@@ -47,6 +48,7 @@ from search.tracking import (
     check_tracking,
     default_uri,
 )
+from search.trunk import ensure_trunk
 from search.tuner import make_tuner, restore_tuner, trial_records
 from train_fn.datasets import open_dataset, split_cases
 
@@ -191,8 +193,6 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     try:
         trunk = None
         if spec.search.trunk_epochs:
-            from search.trunk import ensure_trunk
-
             trunk = ensure_trunk(run_dir, spec, split, str(data_root), tracker)
         if resume:
             tuner = restore_tuner(spec, split, str(data_root), location, trunk)
@@ -213,8 +213,6 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                    "best": None, "soups": None}
         RunFolder(run_dir).write_summary(summary)
         if spec.soup.enabled and spec.soup.siblings and not spec.cv.every:
-            from search.siblings import run_siblings
-
             summary["siblings"] = run_siblings(run_dir)
             RunFolder(run_dir).write_summary(summary)
         # With cv.mode every the trials' fold models are souped per fold instead: the run's

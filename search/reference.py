@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from search import stopping
 from search.lazy import LazyModule
+from search.tables import table
 
 if TYPE_CHECKING:
     import torch
@@ -164,8 +165,6 @@ def mlflow_metrics(ref: dict[str, Any]) -> dict[str, float]:
 def format_reference(ref: dict[str, Any]) -> list[str]:
     """Table lines: per model, mean ± std over test cases and the 95% interval, per region and
     over regions, and the verdict against the best trial."""
-    from search.tables import table
-
     models = ref["models"]
     regions = list(next(iter(models.values()))["regions"])
     rows = []

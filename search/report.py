@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from search.reference import format_reference
 from search.tables import table
 
 
@@ -54,8 +55,6 @@ def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
                          _f(soup["test_dice"]), *_classes(soup["test_dice_per_class"])])
         out += table(["model", "size", "val_dice", "test_dice", *classes], rows)
     if summary.get("reference"):
-        from search.reference import format_reference
-
         out += ["", *format_reference(summary["reference"])]
     return "\n".join(out)
 

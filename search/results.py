@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from search.reference import mlflow_metrics
 from search.runfolder import RunFolder
 from search.tracking import NOTE_TAG, PARENT_TAG, RUN_DIR_TAG, Tracker, params_of
 
@@ -189,8 +190,6 @@ def log_finish(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
         metrics.update({f"soup/{kind}/test_dice/{k}": v
                         for k, v in soup["test_dice_per_class"].items()})
     if summary.get("reference"):
-        from search.reference import mlflow_metrics
-
         metrics.update(mlflow_metrics(summary["reference"]))
     artifacts = [folder.summary_json]
     if summary["soups"]:

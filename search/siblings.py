@@ -22,6 +22,7 @@ from search.retrain import pick_trials, run_jobs
 from search.runfolder import RunFolder
 from search.storage import load_run_checkpoint
 from search.trials import fork_epoch
+from train_fn.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ def run_siblings(run_dir: str | Path) -> list[dict[str, Any]]:
                  "checkpoint": r["checkpoint"]}
                 for name, r in sorted(records.items())]
     done.parent.mkdir(parents=True, exist_ok=True)
-    from train_fn.files import write_json
-
     write_json(done, {"kind": NAME, "trial": best["trial_id"], "siblings": siblings})
     return siblings
 

@@ -20,6 +20,7 @@ from search import stopping
 from search.errors import RunFolderError, SoupError
 from search.lazy import LazyModule
 from search.progress import versus
+from search.reference import reference
 from search.results import log_finish
 from search.runfolder import SOUP_LINK, RunFolder, Scorer
 from search.storage import load_run_checkpoint
@@ -331,15 +332,13 @@ def held_out_reference(folder: RunFolder, judge: Scorer, test: list, chosen: lis
                    best_id: str) -> dict[str, Any]:
     """The best trial, the soups and the prediction ensemble of the soup's candidates, per
     test case with spread and bootstrap intervals (search.reference)."""
-    from search import reference
-
     members = [weights_of(folder.path, t) for t in chosen]
     models = {"best": [weights["best"]], **{k: [weights[k]] for k in made},
               "ensemble": members}
     ingredients = {"best": [best_id],
                    **{k: r["ingredients"] for k, (_, r) in made.items()},
                    "ensemble": [t["trial_id"] for t in chosen]}
-    return reference.reference(judge, test, list(folder.split["test"]), models, ingredients)
+    return reference(judge, test, list(folder.split["test"]), models, ingredients)
 
 
 def score_best(folder: RunFolder, best: dict[str, Any], judge: Scorer, test: list, hd: bool

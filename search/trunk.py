@@ -17,7 +17,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from search.lazy import LazyModule
+from search.space import centre
 from search.spec import Spec
+from search.tracking import PARENT_TAG, params_of
+
+# torch loads when a trunk is trained, not before (search.lazy)
+checkpoint_io = LazyModule("train_fn.checkpoint")
+loop = LazyModule("train_fn.loop")
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +34,6 @@ KIND = "trunk"
 
 def trunk_spec(spec: Spec) -> Spec:
     """The trunk's concrete spec: the search space's centre, trained for `trunk_epochs`."""
-    from search.space import centre
-
     tree = spec.resolve(centre(spec)).model_dump(warnings=False)
     tree["train"]["epochs"] = spec.search.trunk_epochs
     tree["train"]["average"] = "none"
@@ -56,12 +61,9 @@ def ensure_trunk(run_dir: Path, spec: Spec, split: dict[str, list[str]], data_ro
                  tracker=None) -> dict[str, Any]:
     """The run's trunk ({model, ancestor}): read when finished, else trained (continued from
     its last epoch when a run was interrupted during it) and checkpointed after every epoch."""
-    from train_fn.checkpoint import load_checkpoint, save_checkpoint
-    from train_fn.loop import train
-
     folder = Path(run_dir) / TRUNK_DIR
     epochs = spec.search.trunk_epochs
-    state = load_checkpoint(folder) if (folder / "checkpoint.pt").is_file() else None
+    state = checkpoint_io.load_checkpoint(folder) if (folder / "checkpoint.pt").is_file() else None
     if state is not None and state["epoch"] >= epochs:
         logger.info("trunk: trained already (%d epochs, %s)", state["epoch"], folder)
         return trunk_init(state)
@@ -75,7 +77,7 @@ def ensure_trunk(run_dir: Path, spec: Spec, split: dict[str, list[str]], data_ro
         if new is None:
             raise RuntimeError(f"trunk: training diverged at epoch {metrics['epoch']} "
                                f"({metrics.get('stop_reason')}); lower the searched lr range")
-        save_checkpoint(folder, new)
+        checkpoint_io.save_checkpoint(folder, new)
         last["state"] = new
         logger.info("trunk epoch %d/%d: loss %.3f, val_dice %.3f", new["epoch"], epochs,
                     metrics["loss"], metrics["val_dice"])
@@ -84,7 +86,7 @@ def ensure_trunk(run_dir: Path, spec: Spec, split: dict[str, list[str]], data_ro
                                                if isinstance(v, (int, float))},
                               step=int(metrics["epoch"]))
 
-    train(tspec, split, data_root, report=report, resume=state)
+    loop.train(tspec, split, data_root, report=report, resume=state)
     if run_id is not None:
         tracker.client.set_terminated(run_id, "FINISHED")
     return trunk_init(last["state"])
@@ -95,8 +97,6 @@ def _mlflow_run(tracker, tspec: Spec) -> str | None:
     else a new one with the trunk's settings as params."""
     if tracker is None or tracker.parent_id is None:
         return None
-    from search.tracking import PARENT_TAG, params_of
-
     found = tracker.client.search_runs(
         [tracker.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{tracker.parent_id}' "
         f"and tags.`segtune.kind` = '{KIND}'")

@@ -43,8 +43,9 @@ def _trial_fn(spec: Spec, split: dict[str, list[str]], data_root: str,
               trunk: dict[str, Any] | None = None):
     """The trainable with the base spec, split, data folder and shared trunk bound, and its
     resources."""
+    extra = {"trunk": trunk} if trunk is not None else {}
     return _with_resources(spec, tune.with_parameters(
-        worker.trainable, base=spec, split=split, data_root=data_root, trunk=trunk))
+        worker.trainable, base=spec, split=split, data_root=data_root, **extra))
 
 
 def _with_resources(spec: Spec, fn):
@@ -107,8 +108,9 @@ def make_job_tuner(spec: Spec, jobs: dict[str, dict[str, Any]], data_root: str, 
     """The `Tuner` of retrain jobs: a grid over the job names, each `job_trainable` trained
     to its end (no searcher, no scheduler), with the spec's concurrency, resources and
     retries; from the state `start` when given (siblings' fork point)."""
+    extra = {"start": start} if start is not None else {}
     fn = _with_resources(spec, tune.with_parameters(
-        worker.job_trainable, base=spec, jobs=jobs, data_root=data_root, start=start))
+        worker.job_trainable, base=spec, jobs=jobs, data_root=data_root, **extra))
     return _tuner(fn, spec, name, storage, callbacks, tune_config={},
                   run_config=dict(checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
                   param_space={"job": tune.grid_search(list(jobs))})
