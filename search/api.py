@@ -24,6 +24,7 @@ from search.plots import write_plots
 from search.prepare import build_cache, check_device, check_resources, prepare_data
 from search.runfolder import RunFolder, RunInfo
 from search.runlock import run_lock
+from search.siblings import run_siblings
 from search.soup import finish
 from search.spec import Spec, SpecError
 from search.stopping import Interrupted
@@ -49,6 +50,7 @@ from search.tracking import (
     default_uri,
     ui_command,
 )
+from search.trunk import ensure_trunk
 from search.tuner import make_tuner, restore_tuner, trial_records
 from train_fn.datasets import open_dataset, split_cases
 
@@ -202,11 +204,15 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     again = resume_command(spec_path, name, uri, local, overrides,
                            (ray_init or {}).get("address"))
     try:
+        trunk = None
+        if spec.search.trunk_epochs:
+            trunk = ensure_trunk(run_dir, spec, split, str(data_root), tracker)
         if resume:
-            tuner = restore_tuner(spec, split, str(data_root), location)
+            tuner = restore_tuner(spec, split, str(data_root), location, trunk)
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
-                               [MlflowCallback(tracker, spec)], study=study_url(run_dir))
+                               [MlflowCallback(tracker, spec)], study=study_url(run_dir),
+                               trunk=trunk)
         results = stopping.tune_fit(tuner.fit)
         if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
             raise _disk_full(run_dir, again)
@@ -219,6 +225,9 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                    "trials": trial_records(results, location, spec),
                    "best": None, "soups": None}
         RunFolder(run_dir).write_summary(summary)
+        if spec.soup.enabled and spec.soup.siblings and not spec.cv.every:
+            summary["siblings"] = run_siblings(run_dir)
+            RunFolder(run_dir).write_summary(summary)
         # With cv.mode every the trials' fold models are souped per fold instead: the run's
         # validation cases are in every fold's training data.
         summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled and not spec.cv.every,

@@ -6,6 +6,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from search.reference import format_reference
 from search.tables import table
 from search.tracking import ui_base, ui_command
 
@@ -56,6 +57,8 @@ def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
             rows.append([f"{kind} soup", str(len(soup["ingredients"])), _f(soup["val_dice"]),
                          _f(soup["test_dice"]), *_classes(soup["test_dice_per_class"])])
         out += table(["model", "size", "val_dice", "test_dice", *classes], rows)
+    if summary.get("reference"):
+        out += ["", *format_reference(summary["reference"])]
     return "\n".join(out)
 
 

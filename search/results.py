@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
+from search.reference import mlflow_metrics
 from search.report import recommended
 from search.runfolder import RunFolder
 from search.tracking import NOTE_TAG, PARENT_TAG, RUN_DIR_TAG, Tracker, params_of
@@ -72,6 +73,11 @@ def results_of(summary: dict[str, Any], weights: dict[str, Any]) -> list[Result]
                                 "segtune.ingredients": ", ".join(ingredients)},
                           note=f"{kind} soup of {len(ingredients)} trial(s): "
                                f"{', '.join(ingredients)}"))
+    ref = (summary.get("reference") or {}).get("models") or {}
+    for result in out:  # the per-case spread and interval of each model on the test split
+        record = ref.get(result.name)
+        if record:
+            result.metrics.update(spread(record))
     return out
 
 
@@ -100,6 +106,19 @@ def retire_results(tracker: Tracker, current: str | None, untagged: bool = True)
         tracker.client.delete_run(run.info.run_id)
         gone += 1
     return gone
+
+
+def spread(record: dict[str, Any]) -> dict[str, float]:
+    """A reference record's std over test cases and bootstrap 95% interval, as metrics."""
+    out = {}
+    for suffix, s in {"": record["mean"],
+                      **{f"/{r}": v for r, v in record["regions"].items()}}.items():
+        out.update({f"test_dice_std{suffix}": s["std"], f"test_dice_ci_low{suffix}":
+                    s["ci95"][0], f"test_dice_ci_high{suffix}": s["ci95"][1]})
+    if "vs_best" in record:
+        out["vs_best/delta"] = record["vs_best"]["delta"]
+        out["vs_best/better"] = float(record["vs_best"]["better"])
+    return {k: float(v) for k, v in out.items() if v == v}  # NaN: no value
 
 
 def log_results(tracker: Tracker, results: list[Result], model=None, example=None,
@@ -241,6 +260,8 @@ def log_parent_scores(tracker: Tracker, folder: RunFolder, summary: dict[str, An
         metrics[f"soup/{kind}/size"] = len(soup["ingredients"])
         metrics.update({f"soup/{kind}/test_dice/{k}": v
                         for k, v in soup["test_dice_per_class"].items()})
+    if summary.get("reference"):
+        metrics.update(mlflow_metrics(summary["reference"]))
     artifacts = [folder.summary_json]
     if summary["soups"]:
         artifacts.append(folder.soup_link / "soup.json")

@@ -83,8 +83,9 @@ def _mean(values: list[float | None]) -> float:
 
 
 def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
-             name: str) -> dict[str, Any]:
-    """Train `jobs` as one Ray Tune grid under `RUN_DIR/<name>`; return each job's record."""
+             name: str, start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train `jobs` as one Ray Tune grid under `RUN_DIR/<name>` (each from the state `start`
+    when given); return each job's record."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
     # after the run): segtune prints its trial and status lines instead.
@@ -103,7 +104,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     spec = folder.spec
     tracker = folder.tracker()
     tuner = make_job_tuner(spec, jobs, folder.data_root, name, location,
-                           [JobCallback(tracker, spec, jobs, kind)])
+                           [JobCallback(tracker, spec, jobs, kind)], start)
     if not ray.is_initialized():
         stopping.start_ray()
     status = "FAILED"

@@ -21,6 +21,7 @@ from search import stopping
 from search.errors import RunFolderError, SoupError
 from search.lazy import LazyModule
 from search.progress import versus
+from search.reference import reference
 from search.results import log_new_results, log_parent_scores, retire_results
 from search.runfolder import SOUP_LINK, RunFolder, Scorer
 from search.storage import load_run_checkpoint
@@ -40,7 +41,7 @@ loop = LazyModule("train_fn.loop")
 
 logger = logging.getLogger(__name__)
 
-LINEAGE_KEYS = ("architecture", "init_fingerprint")
+LINEAGE_KEYS = ("architecture", "init_fingerprint", "ancestor")
 
 
 
@@ -53,7 +54,9 @@ def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
     for trial_id, state in items[1:]:
         for key in LINEAGE_KEYS:
             if state.get(key) != ref.get(key):
-                if key == "architecture":
+                if key == "ancestor":
+                    what = f"{_ancestor(ref.get(key))} vs {_ancestor(state.get(key))}"
+                elif key == "architecture":
                     diff = {k: (ref[key].get(k), v) for k, v in state[key].items()
                             if ref[key].get(k) != v}
                     what = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in diff.items())
@@ -63,6 +66,12 @@ def check_ingredients(states: dict[str, dict[str, Any]]) -> None:
                 raise SoupError(
                     f"cannot soup trial {trial_id} with trial {ref_id}: different {key}: {what}"
                 )
+
+
+def _ancestor(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "none (trained from its initial weights)"
+    return f"{record['kind']} {record['fingerprint']} ({record['epochs']} epochs)"
 
 
 def _load(source: Source) -> Weights:
@@ -228,6 +237,35 @@ def candidates(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(ranked, key=lambda t: t["val_dice"], reverse=True)
 
 
+AVERAGED = ":avg"  # an ingredient id's suffix: the trial's averaged weights (train.average)
+
+
+def with_averages(ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trials and, for each whose checkpoint holds averaged weights, those as one more
+    ingredient (`<trial>:avg`, scored by their validation Dice), best validation Dice first."""
+    out = list(ranked)
+    for t in ranked:
+        if t.get("avg_val_dice") is not None:
+            out.append({**t, "trial_id": t["trial_id"] + AVERAGED, "val_dice": t["avg_val_dice"],
+                        "weights": "averaged"})
+    return sorted(out, key=lambda t: t["val_dice"], reverse=True)
+
+
+def sibling_candidates(summary: dict[str, Any], best: dict[str, Any]) -> list[dict[str, Any]]:
+    """The soup's candidates with siblings (search.siblings): the best trial and its finished
+    siblings with a checkpoint, best validation Dice first."""
+    kept = [s for s in summary.get("siblings") or [] if s["status"] == "finished"
+            and s.get("checkpoint") and s.get("val_dice") is not None]
+    return sorted([best, *kept], key=lambda t: t["val_dice"], reverse=True)
+
+
+def weights_of(run_dir: Path, ingredient: dict[str, Any]) -> Weights:
+    """An ingredient's weights: its checkpoint's `model`, or its `averaged` weights."""
+    state = load_run_checkpoint(run_dir, ingredient["checkpoint"], mmap=True)
+    return state["averaged"]["model"] if ingredient.get("weights") == "averaged" \
+        else state["model"]
+
+
 def readable(run_dir: Path, ranked: list[dict[str, Any]], need: int
              ) -> list[dict[str, Any]]:
     """The first `need` trials, best first, whose checkpoint loads; one that does not (cut
@@ -274,8 +312,10 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
 
     best_weights, summary["best"] = score_best(folder, ranked[0], judge, test, hd)
     weights, out = {"best": best_weights}, None
+    summary.pop("reference", None)  # an earlier soup step's
     if soup:
-        chosen = ranked[:top_k]
+        chosen = (sibling_candidates(summary, ranked[0]) if summary.get("siblings")
+                  else with_averages(ranked)[:top_k])
         check_lineage(folder, chosen)
         # The new set is written beside the current one and switched to at the end.
         out = soup_set(folder.path)
@@ -284,6 +324,8 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
             record.update(scores_on_test(judge(soup_weights, test, hd)))
             weights[kind] = soup_weights
         write_soup_set(folder, out, chosen, made, top_k)
+        summary["reference"] = held_out_reference(folder, judge, test, chosen, weights, made,
+                                              ranked[0]["trial_id"])
     summary["soups"] = {k: r for k, (_, r) in made.items()} if soup else None
     # MLflow is part of the switch: the new result runs first (tagged with this step), then
     # summary.json switches, then the old runs go. A kill or a full disk anywhere leaves the
@@ -313,6 +355,20 @@ def repair_results(tracker, folder: RunFolder, summary: dict[str, Any]) -> None:
             log_parent_scores(tracker, folder, summary)
     except Exception as err:  # noqa: BLE001 - the step itself logs again (or says why not)
         logger.warning("MLflow: could not tidy the result runs (%s)", err)
+
+
+def held_out_reference(folder: RunFolder, judge: Scorer, test: list, chosen: list[dict[str, Any]],
+                   weights: dict[str, Weights], made: dict[str, tuple[Weights, dict[str, Any]]],
+                   best_id: str) -> dict[str, Any]:
+    """The best trial, the soups and the prediction ensemble of the soup's candidates, per
+    test case with spread and bootstrap intervals (search.reference)."""
+    members = [weights_of(folder.path, t) for t in chosen]
+    models = {"best": [weights["best"]], **{k: [weights[k]] for k in made},
+              "ensemble": members}
+    ingredients = {"best": [best_id],
+                   **{k: r["ingredients"] for k, (_, r) in made.items()},
+                   "ensemble": [t["trial_id"] for t in chosen]}
+    return reference(judge, test, list(folder.split["test"]), models, ingredients)
 
 
 def score_best(folder: RunFolder, best: dict[str, Any], judge: Scorer, test: list, hd: bool
@@ -381,8 +437,7 @@ def soup_trials(folder: RunFolder, chosen: list[dict[str, Any]], judge: Scorer
     """The uniform and greedy soups of the `chosen` trials (best first), judged on the
     validation split: {kind: (weights, its summary.json record)}."""
     # From an object store, each is downloaded when needed and its copy deleted after.
-    sources = [(t["trial_id"], (lambda p=t["checkpoint"]: load_run_checkpoint(
-        folder.path, p, mmap=True)["model"])) for t in chosen]
+    sources = [(t["trial_id"], (lambda t=t: weights_of(folder.path, t))) for t in chosen]
     val = folder.volumes("val")  # the validation cases only judge soups
     made = soup_pair(sources, lambda w: judge(w, val, hd95=False)[0],
                      batchnorm_refresh(judge, folder.split["train"]))

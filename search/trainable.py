@@ -19,7 +19,7 @@ from ray import tune
 from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME, LOG_PREFIX_TASK_NAME
 
 from search.spec import Spec
-from search.trials import job_spec
+from search.trials import fork_epoch, job_spec
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
 from train_fn.data import load_volumes
 from train_fn.datasets import fold_splits, open_dataset
@@ -31,10 +31,12 @@ logger = logging.getLogger(__name__)
 
 
 def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
-              data_root: str) -> None:
-    """One trial: resolve the spec with the sampled `config`, then `run_trial`."""
+              data_root: str, trunk: dict[str, Any] | None = None) -> None:
+    """One trial: resolve the spec with the sampled `config`, then `run_trial` (from the
+    shared `trunk`'s weights when the search has one)."""
     name_worker_log(tune.get_context().get_trial_id(), config)
-    run_trial(base.resolve(config), split, data_root)
+    spec = base.resolve(config)
+    run_trial(spec, split, data_root, keep_fork=fork_epoch(spec), init=trunk)
 
 
 def name_worker_log(trial_id: str, config: dict[str, Any]) -> None:
@@ -50,11 +52,14 @@ def name_worker_log(trial_id: str, config: dict[str, Any]) -> None:
         print(f"{LOG_PREFIX_TASK_NAME}trial {trial_id}: {values}", file=stream, flush=True)
 
 
-def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
-              ) -> dict[str, Any] | None:
+def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str,
+              start: dict[str, Any] | None = None, keep_fork: int | None = None,
+              init: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Train inside a Ray trial: report every epoch with a checkpoint, and resume from the
-    trial's last checkpoint after a retry or restore. Returns the last checkpoint state (None
-    when the trial diverged)."""
+    trial's last checkpoint after a retry or restore, else from `start` (a sibling's fork
+    point). With `keep_fork`, that epoch's state rides along in every later checkpoint
+    (`fork`), for sibling soups. Returns the last checkpoint state (None when the trial
+    diverged)."""
     # One "Checkpoint successfully created" line per epoch and trial is noise on the driver.
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
@@ -68,7 +73,9 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
             logger.warning("trial %s: its last checkpoint (%s) cannot be read (%s); the "
                            "trial starts again from its first epoch", trial_id,
                            checkpoint.path, str(err).splitlines()[0][:200])
-    last = {"state": resume}
+    if resume is None:
+        resume = start
+    last = {"state": resume, "fork": (resume or {}).get("fork")}
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         last["state"] = state
@@ -76,6 +83,10 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
             tune.report(metrics)
             return
         state["trial_id"] = trial_id
+        if keep_fork is not None and metrics["epoch"] == keep_fork:
+            last["fork"] = dict(state)  # before `fork` is added: no nesting
+        if keep_fork is not None and last["fork"] is not None:
+            state["fork"] = last["fork"]
         with tempfile.TemporaryDirectory(prefix="segtune-ckpt-") as folder:
             save_checkpoint(folder, state)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -85,7 +96,7 @@ def run_trial(spec: Spec, split: dict[str, list[str]], data_root: str
         if spec.cv.every:
             return _run_folds(spec, split, data_root, resume, report)
         if resume is None or resume["epoch"] < spec.train.epochs:
-            train(spec, split, data_root, report=report, resume=resume)
+            train(spec, split, data_root, report=report, resume=resume, init=init)
         return last["state"]
     finally:
         release_memory()
@@ -145,13 +156,14 @@ def fold_means(per_fold: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def job_trainable(config: dict[str, Any], base: Spec, jobs: dict[str, dict[str, Any]],
-                  data_root: str) -> None:
-    """One job: train to the end, then score the final weights on the job's validation and
-    test cases (reported once more, under `final/`)."""
+                  data_root: str, start: dict[str, Any] | None = None) -> None:
+    """One job: train to the end (from `start`, a sibling's fork point, when given), then
+    score the final weights on the job's validation and test cases (reported once more,
+    under `final/`)."""
     job = jobs[config["job"]]
     name_worker_log(tune.get_context().get_trial_id(), {"job": config["job"]})
     spec = job_spec(base, job)
-    state = run_trial(spec, job["split"], data_root)
+    state = run_trial(spec, job["split"], data_root, start=start)
     if state is None:  # diverged: nothing to score
         return
     ds = open_dataset(spec.data, data_root)

@@ -14,15 +14,26 @@ def budget(spec: Spec) -> int:
     return spec.cv.folds if spec.cv.every else spec.train.epochs
 
 
+def fork_epoch(spec: Spec) -> int | None:
+    """The epoch (1-based) whose state a trial keeps for sibling soups (`soup.siblings`):
+    `soup.fork_fraction` of its epochs, at least 1 and before the last; None without
+    siblings."""
+    if not spec.soup.siblings or spec.cv.every or spec.train.epochs < 2:
+        return None
+    return min(spec.train.epochs - 1, max(1, round(spec.soup.fork_fraction * spec.train.epochs)))
+
+
 def job_spec(base: Spec, job: dict[str, Any]) -> Spec:
     """The concrete spec of a job: the trial's configuration, and its seed for the patch
-    order and the initial weights."""
+    order and the initial weights (a sibling keeps the trial's initial weights: it continues
+    the trial's own training)."""
     spec = base.resolve(job["config"])
     if job.get("seed") is None:
         return spec
     tree = spec.model_dump(warnings=False)
     tree["train"]["seed"] = job["seed"]
-    tree["model"]["init_seed"] = job["seed"]
+    if not job.get("sibling"):
+        tree["model"]["init_seed"] = job["seed"]
     return Spec.model_validate(tree)
 
 

@@ -27,20 +27,24 @@ from search.trials import budget, searched_config
 worker = LazyModule("search.trainable")
 
 
-def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, location: str
-                  ) -> tune.Tuner:
+def restore_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, location: str,
+                  trunk: dict[str, Any] | None = None) -> tune.Tuner:
     """The interrupted search whose Ray experiment is at `location` (the run folder, or a
     URI in an object store), to continue: finished trials stay, unfinished and errored ones
     resume from their last checkpoint (errored ones count against `search.max_failures`
     again). Its MLflow callback comes back from Ray's saved state."""
-    return tune.Tuner.restore(location, _trial_fn(spec, split, data_root),
+    return tune.Tuner.restore(location, _trial_fn(spec, split, data_root, trunk),
                               resume_unfinished=True, resume_errored=True)
 
 
-def _trial_fn(spec: Spec, split: dict[str, list[str]], data_root: str):
-    """The trainable with the base spec, split and data folder bound, and its resources."""
+def _trial_fn(spec: Spec, split: dict[str, list[str]], data_root: str,
+              trunk: dict[str, Any] | None = None):
+    """The trainable with the base spec, split, data folder and shared trunk bound, and its
+    resources."""
+    extra = {"trunk": trunk} if trunk is not None else {}
     return _with_resources(spec, tune.with_parameters(
-        worker.trainable, base=spec, split=split, data_root=data_root), "SegtuneTrial")
+        worker.trainable, base=spec, split=split, data_root=data_root, **extra),
+        "SegtuneTrial")
 
 
 def _trial_repr(self) -> str:
@@ -81,15 +85,15 @@ def make_searcher(spec: Spec, study: str | None, name: str):
 
 
 def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: str,
-               storage: str | Path, callbacks: list[Callback], study: str | None = None
-               ) -> tune.Tuner:
+               storage: str | Path, callbacks: list[Callback], study: str | None = None,
+               trunk: dict[str, Any] | None = None) -> tune.Tuner:
     """The `Tuner` for a spec: OptunaSearch over `define_by_run(spec)` with the spec's seeded
     sampler, ASHA (or FIFO) on epochs, a concurrency limit and per-trial resources. `storage`
     is a local folder or an object-store URI (`s3://bucket/prefix`). `study` is the RDB URL
     where the Optuna study (named `name`) is kept (`search.study`; None: in memory)."""
     s = spec.search
     return _tuner(
-        _trial_fn(spec, split, data_root), spec, name, storage, callbacks,
+        _trial_fn(spec, split, data_root, trunk), spec, name, storage, callbacks,
         tune_config=dict(
             num_samples=s.num_trials,
             # metric and mode go to the searcher and the scheduler, not to TuneConfig: a
@@ -106,12 +110,15 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
 
 
 def make_job_tuner(spec: Spec, jobs: dict[str, dict[str, Any]], data_root: str, name: str,
-                   storage: str | Path, callbacks: list[Callback]) -> tune.Tuner:
+                   storage: str | Path, callbacks: list[Callback],
+                   start: dict[str, Any] | None = None) -> tune.Tuner:
     """The `Tuner` of retrain jobs: a grid over the job names, each `job_trainable` trained
     to its end (no searcher, no scheduler), with the spec's concurrency, resources and
-    retries."""
+    retries; from the state `start` when given (siblings' fork point)."""
+    extra = {"start": start} if start is not None else {}
     fn = _with_resources(spec, tune.with_parameters(
-        worker.job_trainable, base=spec, jobs=jobs, data_root=data_root), "SegtuneJob")
+        worker.job_trainable, base=spec, jobs=jobs, data_root=data_root, **extra),
+        "SegtuneJob")
     return _tuner(fn, spec, name, storage, callbacks, tune_config={},
                   run_config=dict(checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
                   param_space={"job": tune.grid_search(list(jobs))})
@@ -173,6 +180,8 @@ def trial_records(results: tune.ResultGrid, location: str | Path, spec: Spec
             "val_hd95_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
                                    if k.startswith("val_hd95/")},
             "best_epoch": best.get("epoch"),
+            # With train.average: the averaged weights in that checkpoint (a soup ingredient).
+            **({"avg_val_dice": best["avg/val_dice"]} if "avg/val_dice" in best else {}),
             "checkpoint": relative(best_path, str(location)) if best_path else None,
             "error": _error_line(result.error),
         })
@@ -184,7 +193,8 @@ def _error_line(error: BaseException | None) -> str | None:
     """The trial's own exception (`Type: message`), not Ray's wrapper around it."""
     if error is None:
         return None
-    cause = getattr(error, "cause", None) or error.__cause__
+    # Ray gives a string when a reused worker could not be reset for the trial.
+    cause = getattr(error, "cause", None) or getattr(error, "__cause__", None)
     if cause is not None:
         text = str(cause).strip().splitlines()
         return f"{type(cause).__name__}: {text[0] if text else ''}"[:500]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from train_fn.averaging import WeightAverage, start_epoch
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
 from train_fn.data import PatchSampler, load_volumes, sample_workers
 from train_fn.datasets import Dataset, open_dataset
@@ -150,12 +151,14 @@ def train(
     data: Dataset | str | Path,
     report: Report | None = None,
     resume: dict[str, Any] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `spec` (fully resolved: no search leaves) and validate after every epoch.
 
     `data` is the opened dataset (or its folder). `report(metrics, state)` receives each
-    epoch's metrics and the checkpoint state; `resume` is a state to continue from. Returns
-    the last epoch's metrics.
+    epoch's metrics and the checkpoint state; `resume` is a state to continue from; `init`
+    ({model, ancestor}: a shared trunk's weights) is where a new run starts, with a fresh
+    optimizer, instead of the initial weights. Returns the last epoch's metrics.
     """
     t_start = time.perf_counter()
     torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
@@ -169,6 +172,10 @@ def train(
 
     model = build_model(spec.model, *shape)
     init_fingerprint = weights_fingerprint(model)
+    ancestor = None
+    if init is not None and resume is None:
+        model.load_state_dict(init["model"])
+        ancestor = init["ancestor"]
     model.to(device)
     kind = OPTIMIZERS[spec.optimizer.name]
     optimizer = build_optimizer(
@@ -177,7 +184,10 @@ def train(
     )
     # Schedule-free optimizers keep their own warmup and averaging: no external schedule.
     schedule = None if kind.schedule_free else build_schedule(optimizer, spec)
-    start_epoch = 0
+    first_epoch = 0
+    average = None if spec.train.average == "none" else WeightAverage(
+        model, spec.train.average, start_epoch(spec.train.average_fraction, spec.train.epochs),
+        spec.train.ema_decay, kind.schedule_free)
     if resume is not None:
         if resume["init_fingerprint"] != init_fingerprint:
             raise ValueError("the checkpoint to resume from has different initial weights")
@@ -185,7 +195,10 @@ def train(
         optimizer.load_state_dict(resume["optimizer"])  # schedule-free: saved in eval mode
         if schedule is not None:
             schedule.load_state_dict(resume["scheduler"])
-        start_epoch = resume["epoch"]
+        first_epoch = resume["epoch"]
+        ancestor = resume.get("ancestor")
+        if average is not None and resume.get("averaged"):
+            average.load(resume["averaged"])
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=spec.train.precision == "fp16")
     if resume is not None and resume.get("scaler"):
@@ -208,9 +221,9 @@ def train(
     logger.info("setup took %.1fs", time.perf_counter() - t_start)
 
     metrics: dict[str, Any] = {}
-    epoch, phase = start_epoch, "training"
+    epoch, phase = first_epoch, "training"
     try:
-        for epoch in range(start_epoch, spec.train.epochs):
+        for epoch in range(first_epoch, spec.train.epochs):
             phase = "training"
             model.train()
             if kind.schedule_free:
@@ -235,6 +248,8 @@ def train(
                 scaler.update()
                 if schedule is not None:
                     schedule.step()
+                if average is not None:
+                    average.after_step(model, epoch)
                 loss_sum += loss.detach()
             if not bool(torch.isfinite(loss_sum)):
                 # Diverged: the weights are no longer worth validating or saving. Report why
@@ -253,6 +268,8 @@ def train(
                 refresh_batchnorm(model, (x for x, _ in sampler.epoch(BN_EPOCH, bn_batches,
                                                                       spec.train.batch_size)),
                                   device)
+            if average is not None:
+                average.after_epoch(model, epoch)
             phase = "validation"
             val_dice, per_class, per_hd95 = evaluate(model, val_vols, spec.train, device,
                                                      ds.regions, hd95_due(spec, epoch + 1))
@@ -281,12 +298,30 @@ def train(
                 "architecture": architecture(spec.model, *shape),
                 "init_seed": spec.model.init_seed,
                 "init_fingerprint": init_fingerprint,
+                "ancestor": ancestor,  # the shared trunk it started from (None: its init)
             }
+            if average is not None and average.count:
+                state["averaged"] = validate_average(average, spec, val_vols, ds, device,
+                                                     sampler, bn_batches)
+                metrics.update({f"avg/{k}": v for k, v in state["averaged"]["metrics"].items()})
             if report is not None:
                 report(metrics, state)
     except torch.OutOfMemoryError as err:
         raise out_of_memory(spec, device, epoch + 1, phase, err) from err
     return metrics
+
+
+def validate_average(average: WeightAverage, spec: Spec, val_vols: list, ds: Dataset,
+                     device: torch.device, sampler: PatchSampler, bn_batches: int
+                     ) -> dict[str, Any]:
+    """The averaged weights with BatchNorm statistics of their own, validated (without HD95):
+    the checkpoint's `averaged` entry."""
+    net = average.model.module
+    refresh_batchnorm(net, (x for x, _ in sampler.epoch(BN_EPOCH, bn_batches,
+                                                        spec.train.batch_size)), device)
+    val_dice, per_class, _ = evaluate(net, val_vols, spec.train, device, ds.regions, False)
+    return average.state({"val_dice": val_dice,
+                          **{f"val_dice/{k}": v for k, v in per_class.items()}})
 
 
 def run_plain(spec: Spec, split: dict[str, list[str]], data: Dataset | str | Path,

@@ -265,6 +265,11 @@ class TrainSpec(_Section):
     sample_workers: int | None = Field(None, ge=0, le=32)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 only on CUDA
     compile: StrictBool = False  # torch.compile the model for the training steps
+    # Weight averaging over the last `average_fraction` of the epochs (train_fn.averaging):
+    # none, swa (the mean of the epoch-end weights) or ema (per step, decay `ema_decay`).
+    average: Literal["none", "swa", "ema"] = "none"
+    average_fraction: float = Field(0.25, gt=0, le=1)
+    ema_decay: float = Field(0.99, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _fits(self):
@@ -288,6 +293,9 @@ class SearchSpec(_Section):
     max_failures: int = Field(1, ge=0, le=1000)
     # checked after each epoch
     trial_time_limit_s: float | None = Field(None, gt=0, le=366 * 86400)
+    # Fork-then-search (search.trunk): one shared trunk trained for this many epochs at the
+    # centre of the searched ranges before the search; every trial starts from its weights.
+    trunk_epochs: int = Field(0, ge=0, le=100_000)
 
 
 class ResourcesSpec(_Section):
@@ -298,6 +306,11 @@ class ResourcesSpec(_Section):
 class SoupSpec(_Section):
     enabled: StrictBool = True
     top_k: int = Field(4, ge=1, le=1000)
+    # Sibling soups (search.siblings): K copies of the best trial forked from its own
+    # checkpoint at `fork_fraction` of its epochs, each finishing with its own seed; the soups
+    # are then made of the best trial and its siblings. 0: the top_k trials, as before.
+    siblings: int = Field(0, ge=0, le=1000)
+    fork_fraction: float = Field(0.5, gt=0, lt=1)
 
 
 class CVSpec(_Section):

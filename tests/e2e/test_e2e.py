@@ -153,6 +153,13 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
     assert parent.data.metrics["soup/greedy/test_dice"] == pytest.approx(
         summary["soups"]["greedy"]["test_dice"])
     assert "best/test_dice/aorta" in parent.data.metrics
+    # The test-split reference: per-case spread and interval, on the parent and each result.
+    ref = summary["reference"]["models"]
+    assert set(ref) == {"best", "uniform", "greedy", "ensemble"}
+    assert parent.data.metrics["reference/ensemble/test_dice/mean"] == pytest.approx(
+        ref["ensemble"]["mean"]["mean"])
+    assert results["greedy"].data.metrics["test_dice_ci_low"] == pytest.approx(
+        ref["greedy"]["mean"]["ci95"][0])
     assert "lr_finder/suggestion" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"lr_finder_plot.png", "summary.json", "soup.json"} <= artifacts
