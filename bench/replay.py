@@ -1,0 +1,140 @@
+"""The race on the table of learning curves (issue 27, part 3): every strategy of
+`bench/replay_strategies.py`, many seeds, on a simulated clock with the demo's 2 workers.
+
+For each strategy and seed: the anytime curve (best validation Dice found against epochs spent
+and simulated seconds), epochs and seconds to the table's best minus 0.01, and the test Dice
+of the epoch it would pick (the best validation Dice it saw within the budget). Baseline: the
+table's whole design (a dense Sobol design: "the grid") in random orders, each configuration
+to its end.
+
+    PYTHONPATH=. python bench/replay.py --seeds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.curve_table import SPACE  # noqa: E402
+from bench.replay_core import Table, simulate  # noqa: E402
+from bench.replay_strategies import (  # noqa: E402
+    FixedOrder,
+    OptunaPruned,
+    SegtuneTpeAsha,
+    SmacHyperband,
+    SyneTune,
+    random_order,
+)
+
+TOLERANCE = 0.01
+WORKERS = 2  # the shipped demo's search.max_concurrent
+SPEC = HERE / "curve_table.yaml"
+
+
+def strategies(table: Table, workdir: str) -> dict[str, Any]:
+    """name -> factory(seed) of every raced strategy."""
+    everything = list(range(len(table.configs)))
+    return {
+        "grid (design) in random order": lambda s: FixedOrder(
+            table, random_order(table, everything, 1000 + s)),
+        "segtune TPE + ASHA": lambda s: SegtuneTpeAsha(table, str(SPEC), s),
+        "Optuna TPE + HyperbandPruner": lambda s: OptunaPruned(table, s, "hyperband"),
+        "Optuna TPE + SuccessiveHalvingPruner": lambda s: OptunaPruned(table, s, "sha"),
+        "Syne Tune BOHB (async)": lambda s: SyneTune(table, s, "BOHB"),
+        "Syne Tune ASHA (random)": lambda s: SyneTune(table, s, "ASHA"),
+        "SMAC3 Hyperband + RF": lambda s: SmacHyperband(table, s, workdir),
+    }
+
+
+def run_one(factory, seed: int, table: Table, budget: int, target: float) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    trace = simulate(factory(seed), table, WORKERS, budget)
+    epochs, seconds = trace.to_target(target)
+    pick = trace.pick(budget)
+    curve = [best for _, _, best, _ in trace.anytime()]
+    times = [t for _, t, _, _ in trace.anytime()]
+    return {"seed": seed, "epochs_to_target": epochs, "seconds_to_target": seconds,
+            "epochs_spent": len(trace.events), "pick_val": pick.val, "pick_test": pick.test,
+            "pick_config": table.configs[pick.index], "pick_epoch": pick.epoch,
+            "curve": [round(x, 4) for x in curve], "times": [round(t, 1) for t in times],
+            "replay_s": round(time.perf_counter() - t0, 2)}
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """(25th, 50th, 75th percentile), infinity for seeds that never reached the target."""
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else xs * 3
+    return q[0], statistics.median(xs), q[2]
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key in ("epochs_to_target", "seconds_to_target", "pick_test", "pick_val",
+                "epochs_spent"):
+        out[key] = quartiles([r[key] for r in runs])
+    out["reached"] = sum(not math.isinf(r["epochs_to_target"]) for r in runs)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", default=str(HERE / "curve_table.jsonl"))
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--budget", type=int, default=None,
+                        help="epochs per search (default: the whole design's)")
+    parser.add_argument("--only", default=None, help="strategies whose name contains this")
+    parser.add_argument("--out", default=str(HERE / "replay"))
+    args = parser.parse_args()
+    table = Table.load(args.table, SPACE)
+    design = len(table.configs) * table.epochs
+    budget = args.budget or design
+    target = table.best_val - TOLERANCE
+    result: dict[str, Any] = {
+        "configs": len(table.configs), "epochs": table.epochs, "design_epochs": design,
+        "budget": budget, "table_best_val": table.best_val, "target": target,
+        "workers": WORKERS, "epoch_seconds": table.epoch_seconds,
+        "nearest_error": table.nearest_error(), "strategies": {}}
+    with tempfile.TemporaryDirectory(prefix="replay-") as workdir:
+        for name, factory in strategies(table, workdir).items():
+            if args.only and args.only not in name:
+                continue
+            runs = [run_one(factory, s, table, budget, target) for s in range(args.seeds)]
+            result["strategies"][name] = {"runs": runs, **summarise(runs)}
+            print(line(name, result["strategies"][name], design), flush=True)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(_finite(result)) + "\n")
+    from bench.replay_report import plot
+
+    plot(result, Path(args.out).with_suffix(".png"))
+
+
+def line(name: str, block: dict[str, Any], design: int) -> str:
+    e, s, t = block["epochs_to_target"], block["seconds_to_target"], block["pick_test"]
+    return (f"{name:38s} epochs {_n(e[1])} [{_n(e[0])}-{_n(e[2])}] ({_n(e[1] / design, 2)} of "
+            f"the design)  sim {_n(s[1] / 60, 1)} min [{_n(s[0] / 60, 1)}-{_n(s[2] / 60, 1)}]"
+            f"  test {t[1]:.3f} [{t[0]:.3f}-{t[2]:.3f}]  reached {block['reached']}")
+
+
+def _n(x: float, digits: int = 0) -> str:
+    return "-" if math.isinf(x) or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _finite(x):
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and math.isinf(x) else x
+
+
+if __name__ == "__main__":
+    main()

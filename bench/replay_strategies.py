@@ -1,0 +1,240 @@
+"""The strategies raced on the table (issue 27, part 2), each driven through its own code:
+
+- `SegtuneTpeAsha`: segtune's searcher and scheduler as `python -m search run` builds them
+  (`search.tuner.make_searcher` / `make_scheduler` on the table's spec: Ray's ASHAScheduler,
+  segtune's StudySearch over Optuna's TPESampler), fed as Ray's TuneController feeds them;
+- `OptunaPruned`: Optuna's TPESampler with its HyperbandPruner or SuccessiveHalvingPruner,
+  through ask / report / should_prune / tell (two trials in flight at a time, as two
+  `study.optimize` workers on one storage would have);
+- `SyneTune`: Syne Tune's own schedulers (BOHB: asynchronous successive halving with a KDE
+  searcher; ASHA), through suggest / on_trial_result / on_trial_complete;
+- `SmacHyperband`: SMAC3's MultiFidelityFacade (random forest + Hyperband) through ask / tell;
+  a configuration asked at a budget of b epochs trains b epochs from scratch (SMAC neither
+  keeps nor resumes checkpoints);
+- `FixedOrder`: a list of tabulated configurations, each to its end (the grid in a random
+  order; random search).
+
+Peers get segtune's first rung as their minimum resource (4 epochs) and keep their own
+default reduction factors.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import numpy as np
+
+from bench.replay_core import CONTINUE, DONE, PAUSE, STOP, ReplayTrial, Table
+
+MIN_RESOURCE = 4
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class FixedOrder:
+    """Tabulated configurations `order`, in that order, each trained to its last epoch."""
+
+    def __init__(self, table: Table, order: list[int]):
+        self.table, self.order, self.n = table, list(order), 0
+
+    def start(self):
+        if self.n >= len(self.order):
+            return DONE
+        self.n += 1
+        return ReplayTrial(self.n, self.order[self.n - 1], self.table)
+
+    def result(self, trial, row):
+        return CONTINUE
+
+    def finished(self, trial, row):
+        pass
+
+
+class _RayTrial:
+    """What Ray's schedulers read off a trial."""
+
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
+
+
+class SegtuneTpeAsha:
+    """segtune's default: the table's spec, seeded, through `make_searcher` and
+    `make_scheduler`; `num_trials` from the spec ends the search, as in a real one."""
+
+    def __init__(self, table: Table, spec_path: str, seed: int, overrides: list[str] = ()):
+        from search.spec import load_spec
+        from search.tuner import make_scheduler, make_searcher
+
+        np.random.seed(seed)  # ASHA draws its bracket with numpy's global generator
+        self.spec = load_spec(spec_path, [f"search.seed={seed}", *overrides])
+        self.searcher = make_searcher(self.spec, None, f"replay-{seed}")
+        self.scheduler = make_scheduler(self.spec)
+        self.table, self.n, self.trials = table, 0, {}
+
+    def start(self):
+        if self.n >= self.spec.search.num_trials:
+            return DONE
+        self.n += 1
+        tid = f"t{self.n:04d}"
+        config = _flat(self.searcher.suggest(tid))
+        self.trials[tid] = _RayTrial(tid)
+        self.scheduler.on_trial_add(None, self.trials[tid])
+        return ReplayTrial(tid, self.table.nearest(config), self.table)
+
+    def result(self, trial, row):
+        ray_trial = self.trials[trial.key]
+        result = {**row, "time_total_s": float(row["epoch"])}
+        decision = self.scheduler.on_trial_result(None, ray_trial, result)
+        if decision == "STOP":  # as TuneController.stop_trial: scheduler, then searcher
+            self.scheduler.on_trial_complete(None, ray_trial, result)
+            self.searcher.on_trial_complete(trial.key, result=result)
+            return STOP
+        self.searcher.on_trial_result(trial.key, result)
+        return CONTINUE
+
+    def finished(self, trial, row):  # ASHA stops at max_t itself; not reached
+        self.result(trial, row)
+
+
+class OptunaPruned:
+    """Optuna's TPE with a pruner; every reported epoch goes through `should_prune`."""
+
+    def __init__(self, table: Table, seed: int, pruner: str, startup: int = 10):
+        import optuna
+
+        from search.spec import load_spec  # noqa: F401 - the same Optuna as segtune
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if pruner == "hyperband":
+            p = optuna.pruners.HyperbandPruner(min_resource=MIN_RESOURCE,
+                                               max_resource=table.epochs)
+        else:
+            p = optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_RESOURCE)
+        self.study = optuna.create_study(
+            direction="maximize", pruner=p,
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
+        self.distributions = _optuna_space(table)
+        self.table, self.best = table, {}
+
+    def start(self):
+        trial = self.study.ask(self.distributions)
+        return ReplayTrial(trial, self.table.nearest(trial.params), self.table)
+
+    def result(self, trial, row):
+        ot = trial.key
+        self.best[ot.number] = max(self.best.get(ot.number, 0.0), row["val_dice"])
+        ot.report(row["val_dice"], row["epoch"])
+        if ot.should_prune():
+            import optuna
+
+            self.study.tell(ot, state=optuna.trial.TrialState.PRUNED)
+            return STOP
+        return CONTINUE
+
+    def finished(self, trial, row):
+        self.study.tell(trial.key, self.best[trial.key.number])
+
+
+def _optuna_space(table: Table) -> dict[str, Any]:
+    import optuna
+
+    return {k: optuna.distributions.FloatDistribution(d["low"], d["high"], log=d["log"])
+            for k, d in table.space.items()}
+
+
+class SyneTune:
+    """A Syne Tune scheduler (`BOHB` or `ASHA` from `syne_tune.optimizer.baselines`)."""
+
+    def __init__(self, table: Table, seed: int, name: str):
+        from datetime import datetime
+
+        from syne_tune import config_space as cs
+        from syne_tune.optimizer import baselines
+
+        logging.getLogger("syne_tune").setLevel(logging.WARNING)
+        space = {k: (cs.loguniform if d["log"] else cs.uniform)(d["low"], d["high"])
+                 for k, d in table.space.items()}
+        self.scheduler = getattr(baselines, name)(
+            space, metric="val_dice", time_attr="epoch", max_t=table.epochs,
+            do_minimize=False, random_seed=seed, grace_period=MIN_RESOURCE)
+        self.table, self.n, self.now = table, 0, datetime.now
+        self.trials: dict[int, Any] = {}
+
+    def start(self):
+        from syne_tune.backend.trial_status import Trial
+
+        suggestion = self.scheduler.suggest()
+        if suggestion is None:
+            return DONE
+        config = suggestion.config
+        trial = Trial(trial_id=self.n, config=config, creation_time=self.now())
+        self.trials[self.n] = trial
+        self.n += 1
+        self.scheduler.on_trial_add(trial)
+        return ReplayTrial(trial.trial_id, self.table.nearest(config), self.table)
+
+    def result(self, trial, row):
+        decision = self.scheduler.on_trial_result(self.trials[trial.key], row)
+        if decision == "STOP":
+            self.scheduler.on_trial_complete(self.trials[trial.key], row)
+            return STOP
+        return CONTINUE
+
+    def finished(self, trial, row):
+        self.scheduler.on_trial_complete(self.trials[trial.key], row)
+
+
+class SmacHyperband:
+    """SMAC3's multi-fidelity facade: a random forest proposes, Hyperband (eta 3) assigns
+    budgets in epochs, from MIN_RESOURCE to the table's last epoch."""
+
+    def __init__(self, table: Table, seed: int, workdir: str):
+        from ConfigSpace import ConfigurationSpace, Float
+        from smac import MultiFidelityFacade, Scenario
+
+        logging.getLogger("smac").setLevel(logging.ERROR)
+        cs = ConfigurationSpace(seed=seed)
+        cs.add([Float(k, (d["low"], d["high"]), log=d["log"]) for k, d in table.space.items()])
+        scenario = Scenario(cs, deterministic=True, n_trials=100_000, seed=seed,
+                            min_budget=MIN_RESOURCE, max_budget=table.epochs,
+                            output_directory=f"{workdir}/smac-{seed}")
+        self.smac = MultiFidelityFacade(
+            scenario, target_function=lambda config, seed=0, budget=0: 0.0,
+            intensifier=MultiFidelityFacade.get_intensifier(scenario, eta=3),
+            overwrite=True, logging_level=False)
+        self.table, self.info = table, {}
+
+    def start(self):
+        info = self.smac.ask()
+        trial = ReplayTrial(len(self.info), self.table.nearest(dict(info.config)), self.table,
+                            stop_at=int(round(info.budget)))
+        self.info[trial.key] = info
+        return trial
+
+    def result(self, trial, row):
+        return CONTINUE
+
+    def finished(self, trial, row):
+        from smac.runhistory.dataclasses import TrialValue
+
+        best = float(self.table.val[trial.index, :trial.epoch].max())
+        self.smac.tell(self.info[trial.key], TrialValue(cost=1.0 - best))
+
+
+def random_order(table: Table, indices: list[int], seed: int) -> list[int]:
+    return random.Random(seed).sample(indices, len(indices))
+
+
+# Unused names kept for the simulator's protocol (PAUSE: synchronous schedulers).
+__all__ = ["FixedOrder", "OptunaPruned", "SegtuneTpeAsha", "SmacHyperband", "SyneTune",
+           "random_order", "PAUSE"]
