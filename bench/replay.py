@@ -30,6 +30,7 @@ from bench.replay_core import Table, simulate  # noqa: E402
 from bench.replay_strategies import (  # noqa: E402
     FixedOrder,
     OptunaPruned,
+    RayBohb,
     SegtuneTpeAsha,
     SmacHyperband,
     SyneTune,
@@ -48,6 +49,7 @@ def strategies(table: Table, workdir: str) -> dict[str, Any]:
         "grid (design) in random order": lambda s: FixedOrder(
             table, random_order(table, everything, 1000 + s)),
         "segtune TPE + ASHA": lambda s: SegtuneTpeAsha(table, str(SPEC), s),
+        "Ray TuneBOHB + HyperBandForBOHB": lambda s: RayBohb(table, s),
         "Optuna TPE + HyperbandPruner": lambda s: OptunaPruned(table, s, "hyperband"),
         "Optuna TPE + SuccessiveHalvingPruner": lambda s: OptunaPruned(table, s, "sha"),
         "Syne Tune BOHB (async)": lambda s: SyneTune(table, s, "BOHB"),

@@ -231,10 +231,99 @@ class SmacHyperband:
         self.smac.tell(self.info[trial.key], TrialValue(cost=1.0 - best))
 
 
+class RayBohb:
+    """Ray Tune's `TuneBOHB` + `HyperBandForBOHB` (synchronous brackets: trials PAUSE at a
+    rung until the bracket's other trials get there), fed as Ray's TuneController feeds them:
+    new trials are suggested while fewer than `max_pending` wait, the scheduler's
+    `choose_trial_to_run` picks what a free worker runs, a paused trial resumes from its
+    checkpoint, `stop_trial` mirrors the controller's. No `max_concurrent_trials` (Ray's
+    ConcurrencyLimiter counts paused trials, which would shrink every bracket to 2 trials):
+    the 2 workers alone limit how many run."""
+
+    def __init__(self, table: Table, seed: int, max_pending: int = 16):
+        from ray import tune
+        from ray.tune.experiment import Trial
+        from ray.tune.schedulers.hb_bohb import HyperBandForBOHB
+        from ray.tune.search.bohb import TuneBOHB
+
+        logging.getLogger("hpbandster").setLevel(logging.WARNING)
+        self.names = {k.replace(".", "__"): k for k in table.space}
+        space = {n: (tune.loguniform if table.space[k]["log"] else tune.uniform)(
+            table.space[k]["low"], table.space[k]["high"]) for n, k in self.names.items()}
+        self.searcher = TuneBOHB(space, metric="val_dice", mode="max", seed=seed)
+        self.scheduler = HyperBandForBOHB(time_attr="training_iteration", metric="val_dice",
+                                          mode="max", max_t=table.epochs)
+        self.status = Trial
+        self.search_alg = type("SearchAlg", (), {"searcher": self.searcher})()
+        self.table, self.max_pending, self.trials, self.n = table, max_pending, [], 0
+
+    # The TuneController surface the scheduler calls.
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, t) -> None:
+        if t.status in (self.status.PENDING, self.status.PAUSED):
+            self.scheduler.on_trial_remove(self, t)
+            self.searcher.on_trial_complete(t.trial_id)
+        elif t.status == self.status.RUNNING:
+            self.scheduler.on_trial_complete(self, t, t.last_result)
+            self.searcher.on_trial_complete(t.trial_id, result=t.last_result)
+            t.killed = True  # running on the other worker: ends at its next epoch
+        t.status = self.status.TERMINATED
+
+    def start(self):
+        pending = sum(t.status == self.status.PENDING for t in self.trials)
+        while pending < self.max_pending:
+            self.n += 1
+            tid = f"b{self.n:04d}"
+            config = self.searcher.suggest(tid)
+            if config is None:
+                break
+            config = {self.names[k]: v for k, v in _flat(config).items()}
+            t = _BohbTrial(tid, ReplayTrial(tid, self.table.nearest(config), self.table),
+                           self.status.PENDING)
+            self.trials.append(t)
+            self.scheduler.on_trial_add(self, t)
+            pending += 1
+        t = self.scheduler.choose_trial_to_run(self)
+        if t is None:
+            return None
+        t.status = self.status.RUNNING
+        return t.replay
+
+    def result(self, trial, row):
+        t = next(x for x in self.trials if x.trial_id == trial.key)
+        if t.killed:
+            return STOP
+        result = {**row, "time_total_s": float(row["epoch"])}
+        t.last_result = result
+        decision = self.scheduler.on_trial_result(self, t, result)
+        if decision == "STOP":
+            self.stop_trial(t)
+            t.killed = False
+            return STOP
+        self.searcher.on_trial_result(t.trial_id, result)
+        if decision == "PAUSE":
+            t.status = self.status.PAUSED
+            return PAUSE
+        return CONTINUE
+
+    def finished(self, trial, row):
+        t = next(x for x in self.trials if x.trial_id == trial.key)
+        if t.status == self.status.RUNNING:
+            self.stop_trial(t)
+
+
+class _BohbTrial:
+    """What Ray's HyperBand brackets read off a trial."""
+
+    def __init__(self, trial_id: str, replay: ReplayTrial, status: str):
+        self.trial_id, self.replay, self.status = trial_id, replay, status
+        self.last_result: dict[str, Any] = {}
+        self.is_saving, self.killed = False, False
+
+
 def random_order(table: Table, indices: list[int], seed: int) -> list[int]:
     return random.Random(seed).sample(indices, len(indices))
 
 
-# Unused names kept for the simulator's protocol (PAUSE: synchronous schedulers).
-__all__ = ["FixedOrder", "OptunaPruned", "SegtuneTpeAsha", "SmacHyperband", "SyneTune",
-           "random_order", "PAUSE"]

@@ -47,12 +47,16 @@ class StudySearch(OptunaSearch):
     `cv.mode: every`)."""
 
     def __init__(self, space, metric: str, mode: str, sampler, url: str | None,
-                 study_name: str, budget: int):
+                 study_name: str, budget: int, history=(), best_first: int = 0):
         # url None: an in-memory study (a search without a run folder, as in the benchmarks).
         super().__init__(space, metric=metric, mode=mode, sampler=sampler,
                          study_name=study_name,
                          storage=optuna.storages.RDBStorage(url) if url else None)
         self._budget = budget
+        if history:  # --warm-start: earlier runs' trials (search.warmstart)
+            from search.warmstart import seed_study
+
+            seed_study(self._ot_study, list(history), best_first)
         self._best: dict[str, float] = {}  # Ray trial id -> best metric so far
         self._step: dict[str, int] = {}  # Ray trial id -> last step reported to Optuna
 
