@@ -114,9 +114,10 @@ def main() -> None:
             result["strategies"][name] = {"runs": runs, **summarise(runs)}
             print(line(name, result["strategies"][name], design), flush=True)
     Path(args.out).with_suffix(".json").write_text(json.dumps(_finite(result)) + "\n")
-    from bench.replay_report import plot
+    from bench.replay_report import plot, table
 
     plot(result, Path(args.out).with_suffix(".png"))
+    print(table(result))
 
 
 def line(name: str, block: dict[str, Any], design: int) -> str:
