@@ -35,6 +35,7 @@ from bench.replay_strategies import (  # noqa: E402
     SmacHyperband,
     SyneTune,
     random_order,
+    warm_history,
 )
 
 TOLERANCE = 0.01
@@ -55,6 +56,31 @@ def strategies(table: Table, workdir: str) -> dict[str, Any]:
         "Syne Tune BOHB (async)": lambda s: SyneTune(table, s, "BOHB"),
         "Syne Tune ASHA (random)": lambda s: SyneTune(table, s, "ASHA"),
         "SMAC3 Hyperband + RF": lambda s: SmacHyperband(table, s, workdir),
+    }
+
+
+def variants(table: Table) -> dict[str, Any]:
+    """segtune's TPE + ASHA with one setting changed at a time (issue 27, part 4)."""
+    spec = str(SPEC)
+
+    def seg(overrides=(), **kw):
+        return lambda s: SegtuneTpeAsha(table, spec, s, list(overrides), **kw)
+
+    return {
+        "segtune default (36 trials, 10 start-up, grace 4, rf 2)": seg(),
+        "5 start-up trials": seg(tpe={"n_startup_trials": 5}),
+        "multivariate TPE": seg(tpe={"multivariate": True}),
+        "multivariate TPE, 5 start-up": seg(tpe={"n_startup_trials": 5, "multivariate": True}),
+        "ASHA reduction factor 3": seg(["search.reduction_factor=3"]),
+        "ASHA grace period 2": seg(["search.grace_period=2"]),
+        "ASHA grace period 6": seg(["search.grace_period=6"]),
+        "48 trials": seg(["search.num_trials=48"]),
+        "stopped trials told COMPLETE (Ray's OptunaSearch)": seg(plain_optuna=True),
+        # Part 5: warm-started from a whole earlier search with another seed (its epochs are
+        # not counted: they were spent before).
+        "warm start from a search with seed + 100": lambda s: SegtuneTpeAsha(
+            table, spec, s, history=warm_history(table, spec, s + 100, WORKERS,
+                                                 len(table.configs) * table.epochs)),
     }
 
 
@@ -95,7 +121,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=None,
                         help="epochs per search (default: the whole design's)")
     parser.add_argument("--only", default=None, help="strategies whose name contains this")
-    parser.add_argument("--out", default=str(HERE / "replay"))
+    parser.add_argument("--variants", action="store_true",
+                        help="race variants of segtune's default instead of the peers")
+    parser.add_argument("--out", default=None,
+                        help="json/png stem (default: bench/replay, bench/replay_variants)")
     args = parser.parse_args()
     table = Table.load(args.table, SPACE)
     design = len(table.configs) * table.epochs
@@ -107,16 +136,18 @@ def main() -> None:
         "workers": WORKERS, "epoch_seconds": table.epoch_seconds,
         "nearest_error": table.nearest_error(), "strategies": {}}
     with tempfile.TemporaryDirectory(prefix="replay-") as workdir:
-        for name, factory in strategies(table, workdir).items():
+        raced = variants(table) if args.variants else strategies(table, workdir)
+        for name, factory in raced.items():
             if args.only and args.only not in name:
                 continue
             runs = [run_one(factory, s, table, budget, target) for s in range(args.seeds)]
             result["strategies"][name] = {"runs": runs, **summarise(runs)}
             print(line(name, result["strategies"][name], design), flush=True)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(_finite(result)) + "\n")
+    out = Path(args.out or HERE / ("replay_variants" if args.variants else "replay"))
+    out.with_suffix(".json").write_text(json.dumps(_finite(result)) + "\n")
     from bench.replay_report import plot, table
 
-    plot(result, Path(args.out).with_suffix(".png"))
+    plot(result, out.with_suffix(".png"))
     print(table(result))
 
 

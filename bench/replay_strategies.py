@@ -71,13 +71,18 @@ class SegtuneTpeAsha:
     """segtune's default: the table's spec, seeded, through `make_searcher` and
     `make_scheduler`; `num_trials` from the spec ends the search, as in a real one."""
 
-    def __init__(self, table: Table, spec_path: str, seed: int, overrides: list[str] = ()):
+    def __init__(self, table: Table, spec_path: str, seed: int, overrides: list[str] = (),
+                 tpe: dict[str, Any] | None = None, plain_optuna: bool = False,
+                 history: list | None = None):
         from search.spec import load_spec
         from search.tuner import make_scheduler, make_searcher
 
         np.random.seed(seed)  # ASHA draws its bracket with numpy's global generator
         self.spec = load_spec(spec_path, [f"search.seed={seed}", *overrides])
-        self.searcher = make_searcher(self.spec, None, f"replay-{seed}")
+        if tpe is None and not plain_optuna:  # history: as `--warm-start` hands it over
+            self.searcher = make_searcher(self.spec, None, f"replay-{seed}", history or ())
+        else:  # a variant of segtune's default (bench/replay.py --variants)
+            self.searcher = _variant_searcher(self.spec, seed, tpe or {}, plain_optuna)
         self.scheduler = make_scheduler(self.spec)
         self.table, self.n, self.trials = table, 0, {}
 
@@ -104,6 +109,40 @@ class SegtuneTpeAsha:
 
     def finished(self, trial, row):  # ASHA stops at max_t itself; not reached
         self.result(trial, row)
+
+
+def _variant_searcher(spec, seed: int, tpe: dict[str, Any], plain_optuna: bool):
+    """`make_searcher` with another TPESampler (`tpe`: its keyword arguments over segtune's
+    own start-up count), or Ray's plain OptunaSearch, which tells Optuna every trial that
+    ASHA stopped as COMPLETE with its last value (segtune tells PRUNED with its best)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.space import define_by_run, make_sampler
+    from search.study import StudySearch
+    from search.trials import budget
+
+    kwargs = {"n_startup_trials": make_sampler(spec)._n_startup_trials, **tpe}
+    sampler = optuna.samplers.TPESampler(seed=seed, **kwargs)
+    if plain_optuna:
+        return OptunaSearch(define_by_run(spec), metric=spec.search.metric, mode="max",
+                            sampler=sampler)
+    return StudySearch(define_by_run(spec), metric=spec.search.metric, mode="max",
+                       sampler=sampler, url=None, study_name=f"variant-{seed}",
+                       budget=budget(spec))
+
+
+def warm_history(table: Table, spec_path: str, seed: int, workers: int, budget: int) -> list:
+    """The COMPLETE and PRUNED trials of a whole replayed segtune search with `seed`, as
+    `search.warmstart.earlier_trials` reads them from a run's study."""
+    import optuna
+
+    from bench.replay_core import simulate
+
+    earlier = SegtuneTpeAsha(table, spec_path, seed)
+    simulate(earlier, table, workers, budget)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return earlier.searcher._ot_study.get_trials(states=states)
 
 
 class OptunaPruned:
