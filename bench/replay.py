@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -101,8 +100,14 @@ def run_one(factory, seed: int, table: Table, budget: int, target: float) -> dic
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
     """(25th, 50th, 75th percentile), infinity for seeds that never reached the target."""
     xs = sorted(xs)
-    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else xs * 3
-    return q[0], statistics.median(xs), q[2]
+
+    def q(p: float) -> float:  # linear between order statistics; infinite next to infinity
+        pos = p * (len(xs) - 1)
+        lo, hi = xs[math.floor(pos)], xs[math.ceil(pos)]
+        w = pos - math.floor(pos)
+        return lo if w == 0 else hi if math.isinf(hi) else lo + w * (hi - lo)
+
+    return q(0.25), q(0.5), q(0.75)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -143,12 +148,27 @@ def main() -> None:
             runs = [run_one(factory, s, table, budget, target) for s in range(args.seeds)]
             result["strategies"][name] = {"runs": runs, **summarise(runs)}
             print(line(name, result["strategies"][name], design), flush=True)
+    if "segtune TPE + ASHA" in result["strategies"]:
+        result["aim"] = aim(result)
+        print(json.dumps(_finite(result["aim"])))
     out = Path(args.out or HERE / ("replay_variants" if args.variants else "replay"))
     out.with_suffix(".json").write_text(json.dumps(_finite(result)) + "\n")
     from bench.replay_report import plot, table
 
     plot(result, out.with_suffix(".png"))
     print(table(result))
+
+
+def aim(result: dict[str, Any]) -> dict[str, Any]:
+    """Part 6: segtune's median epochs to target against a quarter of the design's epochs, and
+    every peer whose median is better than segtune's by more than segtune's IQR."""
+    ours = result["strategies"]["segtune TPE + ASHA"]["epochs_to_target"]
+    iqr = ours[2] - ours[0]
+    ratio = ours[1] / result["design_epochs"]
+    better = {name: b["epochs_to_target"][1] for name, b in result["strategies"].items()
+              if b["epochs_to_target"][1] < ours[1] - iqr}
+    return {"segtune_median_epochs": ours[1], "segtune_iqr": iqr, "ratio_to_design": ratio,
+            "quarter_met": ratio <= 0.25, "peers_better_by_more_than_iqr": better}
 
 
 def line(name: str, block: dict[str, Any], design: int) -> str:
