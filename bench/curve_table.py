@@ -1,8 +1,13 @@
 """A table of real learning curves (issue 27, part 1): a Sobol design over the searched space
-of the `wide` setup of `bench/search_efficiency.py` (lr, beta1, weight decay, warmup), each
-configuration trained to its last epoch by segtune's own loop (`train_fn.loop.train`, no Ray),
-with per epoch: validation Dice (mean and per region), the seconds the epoch took, and the
-test Dice of that epoch's weights.
+of the `wide` setup of `bench/search_efficiency.py` plus the warmup (lr, beta1, weight decay,
+warmup fraction), each configuration trained to its last epoch by segtune's own loop
+(`train_fn.loop.train`, no Ray), with per epoch: validation Dice (mean and per region), the
+seconds the epoch took (training and validation), and the test Dice of that epoch's weights.
+
+The per-epoch cost is cut below the `wide` setup's so that 100+ configurations fit on 2 shared
+cores: 10 phantom cases (6 train / 2 validation / 2 test), 12 epochs x 8 steps, sliding-window
+validation without overlap; the model (UNet [8, 16, 32]), patches (2 x 32^3) and optimizer
+(schedule-free AdamW) are the `wide` setup's.
 
 One line of JSON per configuration is appended to `--out` as soon as it is trained (a stop
 loses at most the configurations in progress; a rerun skips those done). `--workers`

@@ -112,3 +112,47 @@ def test_segtune_asha_stops_trials_at_its_rungs(tmp_path):
     assert set(per_trial.values()) <= {2, 4, 8}  # rungs at 2 and 4, max_t 8
     assert 2 in per_trial.values() and 8 in per_trial.values()
     assert len(trace.events) < 12 * 8
+
+
+class PauseFirst(FixedOrder):
+    """Pauses trial 1 after epoch 1, resumes it once the others have started."""
+
+    def __init__(self, table, order):
+        super().__init__(table, order)
+        self.paused = None
+
+    def start(self):
+        if self.paused is not None and self.n >= len(self.order):
+            trial, self.paused = self.paused, None
+            return trial
+        return super().start()
+
+    def result(self, trial, row):
+        if trial.key == 1 and row["epoch"] == 1:
+            self.paused = trial
+            from bench.replay_core import PAUSE
+
+            return PAUSE
+        return CONTINUE
+
+
+def test_a_paused_trial_frees_its_worker_and_resumes_where_it_stopped(table):
+    trace = simulate(PauseFirst(table, [0, 1, 2]), table, workers=2, budget=100)
+    got = [(e.index, e.epoch, e.time) for e in trace.events]
+    # Trial 1 pauses at t=1, trial 3 takes its worker; trial 1 resumes (epoch 2 of 3) when
+    # trial 2 ends at t=6, and ends at 6 + 2 + 3 = 11.
+    assert got == [(0, 1, 1.0), (1, 1, 1.0), (2, 1, 2.0), (1, 2, 3.0), (2, 2, 4.0),
+                   (1, 3, 6.0), (2, 3, 7.0), (0, 2, 8.0), (0, 3, 11.0)]
+
+
+def test_optunas_pruner_stops_trials_on_the_replay(tmp_path):
+    from bench.replay_strategies import OptunaPruned
+
+    table = Table.load(write_table(tmp_path / "t.jsonl", n=32, epochs=8, seconds=[1.0] * 8),
+                       SPACE)
+    strategy = OptunaPruned(table, seed=0, pruner="sha", startup=4)
+    trace = simulate(strategy, table, workers=2, budget=120)
+    lengths = [len(t.intermediate_values) for t in strategy.study.trials
+               if t.state.is_finished()]
+    assert 4 in lengths and 8 in lengths and set(lengths) <= {4, 8}  # SH rung at min_resource
+    assert len(trace.events) == 120
