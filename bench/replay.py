@@ -123,27 +123,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default=str(HERE / "curve_table.jsonl"))
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use the table's first N configurations (lines)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="merge finished races (--only parts) into --out, then report")
     parser.add_argument("--budget", type=int, default=None,
                         help="epochs per search (default: the whole design's)")
     parser.add_argument("--only", default=None, help="strategies whose name contains this")
+    parser.add_argument("--skip", default=None, help="strategies whose name contains this")
     parser.add_argument("--variants", action="store_true",
                         help="race variants of segtune's default instead of the peers")
     parser.add_argument("--out", default=None,
                         help="json/png stem (default: bench/replay, bench/replay_variants)")
     args = parser.parse_args()
-    table = Table.load(args.table, SPACE)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
+    table = Table.load(args.table, SPACE, args.limit)
     design = len(table.configs) * table.epochs
     budget = args.budget or design
     target = table.best_val - TOLERANCE
     result: dict[str, Any] = {
         "configs": len(table.configs), "epochs": table.epochs, "design_epochs": design,
-        "budget": budget, "table_best_val": table.best_val, "target": target,
+        "budget": budget, "table_file": str(args.table), "limit": args.limit,
+        "table_best_val": table.best_val, "target": target,
         "workers": WORKERS, "epoch_seconds": table.epoch_seconds,
         "nearest_error": table.nearest_error(), "strategies": {}}
     with tempfile.TemporaryDirectory(prefix="replay-") as workdir:
         raced = variants(table) if args.variants else strategies(table, workdir)
         for name, factory in raced.items():
-            if args.only and args.only not in name:
+            if (args.only and args.only not in name) or (args.skip and args.skip in name):
                 continue
             runs = [run_one(factory, s, table, budget, target) for s in range(args.seeds)]
             result["strategies"][name] = {"runs": runs, **summarise(runs)}
@@ -157,6 +165,33 @@ def main() -> None:
 
     plot(result, out.with_suffix(".png"))
     print(table(result))
+
+
+def merge(parts: list[str], out: Path) -> None:
+    """One result from several `--only` runs on the same table."""
+    results = [json.loads(Path(p).read_text()) for p in parts]
+    result = results[0]
+    for other in results[1:]:
+        assert other["target"] == result["target"], "races on different tables"
+        result["strategies"].update(other["strategies"])
+    result["strategies"] = {k: _infinite(v) for k, v in result["strategies"].items()}
+    if "segtune TPE + ASHA" in result["strategies"]:
+        result["aim"] = aim(result)
+        print(json.dumps(_finite(result["aim"])))
+    out.with_suffix(".json").write_text(json.dumps(_finite(result)) + "\n")
+    from bench.replay_report import plot, table
+
+    plot(result, out.with_suffix(".png"))
+    print(table(result))
+
+
+def _infinite(block: dict[str, Any]) -> dict[str, Any]:
+    """A strategy's block read back from JSON: null (not reached) is infinity again."""
+    for run in block["runs"]:
+        for key in ("epochs_to_target", "seconds_to_target"):
+            run[key] = math.inf if run[key] is None else run[key]
+    block.update(summarise(block["runs"]))
+    return block
 
 
 def aim(result: dict[str, Any]) -> dict[str, Any]:

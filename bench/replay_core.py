@@ -38,9 +38,11 @@ class Table:
     epoch_seconds: list[float]  # the median seconds of epoch k over the table
 
     @classmethod
-    def load(cls, path: str | Path, space: dict[str, dict[str, Any]]) -> Table:
+    def load(cls, path: str | Path, space: dict[str, dict[str, Any]], limit: int | None = None
+             ) -> Table:
+        """The table at `path` (its first `limit` lines: the configurations trained first)."""
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()
-                if line.strip()]
+                if line.strip()][:limit]
         rows.sort(key=lambda r: r["index"])
         epochs = max(len(r["epochs"]) for r in rows)
         rows = [r for r in rows if len(r["epochs"]) == epochs]  # a diverged trial: none so far
