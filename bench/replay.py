@@ -88,13 +88,21 @@ def run_one(factory, seed: int, table: Table, budget: int, target: float) -> dic
     trace = simulate(factory(seed), table, WORKERS, budget)
     epochs, seconds = trace.to_target(target)
     pick = trace.pick(budget)
-    curve = [best for _, _, best, _ in trace.anytime()]
-    times = [t for _, t, _, _ in trace.anytime()]
+    points = [(e, t, best) for e, t, best, _ in trace.anytime()]
     return {"seed": seed, "epochs_to_target": epochs, "seconds_to_target": seconds,
             "epochs_spent": len(trace.events), "pick_val": pick.val, "pick_test": pick.test,
             "pick_config": table.configs[pick.index], "pick_epoch": pick.epoch,
-            "curve": [round(x, 4) for x in curve], "times": [round(t, 1) for t in times],
+            "steps": steps(points),
             "replay_s": round(time.perf_counter() - t0, 2)}
+
+
+def steps(points: list[tuple[int, float, float]]) -> list[list[float]]:
+    """The anytime curve where it rises, and its end: [epochs, simulated s, best]."""
+    out: list[list[float]] = []
+    for i, (e, t, best) in enumerate(points):
+        if not out or best > out[-1][2] or i == len(points) - 1:
+            out.append([e, round(t, 1), round(best, 4)])
+    return out
 
 
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
@@ -188,6 +196,9 @@ def merge(parts: list[str], out: Path) -> None:
 def _infinite(block: dict[str, Any]) -> dict[str, Any]:
     """A strategy's block read back from JSON: null (not reached) is infinity again."""
     for run in block["runs"]:
+        if "curve" in run:  # a race written before `steps`
+            run["steps"] = steps(list(zip(range(1, len(run["curve"]) + 1), run.pop("times"),
+                                          run.pop("curve"), strict=True)))
         for key in ("epochs_to_target", "seconds_to_target"):
             run[key] = math.inf if run[key] is None else run[key]
     block.update(summarise(block["runs"]))

@@ -31,12 +31,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90, sharey=True)
     budget = result["budget"]
-    t_max = max(max(r["times"]) for b in result["strategies"].values() for r in b["runs"])
+    t_max = max(r["steps"][-1][1] for b in result["strategies"].values() for r in b["runs"])
     grids = (np.arange(1, budget + 1, dtype=float), np.linspace(0, t_max, 400))
     for name, block in result["strategies"].items():
         for ax, grid, key in zip(axes, grids, ("epochs", "times"), strict=True):
-            rows = np.stack([at(r["curve"], list(range(1, len(r["curve"]) + 1))
-                                if key == "epochs" else r["times"], grid)
+            col = 0 if key == "epochs" else 1
+            rows = np.stack([at([s[2] for s in r["steps"]], [s[col] for s in r["steps"]], grid)
                              for r in block["runs"]])
             lo, mid, hi = np.percentile(rows, [25, 50, 75], axis=0)
             x = grid if key == "epochs" else grid / 60
