@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from search import stopping
+from search import stopping, warmstart
 from search.callbacks import MlflowCallback
 from search.errors import ArgumentError, ResourceError, RunFolderError
 from search.lazy import LazyModule
@@ -114,22 +114,32 @@ def _first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                storage: str | Path | None = None, tracking_uri: str | None = None,
                ray_init: dict[str, Any] | None = None, resume: bool = False,
-               local_dir: str | Path | None = None, overrides: list[str] = ()
-               ) -> dict[str, Any]:
+               local_dir: str | Path | None = None, overrides: list[str] = (),
+               warm_start: list[str | Path] = (), warm_start_best: int = 0) -> dict[str, Any]:
     """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`).
     With `resume`, continue the interrupted run of the same name: finished trials are kept,
     unfinished and errored ones continue from their last checkpoint. An object-store
     `storage` (`s3://bucket/prefix`) holds Ray's experiment; the run folder is then
     `<local_dir or runs>/<name>`. The run folder is held by this process throughout (a
     second process with the same name is refused, see `search.runlock`). `overrides` (the
-    `--set` items the spec was loaded with) go into the resume command it prints."""
+    `--set` items the spec was loaded with) go into the resume command it prints.
+    `warm_start`: earlier run folders on the same task whose trials seed the study
+    (`search.warmstart`), the `warm_start_best` best of them tried first."""
+    if warm_start and resume:
+        raise ArgumentError("--warm-start with --resume: the run's study already holds its "
+                            "earlier trials; resume without --warm-start")
+    if warm_start_best < 0 or (warm_start_best and not warm_start):
+        raise ArgumentError(f"--warm-start-best {warm_start_best}: a count >= 0, and only "
+                            "with --warm-start")
+    # Read before anything starts: a wrong folder or task fails at once.
+    history = (warmstart.earlier_trials(spec, list(warm_start)), warm_start_best)
     with ExitStack() as held:
         return _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume,
-                       local_dir, held, list(overrides))
+                       local_dir, held, list(overrides), history)
 
 
 def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, local_dir,
-            held: ExitStack, overrides: list[str]) -> dict[str, Any]:
+            held: ExitStack, overrides: list[str], history=((), 0)) -> dict[str, Any]:
     # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
     # Ray warns about it every time unless told not to.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -212,7 +222,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
                                [MlflowCallback(tracker, spec)], study=study_url(run_dir),
-                               trunk=trunk)
+                               trunk=trunk, history=history[0], best_first=history[1])
         results = stopping.tune_fit(tuner.fit)
         if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
             raise _disk_full(run_dir, again)

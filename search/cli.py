@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
                      "this machine)")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run of this name (same spec)")
+    run.add_argument("--warm-start", nargs="+", default=[], metavar="RUN_DIR",
+                     help="earlier runs on the same data, model and metric whose trials seed "
+                     "this search's sampler (values outside the new ranges are skipped)")
+    run.add_argument("--warm-start-best", type=int, default=0, metavar="K",
+                     help="with --warm-start: try the K best earlier configurations first")
     run.add_argument("--dry-run", action="store_true",
                      help="validate, print the settings and the search space; start nothing")
 
@@ -328,7 +333,8 @@ def _run(args) -> int:
     summary = api.run_search(spec, args.spec, name=args.name, storage=args.storage,
                          tracking_uri=args.tracking_uri, resume=args.resume,
                          ray_init={"address": args.address} if args.address else None,
-                         local_dir=args.local_dir, overrides=args.overrides)
+                         local_dir=args.local_dir, overrides=args.overrides,
+                         warm_start=args.warm_start, warm_start_best=args.warm_start_best)
     _, local, _ = api.run_paths(args.spec, args.name, args.storage, args.local_dir)
     _print_end(summary, list(spec.searched()), args.tracking_uri or spec.tracking.uri, local)
     return 0

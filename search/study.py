@@ -82,13 +82,15 @@ class StudySearch(OptunaSearch):
     `cv.mode: every`)."""
 
     def __init__(self, space, metric: str, mode: str, sampler, url: str | None,
-                 study_name: str, budget: int):
+                 study_name: str, budget: int, history=(), best_first: int = 0):
         self._metric_name = metric  # before Ray's __init__, which sets the study up
         # url None: an in-memory study (a search without a run folder, as in the benchmarks).
         super().__init__(space, metric=metric, mode=mode, sampler=sampler,
                          study_name=study_name,
                          storage=optuna.storages.RDBStorage(url) if url else None)
         self._budget = budget
+        if history:  # --warm-start: earlier runs' trials (search.warmstart)
+            seed_study(self._ot_study, list(history), best_first)
         self._best: dict[str, float] = {}  # Ray trial id -> best metric so far
         self._step: dict[str, int] = {}  # Ray trial id -> last step reported to Optuna
 
@@ -178,3 +180,14 @@ class StudySearch(OptunaSearch):
                 self._ot_trials[trial_id].report(value, step)
             logger.info("Optuna study: trial %s resumes after an error as Optuna trial %d",
                         trial_id, self._ot_trials[trial_id].number)
+
+
+def seed_study(study: optuna.Study, history: list[optuna.trial.FrozenTrial], best_first: int
+               ) -> None:
+    """Add `history` to `study`; with `best_first`, queue that many of its best COMPLETE
+    configurations to be tried first (`--warm-start`, see `search.warmstart`)."""
+    study.add_trials(history)
+    complete = [t for t in history if t.state == optuna.trial.TrialState.COMPLETE]
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    for trial in sorted(complete, key=lambda t: -sign * t.value)[:best_first]:
+        study.enqueue_trial(trial.params)

@@ -76,17 +76,19 @@ def make_scheduler(spec: Spec):
                          reduction_factor=s.reduction_factor)
 
 
-def make_searcher(spec: Spec, study: str | None, name: str):
+def make_searcher(spec: Spec, study: str | None, name: str, history=(), best_first: int = 0):
     """Optuna (the spec's seeded sampler) over `define_by_run(spec)`, the metric maximised,
-    its study kept at the RDB URL `study` under `name` (None: in memory)."""
+    its study kept at the RDB URL `study` under `name` (None: in memory), seeded with the
+    earlier trials `history` (`--warm-start`; `best_first` of them queued first)."""
     return StudySearch(define_by_run(spec), metric=spec.search.metric, mode="max",
                        sampler=make_sampler(spec), url=study, study_name=name,
-                       budget=budget(spec))
+                       budget=budget(spec), history=history, best_first=best_first)
 
 
 def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: str,
                storage: str | Path, callbacks: list[Callback], study: str | None = None,
-               trunk: dict[str, Any] | None = None) -> tune.Tuner:
+               trunk: dict[str, Any] | None = None, history=(), best_first: int = 0
+               ) -> tune.Tuner:
     """The `Tuner` for a spec: OptunaSearch over `define_by_run(spec)` with the spec's seeded
     sampler, ASHA (or FIFO) on epochs, a concurrency limit and per-trial resources. `storage`
     is a local folder or an object-store URI (`s3://bucket/prefix`). `study` is the RDB URL
@@ -98,7 +100,7 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
             num_samples=s.num_trials,
             # metric and mode go to the searcher and the scheduler, not to TuneConfig: a
             # define-by-run OptunaSearch must have them when it is built.
-            search_alg=make_searcher(spec, study, name),
+            search_alg=make_searcher(spec, study, name, history, best_first),
             scheduler=make_scheduler(spec),
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=dict(
