@@ -18,7 +18,7 @@ from ray import tune
 
 from search import stopping
 from search.callbacks import MlflowCallback
-from search.errors import ArgumentError, ResourceError, RunFolderError
+from search.errors import ArgumentError, ResourceError, RunFolderError, TrialError
 from search.lazy import LazyModule
 from search.plots import write_plots
 from search.prepare import build_cache, check_device, check_resources, prepare_data
@@ -133,6 +133,9 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
     # after the run): segtune prints its trial and status lines instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not logger.isEnabledFor(logging.DEBUG):  # --debug: Ray's traceback of each trial error
+        # segtune logs one line per failed trial; the traceback stays in its error file.
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
     if not ray.is_initialized():  # a cluster that is not there: said in seconds, first
@@ -207,6 +210,7 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         results = stopping.tune_fit(tuner.fit)
         if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
             raise _disk_full(run_dir, again)
+        _raise_user_error(location, again)
         unfinished = unfinished_trials(location)
         if unfinished:
             status = "KILLED"
@@ -265,6 +269,16 @@ def resume_command(spec_path: str | Path, name: str, uri: str | None, local: Pat
     if address:
         parts += ["--address", address]
     return shlex.join([*parts, "--resume"])
+
+
+def _raise_user_error(location: str, again: str) -> None:
+    """A trial stopped the search for a reason the user must fix (see search.callbacks):
+    one line with the cause, and how to continue once it is fixed."""
+    reason = stopping.stop_reason()
+    if reason and reason.startswith(stopping.USER_ERROR):
+        then = (f"; fix it, then continue the search with: {again}" if _restorable(location)
+                else "; fix it and run again")
+        raise TrialError(reason.removeprefix(stopping.USER_ERROR) + then)
 
 
 def _disk_full(run_dir: Path, again: str | None) -> DiskFullError:
