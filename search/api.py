@@ -37,7 +37,9 @@ from search.storage import (
     experiment_location,
     is_uri,
     join,
+    keep_experiment_state,
     newest_experiment_state,
+    put_back_experiment_state,
     remove_cut_checkpoints,
     saved_trial_ids,
     unfinished_trials,
@@ -203,11 +205,11 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
                            (ray_init or {}).get("address"))
     try:
         if resume:
-            tuner = restore_tuner(spec, split, str(data_root), location)
+            results = _resume_fit(spec, split, str(data_root), location)
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
                                [MlflowCallback(tracker, spec)], study=study_url(run_dir))
-        results = stopping.tune_fit(tuner.fit)
+            results = stopping.tune_fit(tuner.fit)
         if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
             raise _disk_full(run_dir, again)
         _raise_user_error(location, again)
@@ -269,6 +271,60 @@ def resume_command(spec_path: str | Path, name: str, uri: str | None, local: Pat
     if address:
         parts += ["--address", address]
     return shlex.join([*parts, "--resume"])
+
+
+class _RestoreWatch(logging.Filter):
+    """Ray Tune's "Failed to restore the run state." (it then starts the experiment over and
+    saves a new, empty state): noted, the search stopped at once, and its traceback kept
+    for --debug."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cause: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.cause is None and record.getMessage().startswith("Failed to restore the run"):
+            error = record.exc_info[1] if record.exc_info else None
+            text = str(error).strip().splitlines() if error is not None else []
+            self.cause = f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+            stopping.stop_search("restore failed")
+            return logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _resume_fit(spec: Spec, split: dict[str, list[str]], data_root: str, location: str):
+    """`Tuner.restore` and fit, with Ray's experiment state copied aside first: when the
+    restore fails, or Ray starts the experiment over (none of the saved trials restored), the
+    state is put back as it was and the run ends in one line."""
+    saved = saved_trial_ids(location)
+    backup = keep_experiment_state(location)
+    watch, ray_log = _RestoreWatch(), logging.getLogger("ray.tune.execution.tune_controller")
+    ray_log.addFilter(watch)
+    tuner = None
+    try:
+        tuner = restore_tuner(spec, split, data_root, location)
+        results = stopping.tune_fit(tuner.fit)
+    except BaseException as err:  # noqa: BLE001 - raised below, unless the state goes back
+        results = err
+    finally:
+        ray_log.removeFilter(watch)
+    cause = watch.cause
+    if tuner is None and isinstance(results, Exception):  # Tuner.restore itself failed
+        cause = f"{type(results).__name__}: {(str(results).strip().splitlines() or [''])[0][:300]}"
+    try:
+        lost = bool(saved) and not saved & saved_trial_ids(location)
+    except ValueError:  # cut short by the failed restore
+        lost = True
+    if backup is not None and (cause or lost):
+        put_back_experiment_state(location, backup)
+        raise StorageError(f"{location}: Ray could not restore the search ("
+                           f"{cause or 'it started the experiment over'}); its saved state "
+                           "is put back as it was: rerun with --debug for Ray's traceback")
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    if isinstance(results, BaseException):
+        raise results
+    return results
 
 
 def _raise_user_error(location: str, again: str) -> None:

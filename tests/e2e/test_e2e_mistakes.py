@@ -261,6 +261,37 @@ def test_a_lost_or_foreign_study_is_refused_before_ray_starts(smoke_run, tmp_pat
     assert _snapshot(copy) == before
 
 
+def _ray_state(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name.startswith(
+        ("experiment_state-", "searcher-state-", "search_gen_state-", "tuner.pkl"))}
+
+
+def test_a_failed_restore_puts_the_experiment_state_back(smoke_run, tmp_path):
+    """--resume where Ray cannot restore its searcher (the saved searcher state damaged): Ray
+    would start the experiment over and save a new, empty state over the trials'; the saved
+    state is put back byte for byte, and the run ends in one line, exit 2 (issue 30, item 3)."""
+    import shutil
+
+    _, run_dir, _ = smoke_run
+    copy = tmp_path / "runs" / "smoke"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    (searcher,) = copy.glob("searcher-state-*.pkl")
+    searcher.write_bytes(b"not a pickle" * 10)
+    before, trials = _ray_state(copy), sorted(p.name for p in copy.glob("trial_*"))
+    proc = cli("run", SMOKE, "--storage", str(tmp_path / "runs"), "--resume",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("segtune:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"segtune: error: {re.escape(str(copy))}: Ray could not restore the search \(\w+: "
+        r".*\); its saved state is put back as it was: rerun with --debug for Ray's traceback",
+        lines[0]), lines
+    assert "Traceback" not in proc.stderr and "Failed to restore" not in proc.stderr
+    assert _ray_state(copy) == before  # no new, empty state beside it
+    assert sorted(p.name for p in copy.glob("trial_*")) == trials
+    assert not (copy / ".ray-state-before-resume").exists()
+
+
 KILLED_AFTER_SWITCH = """
 import os, signal, sys
 from search import api, soup
