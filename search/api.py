@@ -41,6 +41,7 @@ from search.storage import (
     newest_experiment_state,
     put_back_experiment_state,
     remove_cut_checkpoints,
+    repair_experiment_state,
     saved_trial_ids,
     unfinished_trials,
 )
@@ -448,6 +449,9 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
         raise SpecError(f"--resume {run_dir}: the spec differs from the run's ({diff}); a "
                         "search cannot change on resume: use another --name")
     location = experiment_location(run_dir)
+    if repair_experiment_state(location):  # before anything reads the state
+        logger.warning("%s: Ray's experiment state, lost by an earlier --resume that was "
+                       "killed, is put back from the copy it kept", location)
     if not tune.Tuner.can_restore(location):
         raise RunFolderError(f"{location}: no Ray Tune state to resume from (stopped before "
                              "the first trial); delete the folder and run again")

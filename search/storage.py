@@ -189,12 +189,32 @@ def keep_experiment_state(location: str | Path) -> Path | None:
         return None
     folder = Path(location)
     backup = folder / STATE_BACKUP
-    shutil.rmtree(backup, ignore_errors=True)  # one a killed resume left: the files are newer
+    repair_experiment_state(folder)
+    shutil.rmtree(backup, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{STATE_BACKUP}.tmp-", dir=folder))
     for path in _ray_state_files(folder):
         shutil.copy2(path, tmp / path.name)
     tmp.rename(backup)  # whole or absent
     return backup
+
+
+def repair_experiment_state(location: str | Path) -> bool:
+    """After a resume killed (kill -9, a lost machine) between a failed restore and
+    `put_back_experiment_state`: the kept copy is put back when Ray's newest state lost every
+    trial it holds (True); a copy left by a resume that restored its trials is dropped."""
+    backup = Path(location) / STATE_BACKUP
+    if is_uri(location) or not backup.is_dir():
+        return False
+    kept = saved_trial_ids(backup)
+    try:
+        lost = bool(kept) and not kept & saved_trial_ids(location)
+    except ValueError:  # cut short
+        lost = bool(kept)
+    if not lost:
+        shutil.rmtree(backup, ignore_errors=True)
+        return False
+    put_back_experiment_state(location, backup)
+    return True
 
 
 def put_back_experiment_state(location: str | Path, backup: Path) -> None:

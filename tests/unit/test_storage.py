@@ -20,6 +20,7 @@ from search.storage import (
     newest_experiment_state,
     put_back_experiment_state,
     relative,
+    repair_experiment_state,
     saved_trial_ids,
     unfinished_trials,
 )
@@ -110,6 +111,26 @@ def test_a_failed_restore_gets_the_saved_experiment_state_back(tmp_path):
     assert saved_trial_ids(tmp_path) == {"t0"} and not backup.exists()
     assert (tmp_path / "trial_t0" / "result.json").read_text() == "{}"
     assert keep_experiment_state("s3://bucket/runs/x") is None  # nothing kept in a store
+
+
+def test_a_copy_a_killed_resume_left_is_put_back_only_if_the_trials_were_lost(tmp_path):
+    # kill -9 after Ray wrote its new, empty state and before the copy went back: the next
+    # --resume puts it back first. A copy beside a state that kept the trials is dropped.
+    def state(*ids):
+        return json.dumps({"trial_data": [[json.dumps({"trial_id": i}), "{}"] for i in ids]})
+
+    (tmp_path / "experiment_state-2026-01-01_10-00-00.json").write_text(state("t0", "t1"))
+    (tmp_path / "tuner.pkl").write_text("tuner")
+    backup = keep_experiment_state(tmp_path)
+    (tmp_path / "experiment_state-2026-01-02_10-00-00.json").write_text(state())
+    assert repair_experiment_state(tmp_path) is True and not backup.exists()
+    assert saved_trial_ids(tmp_path) == {"t0", "t1"}
+    assert not (tmp_path / "experiment_state-2026-01-02_10-00-00.json").exists()
+    backup = keep_experiment_state(tmp_path)
+    (tmp_path / "experiment_state-2026-01-03_10-00-00.json").write_text(state("t0", "t1", "t2"))
+    assert repair_experiment_state(tmp_path) is False and not backup.exists()
+    assert saved_trial_ids(tmp_path) == {"t0", "t1", "t2"}
+    assert repair_experiment_state(tmp_path) is False  # no copy: nothing to do
 
 
 def test_object_store_run_downloads_checkpoints_and_reads_state(tmp_path, bucket):
