@@ -18,7 +18,7 @@ from ray import tune
 
 from search import stopping, warmstart
 from search.callbacks import MlflowCallback
-from search.errors import ArgumentError, ResourceError, RunFolderError
+from search.errors import ArgumentError, ResourceError, RunFolderError, TrialError
 from search.lazy import LazyModule
 from search.plots import write_plots
 from search.prepare import build_cache, check_device, check_resources, prepare_data
@@ -38,8 +38,11 @@ from search.storage import (
     experiment_location,
     is_uri,
     join,
+    keep_experiment_state,
     newest_experiment_state,
+    put_back_experiment_state,
     remove_cut_checkpoints,
+    repair_experiment_state,
     saved_trial_ids,
     unfinished_trials,
 )
@@ -146,6 +149,9 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
     # after the run): segtune prints its trial and status lines instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not logger.isEnabledFor(logging.DEBUG):  # --debug: Ray's traceback of each trial error
+        # segtune logs one line per failed trial; the traceback stays in its error file.
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
     if not ray.is_initialized():  # a cluster that is not there: said in seconds, first
@@ -218,14 +224,15 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
         if spec.search.trunk_epochs:
             trunk = ensure_trunk(run_dir, spec, split, str(data_root), tracker)
         if resume:
-            tuner = restore_tuner(spec, split, str(data_root), location, trunk)
+            results = _resume_fit(spec, split, str(data_root), location, trunk)
         else:
             tuner = make_tuner(spec, split, str(data_root), name, uri or local,
                                [MlflowCallback(tracker, spec)], study=study_url(run_dir),
                                trunk=trunk, history=history[0], best_first=history[1])
-        results = stopping.tune_fit(tuner.fit)
+            results = stopping.tune_fit(tuner.fit)
         if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
             raise _disk_full(run_dir, again)
+        _raise_user_error(location, again)
         unfinished = unfinished_trials(location)
         if unfinished:
             status = "KILLED"
@@ -287,6 +294,71 @@ def resume_command(spec_path: str | Path, name: str, uri: str | None, local: Pat
     if address:
         parts += ["--address", address]
     return shlex.join([*parts, "--resume"])
+
+
+class _RestoreWatch(logging.Filter):
+    """Ray Tune's "Failed to restore the run state." (it then starts the experiment over and
+    saves a new, empty state): noted, the search stopped at once, and its traceback kept
+    for --debug."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cause: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.cause is None and record.getMessage().startswith("Failed to restore the run"):
+            error = record.exc_info[1] if record.exc_info else None
+            text = str(error).strip().splitlines() if error is not None else []
+            self.cause = f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+            stopping.stop_search("restore failed")
+            return logger.isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _resume_fit(spec: Spec, split: dict[str, list[str]], data_root: str, location: str,
+                trunk: dict[str, Any] | None = None):
+    """`Tuner.restore` and fit, with Ray's experiment state copied aside first: when the
+    restore fails, or Ray starts the experiment over (none of the saved trials restored), the
+    state is put back as it was and the run ends in one line."""
+    saved = saved_trial_ids(location)
+    backup = keep_experiment_state(location)
+    watch, ray_log = _RestoreWatch(), logging.getLogger("ray.tune.execution.tune_controller")
+    ray_log.addFilter(watch)
+    tuner = None
+    try:
+        tuner = restore_tuner(spec, split, data_root, location, trunk)
+        results = stopping.tune_fit(tuner.fit)
+    except BaseException as err:  # noqa: BLE001 - raised below, unless the state goes back
+        results = err
+    finally:
+        ray_log.removeFilter(watch)
+    cause = watch.cause
+    if tuner is None and isinstance(results, Exception):  # Tuner.restore itself failed
+        cause = f"{type(results).__name__}: {(str(results).strip().splitlines() or [''])[0][:300]}"
+    try:
+        lost = bool(saved) and not saved & saved_trial_ids(location)
+    except ValueError:  # cut short by the failed restore
+        lost = True
+    if backup is not None and (cause or lost):
+        put_back_experiment_state(location, backup)
+        raise StorageError(f"{location}: Ray could not restore the search ("
+                           f"{cause or 'it started the experiment over'}); its saved state "
+                           "is put back as it was: rerun with --debug for Ray's traceback")
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+    if isinstance(results, BaseException):
+        raise results
+    return results
+
+
+def _raise_user_error(location: str, again: str) -> None:
+    """A trial stopped the search for a reason the user must fix (see search.callbacks):
+    one line with the cause, and how to continue once it is fixed."""
+    reason = stopping.stop_reason()
+    if reason and reason.startswith(stopping.USER_ERROR):
+        then = (f"; fix it, then continue the search with: {again}" if _restorable(location)
+                else "; fix it and run again")
+        raise TrialError(reason.removeprefix(stopping.USER_ERROR) + then)
 
 
 def _disk_full(run_dir: Path, again: str | None) -> DiskFullError:
@@ -407,6 +479,9 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
         raise SpecError(f"--resume {run_dir}: the spec differs from the run's ({diff}); a "
                         "search cannot change on resume: use another --name")
     location = experiment_location(run_dir)
+    if repair_experiment_state(location):  # before anything reads the state
+        logger.warning("%s: Ray's experiment state, lost by an earlier --resume that was "
+                       "killed, is put back from the copy it kept", location)
     if not tune.Tuner.can_restore(location):
         raise RunFolderError(f"{location}: no Ray Tune state to resume from (stopped before "
                              "the first trial); delete the folder and run again")

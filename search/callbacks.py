@@ -4,11 +4,15 @@ status lines; a full disk stops the search (resumable, as after Ctrl-C)."""
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
+import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+from ray import cloudpickle
 from ray.tune import Callback
 
 from search import stopping
@@ -17,6 +21,7 @@ from search.spec import Spec
 from search.storage import disk_full
 from search.tracking import Tracker
 from search.trials import budget, job_spec, searched_config
+from train_fn.errors import SegtuneError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,70 @@ def _stop_if_disk_full(trial) -> None:
         text = None
     if disk_full(text):
         stopping.stop_search("disk full")
+
+
+def _trial_error(trial) -> BaseException | None:
+    """The trial's own exception (not Ray's wrapper), from the error file Ray pickled: in
+    its driver-side staging folder (the run folder gets it later, with the next sync)."""
+    try:
+        local = Path(trial.pickled_error_file or "")
+        if local.is_file():
+            error = cloudpickle.loads(local.read_bytes())
+        else:
+            error = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - unwritten or unreadable: the text file is still there
+        return None
+    return getattr(error, "cause", None) or error
+
+
+def _error_text(trial) -> str:
+    """The text of the trial's error file (staging folder first, as above), or ''."""
+    try:
+        local = Path(trial.error_file or "")
+        return local.read_text() if local.is_file() else str(trial.get_error() or "")
+    except Exception:  # noqa: BLE001 - unwritten or unreadable
+        return ""
+
+
+def error_line(trial) -> str:
+    """`Type: first line of the message` of the trial's error, for one log line."""
+    error = _trial_error(trial)
+    if error is None:
+        lines = [ln for ln in _error_text(trial).splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else "see its error file"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+# The last line of a trial's traceback when it raised one of segtune's own errors.
+_OWN_ERROR = re.compile(r"^((?:train_fn|search)(?:\.\w+)+)\.(\w+): (.+)$", re.MULTILINE)
+
+
+def user_error(trial) -> str | None:
+    """The message of the trial's error when it is the user's to fix (a `SegtuneError` raised
+    inside the trial: bad data), else None. From the pickled error, else the error file's
+    text (Ray has not always written the pickle when it retries the trial)."""
+    error = _trial_error(trial)
+    if isinstance(error, SegtuneError):
+        return str(error)
+    for module, name, message in reversed(_OWN_ERROR.findall(_error_text(trial))):
+        try:
+            kind = getattr(sys.modules.get(module) or importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(kind, type) and issubclass(kind, SegtuneError):
+            return message
+    return None
+
+
+def _stop_if_user_error(trial) -> bool:
+    """A trial that failed for the user's reason would fail again on every retry and in every
+    other trial: stop the search (resumable) with the cause as the reason."""
+    message = user_error(trial)
+    if message is None:
+        return False
+    stopping.stop_search(f"{stopping.USER_ERROR}trial {trial.trial_id}: {message}")
+    return True
 
 
 class MlflowCallback(Callback):
@@ -149,6 +218,9 @@ class MlflowCallback(Callback):
     @_guarded
     def on_trial_error(self, iteration, trials, trial, **info):
         _stop_if_disk_full(trial)
+        if not _stop_if_user_error(trial):  # Ray's traceback is in the trial's error file
+            logger.warning("trial %s failed: %s (details: %s)", trial.trial_id,
+                           error_line(trial), getattr(trial, "error_file", None))
         self.tracker.end_trial(trial.trial_id, "FAILED", note="error")
         self.status.end(trial.trial_id, "errored")
         self._status(trials, ending=trial)
@@ -157,10 +229,12 @@ class MlflowCallback(Callback):
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A failed trial that Ray retries from its last checkpoint: same MLflow run."""
         _stop_if_disk_full(trial)
+        if _stop_if_user_error(trial):
+            return
         self.retries[trial.trial_id] = self.retries.get(trial.trial_id, 0) + 1
         self.tracker.note_retry(trial.trial_id, self.retries[trial.trial_id])
-        logger.warning("trial %s failed; retry %d from its last checkpoint", trial.trial_id,
-                       self.retries[trial.trial_id])
+        logger.warning("trial %s failed (%s); retry %d from its last checkpoint",
+                       trial.trial_id, error_line(trial), self.retries[trial.trial_id])
 
     @_guarded
     def on_experiment_end(self, trials, **info):

@@ -405,9 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "mlflow", "ray", "optuna", "urllib3", "filelock", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Ray Tune's own "Resume experiment with: Tuner.restore(...)": segtune prints the command.
+    # Ray Tune's own "Resume experiment with: Tuner.restore(...)": segtune prints the command;
+    # its "Trials did not complete": segtune names each failed trial and its error.
     logging.getLogger("ray.tune.tune").addFilter(
-        lambda record: "Resume experiment with" not in record.getMessage())
+        lambda record: "Resume experiment with" not in record.getMessage()
+        and not record.getMessage().startswith("Trials did not complete"))
     # It logs each failed query with its traceback, then raises it: segtune reports that once.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     stopping.local_ray_on_loopback(getattr(args, "address", None))

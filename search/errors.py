@@ -41,10 +41,15 @@ class CompareError(SegtuneError, ValueError):
     """A baseline that cannot be read or compared."""
 
 
+class TrialError(SegtuneError, ValueError):
+    """A trial failed for a reason the user must fix (its data, raised as a `SegtuneError`
+    inside the trial): names the trial and the cause; the search stops, resumable."""
+
+
 class SoupError(SegtuneError, ValueError):
     """Checkpoints that cannot be averaged, or nothing to soup."""
 
 
 __all__ = ["ArgumentError", "CompareError", "DataError", "DiskFullError", "ResourceError",
            "RunFolderError", "SegtuneError", "SoupError", "SpecError", "StorageError",
-           "TrackingError"]
+           "TrackingError", "TrialError"]

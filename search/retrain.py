@@ -11,6 +11,7 @@ parent run.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import statistics
@@ -90,6 +91,8 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
     # after the run): segtune prints its trial and status lines instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # a line per failed job instead
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     run_dir = Path(run_dir)
     out = run_dir / name
     # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object

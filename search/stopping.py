@@ -111,6 +111,9 @@ def stop_search(reason: str) -> None:
             tune_log.setLevel(level)
 
 
+USER_ERROR = "user error: "  # a stop reason: this prefix, then the trial and its cause
+
+
 def stop_reason() -> str | None:
     """Why a callback stopped the search (`stop_search`), or None."""
     return _reasons[0] if _reasons else None

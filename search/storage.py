@@ -170,6 +170,68 @@ def saved_trial_ids(location: str | Path) -> set[str]:
     return {json.loads(t[0]).get("trial_id") for t in state.get("trial_data", [])}
 
 
+# Ray Tune's experiment-level files: the trials' states, the searcher's and the Tuner's.
+_RAY_STATE = ("experiment_state-", "searcher-state-", "search_gen_state-",
+              "basic-variant-state-", "tuner.pkl", "trainable.pkl")
+STATE_BACKUP = ".ray-state-before-resume"
+
+
+def _ray_state_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.startswith(_RAY_STATE) and p.is_file()
+            and not p.is_symlink()]
+
+
+def keep_experiment_state(location: str | Path) -> Path | None:
+    """Copy Ray's experiment-level state files of a local experiment into a hidden folder in
+    it before `Tuner.restore`, which may write a new, empty state over them (see
+    `put_back_experiment_state`). None for an object store (nothing is kept there)."""
+    if is_uri(location):
+        return None
+    folder = Path(location)
+    backup = folder / STATE_BACKUP
+    repair_experiment_state(folder)
+    shutil.rmtree(backup, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{STATE_BACKUP}.tmp-", dir=folder))
+    for path in _ray_state_files(folder):
+        shutil.copy2(path, tmp / path.name)
+    tmp.rename(backup)  # whole or absent
+    return backup
+
+
+def repair_experiment_state(location: str | Path) -> bool:
+    """After a resume killed (kill -9, a lost machine) between a failed restore and
+    `put_back_experiment_state`: the kept copy is put back when Ray's newest state lost every
+    trial it holds (True); a copy left by a resume that restored its trials is dropped."""
+    backup = Path(location) / STATE_BACKUP
+    if is_uri(location) or not backup.is_dir():
+        return False
+    kept = saved_trial_ids(backup)
+    try:
+        lost = bool(kept) and not kept & saved_trial_ids(location)
+    except ValueError:  # cut short
+        lost = bool(kept)
+    if not lost:
+        shutil.rmtree(backup, ignore_errors=True)
+        return False
+    put_back_experiment_state(location, backup)
+    return True
+
+
+def put_back_experiment_state(location: str | Path, backup: Path) -> None:
+    """Ray's state files as `keep_experiment_state` found them: those written since are
+    removed, the kept ones copied back (each replaced in one rename)."""
+    folder = Path(location)
+    kept = {p.name for p in backup.iterdir()}
+    for path in _ray_state_files(folder):
+        if path.name not in kept:
+            path.unlink()
+    for name in kept:
+        tmp = folder / f".{name}.tmp"
+        shutil.copy2(backup / name, tmp)
+        tmp.replace(folder / name)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
 def unfinished_trials(location: str | Path) -> int:
     """Trials neither terminated nor errored in Ray Tune's last saved experiment state (in
     the run folder or the object store): those `Tuner.restore(resume_unfinished=True)` runs

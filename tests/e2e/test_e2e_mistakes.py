@@ -9,12 +9,13 @@ import argparse
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import ROOT, cli
+from helpers import ROOT, cli, cli_for_trials, fault_env
 
 from search.cli import _parser
 
@@ -260,6 +261,37 @@ def test_a_lost_or_foreign_study_is_refused_before_ray_starts(smoke_run, tmp_pat
     assert _snapshot(copy) == before
 
 
+def _ray_state(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name.startswith(
+        ("experiment_state-", "searcher-state-", "search_gen_state-", "tuner.pkl"))}
+
+
+def test_a_failed_restore_puts_the_experiment_state_back(smoke_run, tmp_path):
+    """--resume where Ray cannot restore its searcher (the saved searcher state damaged): Ray
+    would start the experiment over and save a new, empty state over the trials'; the saved
+    state is put back byte for byte, and the run ends in one line, exit 2 (issue 30, item 3)."""
+    import shutil
+
+    _, run_dir, _ = smoke_run
+    copy = tmp_path / "runs" / "smoke"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    (searcher,) = copy.glob("searcher-state-*.pkl")
+    searcher.write_bytes(b"not a pickle" * 10)
+    before, trials = _ray_state(copy), sorted(p.name for p in copy.glob("trial_*"))
+    proc = cli("run", SMOKE, "--storage", str(tmp_path / "runs"), "--resume",
+               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("segtune:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and re.fullmatch(
+        rf"segtune: error: {re.escape(str(copy))}: Ray could not restore the search \(\w+: "
+        r".*\); its saved state is put back as it was: rerun with --debug for Ray's traceback",
+        lines[0]), lines
+    assert "Traceback" not in proc.stderr and "Failed to restore" not in proc.stderr
+    assert _ray_state(copy) == before  # no new, empty state beside it
+    assert sorted(p.name for p in copy.glob("trial_*")) == trials
+    assert not (copy / ".ray-state-before-resume").exists()
+
+
 KILLED_AFTER_SWITCH = """
 import os, signal, sys
 from search import api, soup
@@ -330,3 +362,31 @@ def test_mlflow_follows_summary_json_through_a_kill_in_the_soup_switch(smoke_run
     assert "MLflow: retired 3 result run(s) an interrupted soup step left" in proc.stderr
     final = json.loads((copy / "summary.json").read_text())
     assert _agree(uri, parent, final) and len(_result_runs(uri, parent)) == 3
+
+
+def test_a_trial_failed_by_bad_data_ends_the_run_in_one_line(tmp_path):
+    """A trial that raises segtune's DataError (here injected as a corrupt input at the end of
+    epoch 1) is the user's to fix: no retry, no other trial, the search stops at once with one
+    line naming the trial and the cause and how to continue, exit 2; Ray's traceback is only
+    in the trial's error file (issue 30, item 8)."""
+    storage, faults = tmp_path / "runs", tmp_path / "faults"
+    proc = cli_for_trials(fault_env(f"epoch=1,times=9,kind=data,dir={faults}"), "run", SMOKE,
+                          "--storage", str(storage), "--name", "corrupt",
+                          "--set", "search.max_failures=1", "--set", "search.max_concurrent=1",
+                          "--set", "lr_finder.enabled=false", "--set", "tracking.plots=false")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"segtune: error: trial (\w+): {re.escape(str(faults))}/image.npy: injected corrupt "
+        r"input at epoch 1 \(SEGTUNE_FAULT\); fix it, then continue the search with: python "
+        rf"-m search run {SMOKE} --name corrupt --storage {re.escape(str(storage))} "
+        r"--set search.max_failures=1 .*--resume", last), last
+    for noise in ("Traceback", "RayTaskError", "Trial task failed", "retry 1",
+                  "Trials did not complete", "Tuner.restore"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    assert len(list(faults.glob("*.attempt.*"))) == 1  # not retried, no second trial
+    trial = re.fullmatch(r"segtune: error: trial (\w+): .*", last).group(1)
+    error_file = storage / "corrupt" / f"trial_{trial}" / "error.txt"
+    text = error_file.read_text()  # Ray's traceback, kept for --debug users
+    assert "ray::ImplicitFunc.train()" in text and 'File "' in text
+    assert "injected corrupt input at epoch 1" in text

@@ -6,11 +6,12 @@ see `cli_for_trials` in tests/helpers.py; a CLI started with them) gets a
 at the end of that epoch.
 
 SEGTUNE_FAULT="epoch=E,times=N,dir=D[,trials=K][,kind=oom]": the first N attempts of a trial
-raise at the end of epoch E (a RuntimeError, or with `kind=oom` the error torch raises when
-memory runs out); with `trials`, only the first K trials to get there are faulty, and `times`
-and `kind` may give one value per such trial (`times=1/9,kind=error/oom`). Attempts and
-claims are files in D, so they count across processes and retries. A trial is named by Ray's
-trial id (SEGTUNE_TRIAL_ID in a test that calls `fault` itself; "plain" outside Ray).
+raise at the end of epoch E (a RuntimeError, with `kind=oom` the error torch raises when
+memory runs out, with `kind=data` segtune's DataError, as for a corrupt input); with
+`trials`, only the first K trials to get there are faulty, and `times` and `kind` may give
+one value per such trial (`times=1/9,kind=error/oom`). Attempts and claims are files in D, so
+they count across processes and retries. A trial is named by Ray's trial id
+(SEGTUNE_TRIAL_ID in a test that calls `fault` itself; "plain" outside Ray).
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def fault(epoch: int) -> None:
 
             raise torch.OutOfMemoryError(f"injected out of memory at epoch {epoch} "
                                          "(SEGTUNE_FAULT)")
+        if kinds[min(slot, len(kinds) - 1)] == "data":
+            from train_fn.errors import DataError
+
+            raise DataError(f"{folder / 'image.npy'}: injected corrupt input at epoch {epoch} "
+                            "(SEGTUNE_FAULT)")
         raise RuntimeError(f"injected fault at epoch {epoch} (SEGTUNE_FAULT)")
 
 

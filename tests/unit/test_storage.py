@@ -15,9 +15,12 @@ from search.storage import (
     experiment_location,
     is_uri,
     join,
+    keep_experiment_state,
     load_run_checkpoint,
     newest_experiment_state,
+    put_back_experiment_state,
     relative,
+    repair_experiment_state,
     saved_trial_ids,
     unfinished_trials,
 )
@@ -80,6 +83,54 @@ def test_unfinished_trials_counts_what_a_resume_would_run(tmp_path):
     (tmp_path / "experiment_state-2026-01-03_10-00-00.json").write_text('{"trial_data": [["')
     with pytest.raises(ValueError):
         newest_experiment_state(str(tmp_path))
+
+
+def test_a_failed_restore_gets_the_saved_experiment_state_back(tmp_path):
+    # What Ray left in a run folder, and what a restore that starts the experiment over
+    # writes: a newer, empty state, a new searcher state, tuner.pkl rewritten (issue 30,
+    # item 3). The trial folders and segtune's files are not Ray's state: left alone.
+    old = {"experiment_state-2026-01-01_10-00-00.json": json.dumps(
+               {"trial_data": [[json.dumps({"trial_id": "t0", "status": "RUNNING"}), "{}"]]}),
+           "searcher-state-2026-01-01_10-00-00.pkl": "searcher", "tuner.pkl": "tuner",
+           "trainable.pkl": "trainable", "spec.yaml": "spec"}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "trial_t0").mkdir()
+    (tmp_path / "trial_t0" / "result.json").write_text("{}")
+    backup = keep_experiment_state(tmp_path)
+    assert sorted(p.name for p in backup.iterdir()) == sorted(set(old) - {"spec.yaml"})
+    (tmp_path / "experiment_state-2026-01-02_10-00-00.json").write_text('{"trial_data": []}')
+    (tmp_path / "searcher-state-2026-01-02_10-00-00.pkl").write_text("new searcher")
+    (tmp_path / "tuner.pkl").write_text("new tuner")
+    (tmp_path / "trainable.pkl").unlink()
+    (tmp_path / "spec.yaml").write_text("spec, edited since")
+    assert saved_trial_ids(tmp_path) == set()
+    put_back_experiment_state(tmp_path, backup)
+    files = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()}
+    assert files == {**old, "spec.yaml": "spec, edited since"}
+    assert saved_trial_ids(tmp_path) == {"t0"} and not backup.exists()
+    assert (tmp_path / "trial_t0" / "result.json").read_text() == "{}"
+    assert keep_experiment_state("s3://bucket/runs/x") is None  # nothing kept in a store
+
+
+def test_a_copy_a_killed_resume_left_is_put_back_only_if_the_trials_were_lost(tmp_path):
+    # kill -9 after Ray wrote its new, empty state and before the copy went back: the next
+    # --resume puts it back first. A copy beside a state that kept the trials is dropped.
+    def state(*ids):
+        return json.dumps({"trial_data": [[json.dumps({"trial_id": i}), "{}"] for i in ids]})
+
+    (tmp_path / "experiment_state-2026-01-01_10-00-00.json").write_text(state("t0", "t1"))
+    (tmp_path / "tuner.pkl").write_text("tuner")
+    backup = keep_experiment_state(tmp_path)
+    (tmp_path / "experiment_state-2026-01-02_10-00-00.json").write_text(state())
+    assert repair_experiment_state(tmp_path) is True and not backup.exists()
+    assert saved_trial_ids(tmp_path) == {"t0", "t1"}
+    assert not (tmp_path / "experiment_state-2026-01-02_10-00-00.json").exists()
+    backup = keep_experiment_state(tmp_path)
+    (tmp_path / "experiment_state-2026-01-03_10-00-00.json").write_text(state("t0", "t1", "t2"))
+    assert repair_experiment_state(tmp_path) is False and not backup.exists()
+    assert saved_trial_ids(tmp_path) == {"t0", "t1", "t2"}
+    assert repair_experiment_state(tmp_path) is False  # no copy: nothing to do
 
 
 def test_object_store_run_downloads_checkpoints_and_reads_state(tmp_path, bucket):
