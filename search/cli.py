@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--warm-start", nargs="+", default=[], metavar="RUN_DIR",
                      help="earlier runs on the same data, model and metric whose trials seed "
                      "this search's sampler (values outside the new ranges are skipped)")
-    run.add_argument("--warm-start-best", type=int, default=0, metavar="K",
+    run.add_argument("--warm-start-best", type=_count(0, 1000), default=0, metavar="K",
                      help="with --warm-start: try the K best earlier configurations first")
     run.add_argument("--dry-run", action="store_true",
                      help="validate, print the settings and the search space; start nothing")
@@ -128,8 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                         "folder of references, paired by file name (nnUNetv2_evaluate_folder)")
     ef.add_argument("ref_dir", help="the reference label maps (*.nii.gz)")
     ef.add_argument("pred_dir", help="the predictions, named as their references")
-    ef.add_argument("-l", "--labels", type=int, nargs="+", help="label ids to score (default: "
-                    "every non-zero id in the references)")
+    ef.add_argument("-l", "--labels", type=_count(1, 255), nargs="+", help="label ids to "
+                    "score (default: every non-zero id in the references)")
     ef.add_argument("-o", "--out", help="summary.json to write (default: PRED_DIR/summary.json)")
     ef.add_argument("--hd95", action="store_true", help="also HD95 in mm (MONAI's)")
 
@@ -212,6 +212,8 @@ def _evaluate(args) -> int:
 
 
 def _evaluate_folder(args) -> int:
+    if args.out and Path(args.out).is_dir():
+        raise ArgumentError(f"-o {args.out}: a folder; give the summary.json file to write")
     summary = evaluate.evaluate_folder(args.ref_dir, args.pred_dir, args.labels, args.out,
                                        args.hd95)
     print(evaluate.format_scores(summary))

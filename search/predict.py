@@ -251,8 +251,8 @@ def load_model(run_dir: str | Path, model: str = "best", device: str | None = No
     `train.device` (auto: CUDA when there is one)."""
     folder = open_run(run_dir)
     chosen = check_device(device or folder.spec.train.device)
-    logger.info("predict: loading model %s of %s on %s", model, folder.path, chosen)
-    name, path, state = load_weights(folder.path, model)
+    name, path, state = load_weights(folder.path, model)  # a wrong --model: one line, first
+    logger.info("predict: loading model %s (%s) on %s", model, path, chosen)
     spec = model_spec(folder.spec, state, folder, model)
     arch = state.get("architecture") or {}
     try:  # the label names; the data may not be on this machine

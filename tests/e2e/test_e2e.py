@@ -393,6 +393,8 @@ def test_resume_refuses_a_changed_spec(tmp_path):
     storage = tmp_path / "runs"
     (storage / "smoke").mkdir(parents=True)
     (storage / "smoke" / "run.json").write_text(json.dumps({"input_spec": {"train.epochs": 9}}))
+    # a trial folder: the run had started (one killed before any trial is started again)
+    (storage / "smoke" / "trial_00000").mkdir()
     proc = cli("run", "spaces/smoke.yaml", "--storage", str(storage), "--resume")
     assert proc.returncode == 2
     assert "the spec differs from the run's (train.epochs: 9 in the run, 2 now)" in proc.stderr

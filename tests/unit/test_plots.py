@@ -114,8 +114,8 @@ def test_write_plots_draws_every_figure_it_has_data_for(run_dir):
     results = [result("a", frame(0, [0.1, 0.3])), result("b", frame(1, [0.2], start=0.5))]
     written = write_plots(run_dir, "run", results)
     assert sorted(p.name for p in written) == [
-        "best_vs_compute.png", "dice_curves.png", "greedy_soup.png",
-        "param_importances.png", "slice.png"]
+        "best_vs_compute.png", "dice_curves.png", "greedy_soup.png", "history.png",
+        "parallel_coordinates.png", "param_importances.png", "slice.png"]
     assert all(p.stat().st_size > 5000 and p.parent == run_dir / "plots" for p in written)
 
 
