@@ -86,8 +86,8 @@ def test_a_trial_that_ran_its_epochs_is_one_finished_run(tracker, tmp_path, capl
     # each epoch and trial line ends with how long it took, e.g. "(0s)"
     assert any(m.startswith("trial t1 epoch 3/3: loss 0.333, val_dice 0.300 (") for m in messages)
     assert any(m.startswith("trial t1 completed after epoch 3/3 (") for m in messages)
-    assert messages[-1].startswith("status:"), messages[-1]
-    assert "1 completed" in messages[-1] and "of 3 trials" in messages[-1], messages[-1]
+    assert messages[-1].startswith("status: 0 running, 1 completed, 0 stopped, 0 errored, 2 "
+                                   "pending of 3 trials"), messages[-1]
 
 
 def test_a_trial_the_scheduler_stopped_says_so(tracker, tmp_path, caplog):
