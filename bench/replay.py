@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench.curve_table import SPACE  # noqa: E402
 from bench.replay_core import Table, simulate  # noqa: E402
 from bench.replay_strategies import (  # noqa: E402
+    Dehb,
     FixedOrder,
     OptunaPruned,
     RayBohb,
@@ -55,6 +56,7 @@ def strategies(table: Table, workdir: str) -> dict[str, Any]:
         "Syne Tune BOHB (async)": lambda s: SyneTune(table, s, "BOHB"),
         "Syne Tune ASHA (random)": lambda s: SyneTune(table, s, "ASHA"),
         "SMAC3 Hyperband + RF": lambda s: SmacHyperband(table, s, workdir),
+        "DEHB (DE + Hyperband)": lambda s: Dehb(table, s, workdir),
     }
 
 

@@ -11,6 +11,7 @@
 - `SmacHyperband`: SMAC3's MultiFidelityFacade (random forest + Hyperband) through ask / tell;
   a configuration asked at a budget of b epochs trains b epochs from scratch (SMAC neither
   keeps nor resumes checkpoints);
+- `Dehb`: DEHB's differential evolution over Hyperband brackets through ask / tell, as SMAC;
 - `FixedOrder`: a list of tabulated configurations, each to its end (the grid in a random
   order; random search).
 
@@ -268,6 +269,39 @@ class SmacHyperband:
 
         best = float(self.table.val[trial.index, :trial.epoch].max())
         self.smac.tell(self.info[trial.key], TrialValue(cost=1.0 - best))
+
+
+class Dehb:
+    """DEHB (differential evolution + Hyperband, eta 3, fidelities MIN_RESOURCE to the table's
+    last epoch) through ask / tell; like SMAC, a configuration asked at b epochs trains b
+    epochs from scratch. DEHB 0.1.2 pins numpy < 2 but runs on numpy 2: installed with
+    `pip install --no-deps dehb==0.1.2 loguru` (see bench/RESULTS.md)."""
+
+    def __init__(self, table: Table, seed: int, workdir: str):
+        from ConfigSpace import ConfigurationSpace, Float
+        from dehb import DEHB
+
+        cs = ConfigurationSpace(seed=seed)
+        cs.add([Float(k, (d["low"], d["high"]), log=d["log"]) for k, d in table.space.items()])
+        self.dehb = DEHB(cs=cs, dimensions=len(table.space), min_fidelity=MIN_RESOURCE,
+                         max_fidelity=table.epochs, eta=3, n_workers=1, seed=seed,
+                         output_path=f"{workdir}/dehb-{seed}", save_freq="end",
+                         log_level="ERROR")
+        self.table, self.jobs = table, {}
+
+    def start(self):
+        job = self.dehb.ask()
+        trial = ReplayTrial(len(self.jobs), self.table.nearest(dict(job["config"])),
+                            self.table, stop_at=int(round(job["fidelity"])))
+        self.jobs[trial.key] = job
+        return trial
+
+    def result(self, trial, row):
+        return CONTINUE
+
+    def finished(self, trial, row):
+        best = float(self.table.val[trial.index, :trial.epoch].max())
+        self.dehb.tell(self.jobs[trial.key], {"fitness": 1.0 - best, "cost": trial.epoch})
 
 
 class RayBohb:
