@@ -53,6 +53,8 @@ def strategies(table: Table, workdir: str) -> dict[str, Any]:
         "Ray TuneBOHB + HyperBandForBOHB": lambda s: RayBohb(table, s),
         "Optuna TPE + HyperbandPruner": lambda s: OptunaPruned(table, s, "hyperband"),
         "Optuna TPE + SuccessiveHalvingPruner": lambda s: OptunaPruned(table, s, "sha"),
+        "Optuna GPSampler + HyperbandPruner": lambda s: OptunaPruned(table, s, "hyperband",
+                                                                     sampler="gp"),
         "Syne Tune BOHB (async)": lambda s: SyneTune(table, s, "BOHB"),
         "Syne Tune ASHA (random)": lambda s: SyneTune(table, s, "ASHA"),
         "SMAC3 Hyperband + RF": lambda s: SmacHyperband(table, s, workdir),

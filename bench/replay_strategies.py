@@ -147,9 +147,11 @@ def warm_history(table: Table, spec_path: str, seed: int, workers: int, budget: 
 
 
 class OptunaPruned:
-    """Optuna's TPE with a pruner; every reported epoch goes through `should_prune`."""
+    """Optuna's TPE (or GPSampler: a Gaussian process, fitted to the complete trials only)
+    with a pruner; every reported epoch goes through `should_prune`."""
 
-    def __init__(self, table: Table, seed: int, pruner: str, startup: int = 10):
+    def __init__(self, table: Table, seed: int, pruner: str, startup: int = 10,
+                 sampler: str = "tpe"):
         import optuna
 
         from search.spec import load_spec  # noqa: F401 - the same Optuna as segtune
@@ -160,9 +162,9 @@ class OptunaPruned:
                                                max_resource=table.epochs)
         else:
             p = optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_RESOURCE)
+        make = optuna.samplers.GPSampler if sampler == "gp" else optuna.samplers.TPESampler
         self.study = optuna.create_study(
-            direction="maximize", pruner=p,
-            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup))
+            direction="maximize", pruner=p, sampler=make(seed=seed, n_startup_trials=startup))
         self.distributions = _optuna_space(table)
         self.table, self.best = table, {}
 
