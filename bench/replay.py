@@ -31,6 +31,7 @@ from bench.replay_strategies import (  # noqa: E402
     FixedOrder,
     OptunaPruned,
     RayBohb,
+    SegtuneSyncHalving,
     SegtuneTpeAsha,
     SmacHyperband,
     SyneTune,
@@ -78,6 +79,8 @@ def variants(table: Table) -> dict[str, Any]:
         "ASHA grace period 2": seg(["search.grace_period=2"]),
         "ASHA grace period 6": seg(["search.grace_period=6"]),
         "48 trials": seg(["search.num_trials=48"]),
+        "synchronous halving (Ray's HyperBandScheduler)": lambda s: SegtuneSyncHalving(
+            table, spec, s),
         "stopped trials told COMPLETE (Ray's OptunaSearch)": seg(plain_optuna=True),
         # Part 5: warm-started from a whole earlier search with another seed (its epochs are
         # not counted: they were spent before).

@@ -351,7 +351,7 @@ class RayBohb:
 
     def start(self):
         pending = sum(t.status == self.status.PENDING for t in self.trials)
-        while pending < self.max_pending:
+        while pending < self.max_pending and self.n < getattr(self, "max_trials", 10**9):
             self.n += 1
             tid = f"b{self.n:04d}"
             config = self.searcher.suggest(tid)
@@ -390,6 +390,32 @@ class RayBohb:
         t = next(x for x in self.trials if x.trial_id == trial.key)
         if t.status == self.status.RUNNING:
             self.stop_trial(t)
+
+
+class SegtuneSyncHalving(RayBohb):
+    """segtune's searcher (TPE over an Optuna study, `make_searcher`) with Ray's synchronous
+    `HyperBandScheduler` (brackets wait at each rung, reduction factor 2, max_t the table's
+    last epoch) instead of asynchronous ASHA, driven as `RayBohb`: the same spec's
+    `num_trials` ends the search."""
+
+    def __init__(self, table: Table, spec_path: str, seed: int, max_pending: int = 16):
+        from ray.tune.experiment import Trial
+        from ray.tune.schedulers import HyperBandScheduler
+
+        from search.spec import load_spec
+        from search.tuner import make_searcher
+
+        np.random.seed(seed)
+        self.spec = load_spec(spec_path, [f"search.seed={seed}"])
+        self.searcher = make_searcher(self.spec, None, f"replay-sync-{seed}", ())
+        self.scheduler = HyperBandScheduler(time_attr="training_iteration", metric="val_dice",
+                                            mode="max", max_t=table.epochs,
+                                            reduction_factor=2)
+        self.names = {k: k for k in table.space}
+        self.status = Trial
+        self.search_alg = type("SearchAlg", (), {"searcher": self.searcher})()
+        self.table, self.max_pending, self.trials, self.n = table, max_pending, [], 0
+        self.max_trials = self.spec.search.num_trials
 
 
 class _BohbTrial:
