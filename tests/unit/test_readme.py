@@ -148,3 +148,14 @@ def test_install_tests_and_first_run_are_what_ci_runs():
     assert "\npython -m search run spaces/novograd.yaml\n" in ci
     assert blocks["## Tests"][:2] == ["ruff check .", "python -m pytest"]
     assert "\nruff check .\n" in ci and "SEGTUNE_REQUIRE_BROWSER=1 python -m pytest" in ci
+
+
+def test_every_yaml_example_is_a_valid_spec(tmp_path):
+    from search.spec import load_spec
+
+    examples = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    assert examples
+    for i, text in enumerate(examples):
+        path = tmp_path / f"example{i}.yaml"
+        path.write_text(text)
+        load_spec(path)
