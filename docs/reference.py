@@ -222,4 +222,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # this checkout's search/, as the tests import it
     sys.exit(main(sys.argv[1:]))
