@@ -157,6 +157,13 @@ def spec_table(readme: str) -> str:
 
 
 # --- command line ---------------------------------------------------------------------------
+def _markdown(text: str) -> str:
+    """Help text as Markdown shows it: `<name>` is no HTML tag, `*.nii` no emphasis."""
+    for char, escaped in (("<", "&lt;"), (">", "&gt;"), ("*", "\\*"), ("|", "\\|")):
+        text = text.replace(char, escaped)
+    return text
+
+
 def _option(action: argparse.Action) -> str:
     if not action.option_strings:
         return f"`{action.metavar or action.dest.upper()}`"
@@ -177,12 +184,12 @@ def cli_tables() -> str:
     helps = {c.dest: c.help for c in sub._choices_actions}
     out = []
     for name, command in sub.choices.items():
-        out += [f"`python -m search {name}`: {helps[name]}.", "",
+        out += [f"`python -m search {name}`: {_markdown(helps[name])}.", "",
                 "| argument | what |", "| --- | --- |"]
         for action in command._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            text = " ".join((action.help or "").split()).replace("|", "\\|")
+            text = _markdown(" ".join((action.help or "").split()))
             required = " (required)" if action.required and action.option_strings else ""
             out.append(f"| {_option(action)} | {text}{required} |")
         out.append("")
