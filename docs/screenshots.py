@@ -1,4 +1,4 @@
-"""Make the README's Ray dashboard and "Using the model" pictures; rerun after a UI change.
+"""Make the README's Ray dashboard and "Segment new images" pictures; rerun after a UI change.
 
     python docs/screenshots.py [--spec spaces/novograd.yaml] [--storage DIR]
 

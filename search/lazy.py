@@ -9,8 +9,9 @@ what imports torch at its top (the worker's trainables in `search.trainable`,
 `train_fn.loop`, `train_fn.metrics`, `train_fn.checkpoint`, `train_fn.lr_finder`, torch
 itself) with it; Ray Tune's `Tuner.fit` imports torch in the driver anyway, so a search pays
 the same. For the same reason a function may import a library that takes seconds to load
-(torch, MONAI, nibabel, SciPy, matplotlib, MLflow, schedulefree), so that its module stays
-quick to import; every other import is at the top of its module (tests/unit/test_imports.py).
+(torch, MONAI, nibabel, SciPy, matplotlib, MLflow, schedulefree, Optuna's plots), so that its
+module stays quick to import; every other import is at the top of its module
+(tests/unit/test_imports.py).
 """
 
 from __future__ import annotations

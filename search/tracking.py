@@ -2,9 +2,10 @@
 
 Ray's stock `MLflowLoggerCallback` logs Tune internals as metrics, makes one call per metric,
 has no parent run, leaves runs RUNNING when the driver stops and duplicates runs on restore.
-This logger runs in the driver only (trials never talk to MLflow, so a multi-node cluster needs
-no MLflow access on the workers), batches every result into one `log_batch` call, finds a
-trial's run again by its Ray trial id, and closes every run it opened with the trial's status.
+This logger (`Tracker`, fed by `search.callbacks.MlflowCallback`) runs in the driver only
+(trials never talk to MLflow, so a multi-node cluster needs no MLflow access on the workers),
+batches every result into one `log_batch` call, finds a trial's run again by its Ray trial id,
+and closes every run it opened with the trial's status.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def test_hd95_is_the_larger_directed_percentile_not_the_pooled_one():
 
     # ... and where it is documented, it is stated so, not as "symmetric surface distances".
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    evaluation = readme.split("## Evaluation", 1)[1].split("\n## ", 1)[0]
+    evaluation = readme.split("\n### Metrics\n", 1)[1].split("\n#", 1)[0]
     for text in (metrics.__doc__, evaluation):
         flat = " ".join(text.split())
         assert "the larger of the two directed 95th percentiles" in flat
