@@ -51,6 +51,10 @@ def strategies(table: Table, workdir: str) -> dict[str, Any]:
         "grid (design) in random order": lambda s: FixedOrder(
             table, random_order(table, everything, 1000 + s)),
         "segtune TPE + ASHA": lambda s: SegtuneTpeAsha(table, str(SPEC), s),
+        # The same, given the whole budget as the peers are (the spec's 36 trials spend ~320
+        # epochs, then the search ends): trials go on until the design's epochs are spent.
+        "segtune TPE + ASHA, no trial cap": lambda s: SegtuneTpeAsha(
+            table, str(SPEC), s, ["search.num_trials=100000"]),
         "Ray TuneBOHB + HyperBandForBOHB": lambda s: RayBohb(table, s),
         "Optuna TPE + HyperbandPruner": lambda s: OptunaPruned(table, s, "hyperband"),
         "Optuna TPE + SuccessiveHalvingPruner": lambda s: OptunaPruned(table, s, "sha"),
@@ -81,6 +85,10 @@ def variants(table: Table) -> dict[str, Any]:
         "48 trials": seg(["search.num_trials=48"]),
         "synchronous halving (Ray's HyperBandScheduler)": lambda s: SegtuneSyncHalving(
             table, spec, s),
+        "ASHA with 2 brackets (async Hyperband)": lambda s: with_brackets(
+            SegtuneTpeAsha(table, spec, s), 2),
+        "ASHA with 3 brackets (async Hyperband)": lambda s: with_brackets(
+            SegtuneTpeAsha(table, spec, s), 3),
         "stopped trials told COMPLETE (Ray's OptunaSearch)": seg(plain_optuna=True),
         # Part 5: warm-started from a whole earlier search with another seed (its epochs are
         # not counted: they were spent before).
@@ -88,6 +96,20 @@ def variants(table: Table) -> dict[str, Any]:
             table, spec, s, history=warm_history(table, spec, s + 100, WORKERS,
                                                  len(table.configs) * table.epochs)),
     }
+
+
+def with_brackets(strategy: SegtuneTpeAsha, brackets: int) -> SegtuneTpeAsha:
+    """segtune's strategy with Ray's ASHAScheduler over `brackets` brackets (asynchronous
+    Hyperband: bracket k's first rung at grace_period x reduction_factor^k; a new trial joins
+    the bracket drawn with Hyperband's weights)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    old = strategy.scheduler
+    strategy.scheduler = ASHAScheduler(
+        time_attr="training_iteration", metric=old._metric, mode="max", max_t=old._max_t,
+        grace_period=strategy.spec.search.grace_period,
+        reduction_factor=strategy.spec.search.reduction_factor, brackets=brackets)
+    return strategy
 
 
 def run_one(factory, seed: int, table: Table, budget: int, target: float) -> dict[str, Any]:

@@ -60,9 +60,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def table(result: dict[str, Any]) -> str:
     """The race as a Markdown table: medians [IQR] over seeds."""
     design = result["design_epochs"]
+    quarter = design / 4
     lines = ["| strategy | epochs to target | / design | simulated min to target | reached "
+             "| reached within 1/4 of the design | best val Dice at 1/4 of the design "
              "| test Dice of the pick | val Dice of the pick |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, b in result["strategies"].items():
         e, s = _q(b["epochs_to_target"]), _q(b["seconds_to_target"])
         t, v = b["pick_test"], b["pick_val"]
@@ -70,9 +72,27 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_f(e[1])} [{_f(e[0])}-{_f(e[2])}] | {ratio} "
             f"| {_f(s[1], 60, 1)} [{_f(s[0], 60, 1)}-{_f(s[2], 60, 1)}] "
-            f"| {b['reached']}/{len(b['runs'])} | {t[1]:.3f} [{t[0]:.3f}-{t[2]:.3f}] "
+            f"| {b['reached']}/{len(b['runs'])} | {within(b['runs'], quarter)}/{len(b['runs'])} "
+            f"| {_iqr([best_at(r, quarter) for r in b['runs']])} "
+            f"| {t[1]:.3f} [{t[0]:.3f}-{t[2]:.3f}] "
             f"| {v[1]:.3f} [{v[0]:.3f}-{v[2]:.3f}] |")
     return "\n".join(lines)
+
+
+def within(runs: list[dict[str, Any]], epochs: float) -> int:
+    """How many runs reached the target within `epochs`."""
+    return sum(r["epochs_to_target"] is not None and r["epochs_to_target"] <= epochs
+               for r in runs)
+
+
+def best_at(run: dict[str, Any], epochs: float) -> float:
+    """The best validation Dice a run had found after `epochs` epochs."""
+    return max([s[2] for s in run["steps"] if s[0] <= epochs], default=0.0)
+
+
+def _iqr(xs: list[float]) -> str:
+    lo, mid, hi = np.percentile(xs, [25, 50, 75])
+    return f"{mid:.3f} [{lo:.3f}-{hi:.3f}]"
 
 
 def _q(values):
