@@ -119,14 +119,16 @@ def main() -> None:
         import ray
 
         storage.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):  # Ray gives its raylet 30 s to start: too few at high load
+        for attempt in range(20):  # Ray gives its raylet 30 s to start: too few at high load
             try:
                 ray.init(address="local", num_cpus=2, include_dashboard=False)
                 break
             except Exception:
-                if attempt == 2:
+                ray.shutdown()
+                if attempt == 19:
                     raise
-                logging.exception("ray.init failed; trying again")
+                logging.warning("ray.init failed (attempt %d); trying again", attempt + 1)
+                time.sleep(20)
         for seed in range(args.seeds):  # interleaved: load hits every strategy alike
             for name, overrides in strategies.items():
                 run_dir = storage / f"{slug[name]}_seed{seed}"

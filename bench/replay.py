@@ -98,6 +98,14 @@ def variants(table: Table) -> dict[str, Any]:
     }
 
 
+def chosen(name: str, only: str | None, skip: str | None) -> bool:
+    """Whether `name` is raced under --only / --skip (comma-separated substrings)."""
+    def hit(words: str) -> bool:
+        return any(w and w in name for w in words.split(","))
+
+    return (only is None or hit(only)) and (skip is None or not hit(skip))
+
+
 def with_brackets(strategy: SegtuneTpeAsha, brackets: int) -> SegtuneTpeAsha:
     """segtune's strategy with Ray's ASHAScheduler over `brackets` brackets (asynchronous
     Hyperband: bracket k's first rung at grace_period x reduction_factor^k; a new trial joins
@@ -166,8 +174,10 @@ def main() -> None:
                         help="merge finished races (--only parts) into --out, then report")
     parser.add_argument("--budget", type=int, default=None,
                         help="epochs per search (default: the whole design's)")
-    parser.add_argument("--only", default=None, help="strategies whose name contains this")
-    parser.add_argument("--skip", default=None, help="strategies whose name contains this")
+    parser.add_argument("--only", default=None,
+                        help="strategies whose name contains one of these (comma-separated)")
+    parser.add_argument("--skip", default=None,
+                        help="not the strategies whose name contains one of these")
     parser.add_argument("--variants", action="store_true",
                         help="race variants of segtune's default instead of the peers")
     parser.add_argument("--out", default=None,
@@ -188,7 +198,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="replay-") as workdir:
         raced = variants(table) if args.variants else strategies(table, workdir)
         for name, factory in raced.items():
-            if (args.only and args.only not in name) or (args.skip and args.skip in name):
+            if not chosen(name, args.only, args.skip):
                 continue
             runs = [run_one(factory, s, table, budget, target) for s in range(args.seeds)]
             result["strategies"][name] = {"runs": runs, **summarise(runs)}
