@@ -163,8 +163,11 @@ class OptunaPruned:
         else:
             p = optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_RESOURCE)
         make = optuna.samplers.GPSampler if sampler == "gp" else optuna.samplers.TPESampler
+        # A fixed name: HyperbandPruner puts a trial in a bracket by a hash of the study's name
+        # (a random one by default), so the bracket draw repeats only under a fixed name.
         self.study = optuna.create_study(
-            direction="maximize", pruner=p, sampler=make(seed=seed, n_startup_trials=startup))
+            direction="maximize", pruner=p, study_name=f"replay-{pruner}-{sampler}-{seed}",
+            sampler=make(seed=seed, n_startup_trials=startup))
         self.distributions = _optuna_space(table)
         self.table, self.best = table, {}
 
