@@ -203,6 +203,9 @@ def main() -> None:
             runs = [run_one(factory, s, table, budget, target) for s in range(args.seeds)]
             result["strategies"][name] = {"runs": runs, **summarise(runs)}
             print(line(name, result["strategies"][name], design), flush=True)
+            # Each strategy's seeds are kept as soon as they are done (a long race can stop).
+            partial = Path(args.out or "replay").with_suffix(".partial.json")
+            partial.write_text(json.dumps(_finite(result)) + "\n")
     if "segtune TPE + ASHA" in result["strategies"]:
         result["aim"] = aim(result)
         print(json.dumps(_finite(result["aim"])))
