@@ -83,6 +83,10 @@ def variants(table: Table) -> dict[str, Any]:
         "ASHA grace period 2": seg(["search.grace_period=2"]),
         "ASHA grace period 6": seg(["search.grace_period=6"]),
         "48 trials": seg(["search.num_trials=48"]),
+        "random sampler (no TPE)": seg(["search.sampler=random"]),
+        "random sampler, no trial cap": seg(["search.sampler=random",
+                                             "search.num_trials=100000"]),
+        "20 start-up trials": seg(tpe={"n_startup_trials": 20}),
         "synchronous halving (Ray's HyperBandScheduler)": lambda s: SegtuneSyncHalving(
             table, spec, s),
         "ASHA with 2 brackets (async Hyperband)": lambda s: with_brackets(
