@@ -192,8 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
     comp.add_argument("--baseline", required=True, help="another run folder, an nnU-Net "
                       "summary.json, or a CSV with the header class,mean[,std][,metric]")
-    comp.add_argument("--model", default="best", choices=MODELS,
-                      help="the run's model to compare (default: best)")
+    comp.add_argument("--model", default="best", help="the run's model to compare: best, "
+                      "greedy, uniform, or a checkpoint file or folder scored by evaluate "
+                      "(default: best)")
     comp.add_argument("--split", default="test", help="the split evaluated (default: test)")
     comp.add_argument("--baseline-model", choices=MODELS,
                       help="the model of a baseline run folder (default: --model)")

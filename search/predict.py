@@ -245,6 +245,13 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
                                  f"or the search did not finish; make one with: python -m "
                                  f"search soup {run_dir})")
         return model, path, checkpoint_io.load_checkpoint(path.parent)
+    path = checkpoint_file(model)
+    return checkpoint_label(path), path, input_checks.read_checkpoint(path, model)
+
+
+def checkpoint_file(model: str) -> Path:
+    """The checkpoint file `--model` names (a folder means its `checkpoint.pt`), or one line
+    saying there is none."""
     path = Path(model)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -252,9 +259,15 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
         looks_like_path = path != Path(model) or len(path.parts) > 1 or path.suffix
         raise ArgumentError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
                         "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
-    # Exactly the file named: `DIR/mymodel.pt` is not `DIR/checkpoint.pt`.
-    name = path.parent.name if path.name == "checkpoint.pt" else path.stem
-    return name or "checkpoint", path, input_checks.read_checkpoint(path, model)
+    return path
+
+
+def checkpoint_label(path: Path) -> str:
+    """A checkpoint file's name in outputs (`eval/<name>-<split>/`): its folder's for a
+    `checkpoint.pt`, else its stem (exactly the file named: `DIR/mymodel.pt` is not
+    `DIR/checkpoint.pt`); never `best`, `greedy` or `uniform`, whose outputs are the run's."""
+    name = (path.parent.name if path.name == "checkpoint.pt" else path.stem) or "checkpoint"
+    return f"{name}-file" if name in MODELS else name
 
 
 def load_model(run_dir: str | Path, model: str = "best", device: str | None = None
