@@ -85,8 +85,8 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
 
 def format_scores(summary: dict[str, Any]) -> str:
     """The per-region means of a summary (`evaluate_run`'s or `evaluate_folder`'s) with their
-    spread over the cases (std, n: cases where the region is scored), and the foreground
-    mean."""
+    spread over the cases (std, n: cases where the region is scored), HD95's too, and the
+    foreground (each case's mean over regions, then their mean, std and n over cases)."""
     info = summary["segtune"]
     per_case = summary["metric_per_case"]
     hd = "HD95" in summary["foreground_mean"]
@@ -95,13 +95,14 @@ def format_scores(summary: dict[str, Any]) -> str:
         dice = [_case_mean(c, region, "Dice") for c in per_case]
         row = [region, *_spread(dice)]
         if hd:
-            row += [f"{_spread([_case_mean(c, region, 'HD95') for c in per_case])[0]}"]
+            row += _spread([_case_mean(c, region, "HD95") for c in per_case])[:2]
         rows.append(row)
     head = (f"{info['model']} on the {info['split']} split ({len(info['cases'])} cases):"
             if "split" in info else f"{info['pred_dir']} against {info['ref_dir']} "
             f"({len(per_case)} cases):")
-    return "\n".join([head, *table(["region", "Dice", "std", "n", *(["HD95 mm"] if hd else [])],
-                                   rows, right=(1, 2, 3, 4) if hd else (1, 2, 3))])
+    return "\n".join([head, *table(["region", "Dice", "std", "n",
+                                    *(["HD95 mm", "std"] if hd else [])],
+                                   rows, right=(1, 2, 3, 4, 5) if hd else (1, 2, 3))])
 
 
 def _case_mean(case: dict[str, Any], region: str, key: str) -> float:

@@ -177,3 +177,21 @@ def test_a_reference_without_its_prediction_needs_chill(folders, capsys):
     summary = json.loads((pred / "summary.json").read_text())
     assert [c["prediction_file"] for c in summary["metric_per_case"]] == [
         str(pred / "a.nii.gz"), str(pred / "b.nii.gz")]
+
+
+def test_every_printed_figure_has_its_spread_over_the_cases(folders, capsys):
+    """Dice and HD95 per label: mean, std over the cases (ddof 0) and n, read back from the
+    per-case values of summary.json."""
+    ref, pred = folders
+    assert main(["evaluate-folder", str(ref), str(pred), "-l", "1", "2", "--hd95"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((pred / "summary.json").read_text())
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[3:]}
+    assert out.splitlines()[1].split() == ["region", "Dice", "std", "n", "HD95", "mm", "std"]
+    for label in ("1", "2"):
+        dice = [c["metrics"][label]["Dice"] for c in summary["metric_per_case"]]
+        dice = [d for d in dice if not math.isnan(d)]
+        hd = [c["metrics"][label]["HD95"] for c in summary["metric_per_case"]]
+        assert rows[label] == [label, f"{np.mean(dice):.3f}", f"{np.std(dice):.3f}",
+                               str(len(dice)), f"{np.mean(hd):.3f}", f"{np.std(hd):.3f}"]
+    assert rows["2"][3] == "2"  # case b has no label 2 on either side: not counted
