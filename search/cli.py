@@ -191,7 +191,8 @@ def _parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compare", help="per-class Dice (and HD95) of a run against a baseline")
     comp.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
     comp.add_argument("--baseline", required=True, help="another run folder, an nnU-Net "
-                      "summary.json, or a CSV with the header class,mean[,std][,metric]")
+                      "summary.json, a CSV with the header class,mean[,std][,metric], or a "
+                      "checkpoint file or folder scored by evaluate in this run")
     comp.add_argument("--model", default="best", help="the run's model to compare: best, "
                       "greedy, uniform, or a checkpoint file or folder scored by evaluate "
                       "(default: best)")

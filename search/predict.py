@@ -249,7 +249,7 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
     return checkpoint_label(path), path, input_checks.read_checkpoint(path, model)
 
 
-def checkpoint_file(model: str) -> Path:
+def checkpoint_file(model: str, option: str = "--model") -> Path:
     """The checkpoint file `--model` names (a folder means its `checkpoint.pt`), or one line
     saying there is none."""
     path = Path(model)
@@ -257,8 +257,9 @@ def checkpoint_file(model: str) -> Path:
         path = path / "checkpoint.pt"
     if not path.is_file():
         looks_like_path = path != Path(model) or len(path.parts) > 1 or path.suffix
-        raise ArgumentError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
-                        "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
+        raise ArgumentError(f"{option} {model}: not one of {', '.join(MODELS)} and no "
+                            "checkpoint file there" + (f" ({path} does not exist)"
+                                                       if looks_like_path else ""))
     return path
 
 

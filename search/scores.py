@@ -59,19 +59,22 @@ def load_scores(path: str | Path, model: str = "best", split: str = "test",
     raise CompareError(f"{path}: expected a run folder, an nnU-Net summary .json or a .csv")
 
 
-def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> Scores:
+def read_run(run_dir: str | Path, model: str = "best", split: str = "test",
+             option: str = "--model") -> Scores:
     """Scores of `model` (best | greedy | uniform) on `split` in a segtune run folder: from
     `eval/<model>-<split>/summary.json` if present, else from the run's `summary.json`
-    (Dice only; `split` test or val)."""
+    (Dice only; `split` test or val); or of a checkpoint file or folder `model`, from the
+    `eval/<name>-<split>/summary.json` that `evaluate` wrote for it (`option` names the
+    argument in errors)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CompareError(f"{run_dir}: no such run folder")
     folder = RunFolder(run_dir)
     if model not in MODELS:  # a checkpoint file or folder: scored by `evaluate` only
-        shown = checkpoint_name(model)
+        shown = checkpoint_name(model, option)
         evaluated = folder.eval_dir(shown, split) / "summary.json"
         if not evaluated.is_file():
-            raise CompareError(f"--model {model}: not scored on the {split} split yet (no "
+            raise CompareError(f"{option} {model}: not scored on the {split} split yet (no "
                                f"{evaluated}); score it with: python -m search evaluate "
                                f"{run_dir} --model {model} --split {split}")
         label, slug = f"{run_dir.resolve().name} {shown} ({split})", _slug(shown)
@@ -108,15 +111,15 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
     return Scores(label, slug, metrics, str(summary_path))
 
 
-def checkpoint_name(model: str) -> str:
+def checkpoint_name(model: str, option: str = "--model") -> str:
     """The name `evaluate` gives a checkpoint file or folder `model` (its scores are in
     `eval/<name>-<split>/`), or one line why `model` is not a checkpoint: no such file, or a
     file `torch.load(weights_only=True)` refuses or that holds no model weights."""
     from search.inputs import read_checkpoint
     from search.predict import checkpoint_file, checkpoint_label
 
-    path = checkpoint_file(model)
-    read_checkpoint(path, model)
+    path = checkpoint_file(model, option)
+    read_checkpoint(path, model, option)
     return checkpoint_label(path)
 
 

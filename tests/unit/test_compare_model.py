@@ -65,3 +65,20 @@ def test_a_path_that_is_no_scored_checkpoint_is_one_line(run, tmp_path, capsys):
         assert err.startswith("segtune: error: " + message.format(tmp=tmp_path)), err
         assert err.count("\n") == 1 and "Traceback" not in err
         assert not (run / "compare").exists()
+
+
+def test_a_scored_checkpoint_is_a_baseline_too(run, tmp_path, capsys):
+    file = tmp_path / "ckpt" / "swa.pt"
+    file.parent.mkdir()
+    torch.save({"model": {"w": torch.zeros(2)}}, file)
+    write_json(run / "eval" / "swa-test" / "summary.json", nnunet_summary())
+    assert main(["compare", str(run), "--baseline", str(file), "--model", "greedy"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# a greedy (test) vs a swa (test)\n")
+    assert "| heart | 0.9000 | 0.9450 | -0.0450 | -4.8 |" in out
+    assert (run / "compare" / "greedy-test-vs-swa" / "compare.md").is_file()
+    (tmp_path / "other.pt").write_text("not a checkpoint")
+    assert main(["compare", str(run), "--baseline", str(tmp_path / "other.pt")]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"segtune: error: --baseline {tmp_path / 'other.pt'}: {tmp_path / 'other.pt'} is not a "
+        "segtune checkpoint (torch.load(weights_only=True) refused it")
