@@ -69,7 +69,8 @@ def test_mlflow_ui_lists_nested_trials_and_shows_their_metric(browser_ready, smo
     docs = ROOT / "docs" if os.environ.get("SEGTUNE_DOCS_SCREENSHOTS") == "1" else None
 
     def link(run):
-        return (By.CSS_SELECTOR, f"a[href$='/runs/{run.info.run_id}']")
+        # On the Model training side a link ends in `?workflowType=...`.
+        return (By.CSS_SELECTOR, f"a[href*='/runs/{run.info.run_id}']")
 
     with mlflow_ui(storage / "mlflow.db", tmp_path / "mlflow-server.log") as base, \
             chromium(tmp_path / "profile") as driver:
