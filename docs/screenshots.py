@@ -41,9 +41,11 @@ def main(argv: list[str] | None = None) -> None:
                         "temporary folder, removed)")
     parser.add_argument("--run-dir", help="a finished run folder: redraw only the prediction "
                         "picture from it (no search, no dashboard picture)")
+    parser.add_argument("--model", help="with --run-dir: the model to draw (default: the one "
+                        "the run recommends; a checkpoint path for a run that did not finish)")
     args = parser.parse_args(argv)
     if args.run_dir:
-        predict_overlay(Path(args.run_dir), DOCS / "predict_overlay.png")
+        predict_overlay(Path(args.run_dir), DOCS / "predict_overlay.png", args.model)
         print(f"wrote {DOCS / 'predict_overlay.png'}")
         return
     reason = missing_browser()
@@ -120,7 +122,7 @@ def photograph_actors(driver, dashboard: str, path: Path) -> None:
     save_png(driver.get_screenshot_as_png(), path)
 
 
-def predict_overlay(run_dir: Path, path: Path) -> None:
+def predict_overlay(run_dir: Path, path: Path, chosen: str | None = None) -> None:
     """One axial slice of the first test patient: CT, reference labels, and the labels of
     the model the run recommends (what its last lines tell `predict` to use)."""
     import matplotlib
@@ -137,7 +139,7 @@ def predict_overlay(run_dir: Path, path: Path) -> None:
 
     run = json.loads((run_dir / "run.json").read_text())
     # The model the run's last lines tell `predict` to use.
-    chosen = recommended(json.loads((run_dir / "summary.json").read_text()))
+    chosen = chosen or recommended(json.loads((run_dir / "summary.json").read_text()))
     model = load_model(run_dir, chosen, device="cpu")
     case = open_dataset(model.spec.data, root=run["data_root"]).case(run["split"]["test"][0])
     predicted = model.predict(case.image)
