@@ -18,7 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import CompareError
+from search.lazy import LazyModule
 from search.runfolder import MODELS, RunFolder
+
+# Read a checkpoint only where `--model` is a path: torch is not imported for a CSV.
+inputs = LazyModule("search.inputs")
+predict = LazyModule("search.predict")
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +120,9 @@ def checkpoint_name(model: str, option: str = "--model") -> str:
     """The name `evaluate` gives a checkpoint file or folder `model` (its scores are in
     `eval/<name>-<split>/`), or one line why `model` is not a checkpoint: no such file, or a
     file `torch.load(weights_only=True)` refuses or that holds no model weights."""
-    from search.inputs import read_checkpoint
-    from search.predict import checkpoint_file, checkpoint_label
-
-    path = checkpoint_file(model, option)
-    read_checkpoint(path, model, option)
-    return checkpoint_label(path)
+    path = predict.checkpoint_file(model, option)
+    inputs.read_checkpoint(path, model, option)
+    return predict.checkpoint_label(path)
 
 
 def region_names(run_dir: Path) -> dict[str, str]:
