@@ -74,6 +74,19 @@ def _address(text: str) -> str:
                                      "(port 1 to 65535), e.g. 10.0.0.5:6379")
 
 
+def _region(text: str) -> tuple[int, ...]:
+    """An argparse type: a region, comma-separated label ids from 1 to 255, e.g. 1,2,3."""
+    try:
+        ids = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        ids = ()
+    if not ids or not all(1 <= i <= 255 for i in ids) or len(set(ids)) < len(ids):
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(f"{shown!r}: comma-separated label ids from 1 to "
+                                         "255, each once, e.g. 1,2,3")
+    return ids
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m search", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -129,7 +142,14 @@ def _parser() -> argparse.ArgumentParser:
     ef.add_argument("ref_dir", help="the reference label maps (*.nii.gz)")
     ef.add_argument("pred_dir", help="the predictions, named as their references")
     ef.add_argument("-l", "--labels", type=_count(1, 255), nargs="+", help="label ids to "
-                    "score (default: every non-zero id in the references)")
+                    "score (default, without -r: every non-zero id in the references)")
+    ef.add_argument("-r", "--regions", type=_region, nargs="+", metavar="IDS", help="regions "
+                    "to score, each comma-separated label ids scored as one, e.g. 1,2,3 2,3 "
+                    "(keyed as nnU-Net's, \"(1, 2, 3)\")")
+    ef.add_argument("-il", "--ignore-label", type=_count(1, 255), metavar="ID", help="a "
+                    "reference label whose voxels count nowhere (nnU-Net's ignore label)")
+    ef.add_argument("--chill", action="store_true", help="score the predicted cases only "
+                    "where some references have no prediction (nnU-Net's --chill)")
     ef.add_argument("-o", "--out", help="summary.json to write (default: PRED_DIR/summary.json)")
     ef.add_argument("--hd95", action="store_true", help="also HD95 in mm (MONAI's)")
 
@@ -171,9 +191,11 @@ def _parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compare", help="per-class Dice (and HD95) of a run against a baseline")
     comp.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
     comp.add_argument("--baseline", required=True, help="another run folder, an nnU-Net "
-                      "summary.json, or a CSV with the header class,mean[,std][,metric]")
-    comp.add_argument("--model", default="best", choices=MODELS,
-                      help="the run's model to compare (default: best)")
+                      "summary.json, a CSV with the header class,mean[,std][,metric], or a "
+                      "checkpoint file or folder scored by evaluate in this run")
+    comp.add_argument("--model", default="best", help="the run's model to compare: best, "
+                      "greedy, uniform, or a checkpoint file or folder scored by evaluate "
+                      "(default: best)")
     comp.add_argument("--split", default="test", help="the split evaluated (default: test)")
     comp.add_argument("--baseline-model", choices=MODELS,
                       help="the model of a baseline run folder (default: --model)")
@@ -215,7 +237,7 @@ def _evaluate_folder(args) -> int:
     if args.out and Path(args.out).is_dir():
         raise ArgumentError(f"-o {args.out}: a folder; give the summary.json file to write")
     summary = evaluate.evaluate_folder(args.ref_dir, args.pred_dir, args.labels, args.out,
-                                       args.hd95)
+                                       args.hd95, args.regions, args.ignore_label, args.chill)
     print(evaluate.format_scores(summary))
     print(f"summary.json: {args.out or Path(args.pred_dir) / 'summary.json'}")
     return 0

@@ -50,16 +50,40 @@ def format_summary(summary: dict[str, Any], searched: list[str]) -> str:
         out += ["", "Errors:"] + [f"  {t['trial_id']}: {t['error']}" for t in errors]
     best = summary.get("best")
     if best:
-        out += ["", "Held-out test split (not used for any selection):"]
-        rows = [["best trial " + best["trial_id"], "1", _f(best["val_dice"]),
-                 _f(best["test_dice"]), *_classes(best["test_dice_per_class"])]]
-        for kind, soup in (summary.get("soups") or {}).items():
-            rows.append([f"{kind} soup", str(len(soup["ingredients"])), _f(soup["val_dice"]),
-                         _f(soup["test_dice"]), *_classes(soup["test_dice_per_class"])])
-        out += table(["model", "size", "val_dice", "test_dice", *classes], rows)
+        out += ["", *_held_out(summary, names, classes)]
     if summary.get("reference"):
         out += ["", *format_reference(summary["reference"])]
     return "\n".join(out)
+
+
+def _held_out(summary: dict[str, Any], names: list[str], classes: list[str]) -> list[str]:
+    """The best trial and the soups on the test split: per region and over regions the mean
+    over the test cases, with the std over them where the run scored each case (the
+    reference, made with the soups); else a line saying where the spread is."""
+    ref = summary.get("reference") or {}
+    spread = ref.get("models") or {}
+
+    def cells(name: str, record: dict[str, Any]) -> list[str]:
+        per_case = spread.get(name)
+        stds = ([(per_case["mean"]["std"])] + [
+            (per_case["regions"].get(n) or {}).get("std") for n in names]) if per_case else []
+        values = [record["test_dice"], *[(record["test_dice_per_class"] or {}).get(n)
+                                         for n in names]]
+        return [_f(v) if not stds or v is None or stds[i] is None else f"{v:.3f}±{stds[i]:.3f}"
+                for i, v in enumerate(values)]
+
+    best = summary["best"]
+    rows = [["best trial " + best["trial_id"], "1", _f(best["val_dice"]), *cells("best", best)]]
+    for kind, soup in (summary.get("soups") or {}).items():
+        rows.append([f"{kind} soup", str(len(soup["ingredients"])), _f(soup["val_dice"]),
+                     *cells(kind, soup)])
+    if spread:
+        head = (f"Held-out test split (mean±std over its {len(ref.get('cases') or [])} cases; "
+                "not used for any selection):")
+    else:
+        head = ("Held-out test split (means over its cases, not used for any selection; "
+                "their spread: python -m search evaluate RUN_DIR):")
+    return [head, *table(["model", "size", "val_dice", "test_dice", *classes], rows)]
 
 
 def _fmt_param(value: Any) -> str:

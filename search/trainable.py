@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import sys
 import tempfile
 from typing import Any
@@ -34,6 +35,12 @@ def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
               data_root: str, trunk: dict[str, Any] | None = None) -> None:
     """One trial: resolve the spec with the sampled `config`, then `run_trial` (from the
     shared `trunk`'s weights when the search has one)."""
+    # Ray waits TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for a finished trial's thread before it
+    # hands this worker to the next trial (`reuse_actors`), and reads it then, in this
+    # process. At load 30 on 2 cores the thread's end took longer: the next trial errored
+    # ("Trainable runner reuse requires reset_config() ...") and, after two of them, the
+    # demo search proposed no trial again and waited forever.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     name_worker_log(tune.get_context().get_trial_id(), config)
     spec = base.resolve(config)
     run_trial(spec, split, data_root, keep_fork=fork_epoch(spec), init=trunk)

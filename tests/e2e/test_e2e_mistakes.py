@@ -66,10 +66,15 @@ WALK = {
     ("evaluate-folder", "pred_dir"): ("{tmp}/missing", "{tmp}/missing: no such prediction "
                                       "folder"),
     ("evaluate-folder", "-l"): ("0", "argument -l/--labels: '0': an integer from 1 to 255"),
+    ("evaluate-folder", "-r"): ("1,x", "argument -r/--regions: '1,x': comma-separated label "
+                                "ids from 1 to 255"),
+    ("evaluate-folder", "-il"): ("0", "argument -il/--ignore-label: '0': an integer from 1 to "
+                                 "255"),
     ("evaluate-folder", "-o"): ("{tmp}", "-o {tmp}: a folder; give the summary.json file"),
     ("compare", "run_dir"): ("{tmp}", "segtune run folder"),
     ("compare", "--baseline"): ("{tmp}/missing.csv", "--baseline {tmp}/missing.csv: no such"),
-    ("compare", "--model"): ("bogus", "argument --model: invalid choice: 'bogus'"),
+    ("compare", "--model"): ("bogus", "--model bogus: not one of best, greedy, uniform and no "
+                                "checkpoint file there"),
     ("compare", "--split"): ("bogus", "not 'bogus'"),
     ("compare", "--baseline-model"): ("bogus", "argument --baseline-model: invalid choice"),
     ("compare", "--tracking-uri"): ("bogus://x", "bogus://x: not an MLflow tracking URI"),
