@@ -41,6 +41,49 @@ def pytest_configure(config):
         del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
 
 
+# The slowest work units, first (see pytest_collection_modifyitems): in the order that keeps
+# both test workers busy to the end (from --durations on 2 workers).
+SLOWEST_FIRST = ["smoke_run", "test_e2e_eval", "test_e2e_s3", "test_e2e_study"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """With `--dist loadgroup` (pyproject.toml), each xdist_group runs on one test worker, and
+    the groups are handed out in collection order (`--no-loadscope-reorder`). The groups:
+    every test of a finished smoke search (`smoke_run`, made once per worker) in one, so that
+    it is made once; an end-to-end test that shares no module fixture on its own, so that the
+    slow ones of one file run on both workers; every other file as a whole (`--dist
+    loadfile`). The slowest groups go first: one handed out last would keep a worker busy
+    while the other idles; the unit tests, many and short, fill in at the end."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    order: dict[str, int] = {}
+    for item in items:
+        group = _group(item)
+        item.add_marker(pytest.mark.xdist_group(group))
+        order.setdefault(group, len(order))
+
+    def rank(item) -> tuple[int, int]:
+        group = _group(item)
+        slow = SLOWEST_FIRST.index(group) if group in SLOWEST_FIRST else None
+        e2e = "/e2e/" in f"/{item.nodeid}"
+        return (0 if slow is not None else 1 if e2e else 2,
+                slow if slow is not None else order[group])
+
+    items.sort(key=rank)
+
+
+def _group(item) -> str:
+    """The xdist_group of a test: `smoke_run`, its own name, or its file's (see above)."""
+    if "smoke_run" in item.fixturenames:
+        return "smoke_run"
+    shared = [d for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs
+              if d.scope in ("module", "class", "package")]
+    if "/e2e/" in f"/{item.nodeid}" and not shared:
+        return item.name
+    return Path(item.nodeid.split("::")[0]).stem
+
+
 @pytest.fixture
 def write_spec(tmp_path):
     """Write a YAML spec from an indented string; returns its path."""

@@ -215,7 +215,8 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes(small_disk
 
     args = ["spaces/smoke.yaml", "--name", "full", "--set", "train.epochs=4",
             "--set", "search.scheduler=fifo", "--set", "lr_finder.enabled=false",
-            "--set", "tracking.plots=false"]
+            "--set", "tracking.plots=false", "--set", "soup.enabled=false",
+            "--set", "train.val_hd95=false"]
     proc = cli_process("run", *args, "--storage", str(small_disk))
     err = proc.stderr.read()
     assert proc.wait(timeout=300) == 2, err[-3000:]
