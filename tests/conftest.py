@@ -43,7 +43,17 @@ def pytest_configure(config):
 
 # The slowest work units, first (see pytest_collection_modifyitems): in the order that keeps
 # both test workers busy to the end (from --durations on 2 workers).
-SLOWEST_FIRST = ["smoke_run", "test_e2e_eval", "test_e2e_s3", "test_e2e_study"]
+SLOWEST_FIRST = [
+    "smoke_run", "test_e2e_eval",
+    "test_ctrl_c_during_the_post_search_scoring_stops_it_and_resume_finishes", "test_e2e_s3",
+    "test_an_interrupted_search_resumes_without_losing_or_redoing_work",
+    "test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes",
+    "test_a_failing_trial_is_retried_and_one_that_keeps_failing_is_failed", "test_e2e_study",
+    "test_slurm_symmetric_run_script_under_a_faked_slurm",
+    "test_trunk_siblings_and_averages_fork_and_soup_as_recorded",
+    "test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving_nothing",
+    "test_search_on_a_two_process_ray_cluster",
+]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups
