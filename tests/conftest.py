@@ -41,57 +41,28 @@ def pytest_configure(config):
         del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
 
 
-# The slowest work units, first (see pytest_collection_modifyitems): in the order that keeps
-# both test workers busy to the end (from --durations on 2 workers).
-SLOWEST_FIRST = [
-    "smoke_run", "test_e2e_eval",
-    "test_ctrl_c_during_the_post_search_scoring_stops_it_and_resume_finishes", "test_e2e_s3",
-    "test_an_interrupted_search_resumes_without_losing_or_redoing_work",
-    "test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes",
-    "test_a_failing_trial_is_retried_and_one_that_keeps_failing_is_failed", "test_e2e_study",
-    "test_slurm_symmetric_run_script_under_a_faked_slurm",
-    "test_trunk_siblings_and_averages_fork_and_soup_as_recorded",
-    "test_a_local_run_starts_its_own_ray_on_loopback_and_sigterm_stops_it_leaving_nothing",
-    "test_search_on_a_two_process_ray_cluster",
-]
+# The slowest test files first (see pytest_collection_modifyitems), from --durations on 2
+# workers; the other end-to-end files follow, then the unit tests.
+SLOWEST_FIRST = ["test_e2e_resume", "test_e2e_mistakes", "test_e2e_eval", "test_e2e",
+                 "test_stopping_scoring", "test_stopping", "test_e2e_s3", "test_e2e_study",
+                 "test_cluster", "test_e2e_soups", "test_browser", "test_e2e_predict"]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    """With `--dist loadgroup` (pyproject.toml), each xdist_group runs on one test worker, and
-    the groups are handed out in collection order (`--no-loadscope-reorder`). The groups:
-    every test of a finished smoke search (`smoke_run`, made once per worker) in one, so that
-    it is made once; an end-to-end test that shares no module fixture on its own, so that the
-    slow ones of one file run on both workers; every other file as a whole (`--dist
-    loadfile`). The slowest groups go first: one handed out last would keep a worker busy
-    while the other idles; the unit tests, many and short, fill in at the end."""
-    if not getattr(config.option, "loadgroup", False):
-        return
-    order: dict[str, int] = {}
-    for item in items:
-        group = _group(item)
-        item.add_marker(pytest.mark.xdist_group(group))
-        order.setdefault(group, len(order))
+    """The slowest files first. The test workers take whole files (`--dist loadfile`) in
+    collection order (`--no-loadscope-reorder`, pyproject.toml): xdist's default order, most
+    tests first, handed the slowest end-to-end files (few tests each) out last, one worker
+    busy with them while the other idled; the unit tests, many and short, fill in at the end.
+    (`--dist loadgroup` cannot group across files here: pytest 9.2 ignores the node ids that
+    pytest-xdist 3.8 rewrites for it.)"""
 
     def rank(item) -> tuple[int, int]:
-        group = _group(item)
-        slow = SLOWEST_FIRST.index(group) if group in SLOWEST_FIRST else None
-        e2e = "/e2e/" in f"/{item.nodeid}"
-        return (0 if slow is not None else 1 if e2e else 2,
-                slow if slow is not None else order[group])
+        stem = Path(item.nodeid.split("::")[0]).stem
+        if stem in SLOWEST_FIRST:
+            return (0, SLOWEST_FIRST.index(stem))
+        return (1 if "/e2e/" in f"/{item.nodeid}" else 2, 0)
 
-    items.sort(key=rank)
-
-
-def _group(item) -> str:
-    """The xdist_group of a test: `smoke_run`, its own name, or its file's (see above)."""
-    if "smoke_run" in item.fixturenames:
-        return "smoke_run"
-    shared = [d for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs
-              if d.scope in ("module", "class", "package")]
-    if "/e2e/" in f"/{item.nodeid}" and not shared:
-        return item.name
-    return Path(item.nodeid.split("::")[0]).stem
+    items.sort(key=rank)  # stable: each file's tests keep their order
 
 
 @pytest.fixture
