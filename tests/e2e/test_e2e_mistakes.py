@@ -227,10 +227,8 @@ def test_a_full_cache_disk_is_one_line_and_leaves_no_run(tmp_path):
                       capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "search", "run", SMOKE, "--storage", str(tmp_path / "runs"),
-             "--set", f"data.cache_dir={disk}/cache"], cwd=ROOT, capture_output=True,
-            text=True, timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        proc = cli("run", SMOKE, "--storage", str(tmp_path / "runs"),
+                   "--set", f"data.cache_dir={disk}/cache")
         assert proc.returncode == 2, proc.stderr[-3000:]
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith(f"segtune: error: data.cache_dir {disk}/cache: cannot write "
