@@ -67,10 +67,13 @@ SETTINGS = {
     "average": ["train.average=swa", "train.average_fraction=0.5"],
     # 6 trials + 3 siblings x 4 epochs: about the 8 trials' epochs of the others.
     "siblings": ["search.num_trials=6", "soup.siblings=3", "soup.fork_fraction=0.5"],
-    # Fork-then-search: a shared trunk of 2 or 4 epochs, paid for with fewer trials.
-    "trunk2": ["search.trunk_epochs=2", "search.num_trials=7"],
-    "trunk4": ["search.trunk_epochs=4", "search.num_trials=6"],
+    # Fork-then-search: a shared trunk of 2 or 4 epochs. Equal compute exactly: the run's
+    # budget in epochs (trunk included) is that of `today` with the same seed (BUDGETED).
+    "trunk2": ["search.trunk_epochs=2", "search.num_trials=16"],
+    "trunk4": ["search.trunk_epochs=4", "search.num_trials=16"],
 }
+# Settings whose run gets `search.budget_epochs` = the epochs `today` trained with that seed.
+BUDGETED = ("trunk2", "trunk4")
 MODELS = ("best", "greedy", "uniform", "ensemble")
 
 
@@ -87,7 +90,9 @@ def run_one(storage: Path, setting: str, seed: int) -> None:
         finish(storage / name)
     if not summary.is_file():
         spec_path = storage / "base.yaml"
-        spec = load_spec(spec_path, [*SETTINGS[setting], f"search.seed={seed}"])
+        extra = [f"search.budget_epochs={epochs_of(storage / f'today-s{seed}')}"] \
+            if setting in BUDGETED else []
+        spec = load_spec(spec_path, [*SETTINGS[setting], *extra, f"search.seed={seed}"])
         t0 = time.time()
         run_search(spec, spec_path, name=name, storage=storage)
         (storage / name / "bench.json").write_text(json.dumps({"wall_s": time.time() - t0}))
@@ -132,14 +137,20 @@ def barrier(run_dir: Path, summary: dict) -> float | None:
     return statistics.fmean(ends) - judge(average([a, b]), val)[0]
 
 
+def epochs_of(run_dir: Path) -> int:
+    """The epochs a run trained: its trials', its siblings' and its trunk's."""
+    from search.runfolder import RunFolder
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sib = summary.get("siblings") or []
+    return sum(t.get("epochs") or 0 for t in summary["trials"]) + sum(
+        EPOCHS - s["fork_epoch"] for s in sib) + RunFolder(run_dir).spec.search.trunk_epochs
+
+
 def analyse_run(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     ref = summary["reference"]["models"]
-    sib = summary.get("siblings") or []
-    from search.runfolder import RunFolder
-
-    epochs = sum(t.get("epochs") or 0 for t in summary["trials"]) + sum(
-        EPOCHS - s["fork_epoch"] for s in sib) + RunFolder(run_dir).spec.search.trunk_epochs
+    epochs = epochs_of(run_dir)
     wall = json.loads((run_dir / "bench.json").read_text())["wall_s"] \
         if (run_dir / "bench.json").is_file() else None
     return {"epochs": epochs, "wall_s": wall,
@@ -216,11 +227,13 @@ def main() -> None:
             for seed in range(args.seeds):
                 for setting in group:
                     run_one(args.storage, setting, seed)
-    shown = ["today", *args.settings] if "average" in args.settings else args.settings
+    # Every setting measured so far in this storage, not only those run now.
+    shown = ["today", *SETTINGS]
     result = {s: {seed: analyse_run(args.storage / f"{s}-s{seed}")
                   for seed in range(args.seeds)
                   if (args.storage / f"{s}-s{seed}" / "summary.json").is_file()}
               for s in shown}
+    result = {s: runs for s, runs in result.items() if runs}
     (HERE / "soups.json").write_text(json.dumps(result, indent=1) + "\n")
     print(report(result))
 

@@ -14,6 +14,7 @@ from typing import Any
 from ray import tune
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.stopper import Stopper
 from ray.tune.trainable.function_trainable import wrap_function
 
 from search.lazy import LazyModule
@@ -21,7 +22,7 @@ from search.space import define_by_run, make_sampler
 from search.spec import Spec
 from search.storage import is_uri, relative
 from search.study import StudySearch
-from search.trials import budget, searched_config
+from search.trials import budget, search_epochs, searched_config
 
 # Imports torch: handed to Ray when a Tuner is built (see search.lazy).
 worker = LazyModule("search.trainable")
@@ -108,7 +109,36 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if spec.cv.every else
             tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s.metric,
                                   checkpoint_score_order="max"),
-            stop=({"time_total_s": s.trial_time_limit_s} if s.trial_time_limit_s else None)))
+            stop=_stopper(spec)))
+
+
+class EpochBudget(Stopper):
+    """`search.budget_epochs`: the whole search stops once its trials have reported `epochs`
+    epochs in all (each trial counted to the last epoch it reported); also each trial's time
+    limit. Trials running then stop at once, their unfinished epoch unreported."""
+
+    def __init__(self, epochs: int, time_limit_s: float | None = None):
+        self.epochs, self.time_limit_s = epochs, time_limit_s
+        self.trained: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.trained[trial_id] = max(self.trained.get(trial_id, 0),
+                                     int(result.get("training_iteration", 0)))
+        late = self.time_limit_s is not None and result.get("time_total_s", 0) >= \
+            self.time_limit_s
+        return late or self.stop_all()
+
+    def stop_all(self) -> bool:
+        return sum(self.trained.values()) >= self.epochs
+
+
+def _stopper(spec: Spec):
+    """What stops trials besides ASHA: the run's epoch budget and the per-trial time limit."""
+    limit = spec.search.trial_time_limit_s
+    left = search_epochs(spec)
+    if left is not None:
+        return EpochBudget(left, limit)
+    return {"time_total_s": limit} if limit else None
 
 
 def make_job_tuner(spec: Spec, jobs: dict[str, dict[str, Any]], data_root: str, name: str,

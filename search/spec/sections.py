@@ -296,6 +296,10 @@ class SearchSpec(_Section):
     # Fork-then-search (search.trunk): one shared trunk trained for this many epochs at the
     # centre of the searched ranges before the search; every trial starts from its weights.
     trunk_epochs: int = Field(0, ge=0, le=100_000)
+    # The run's training budget in epochs, the trunk's and the siblings' included: the search
+    # stops its trials once they have trained what is left after those (equal compute across
+    # settings). None: search.num_trials and ASHA alone bound it.
+    budget_epochs: int | None = Field(None, ge=1, le=10_000_000)
 
 
 class ResourcesSpec(_Section):

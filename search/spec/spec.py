@@ -95,6 +95,23 @@ class Spec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_budget(self):
+        s = self.search
+        if s.budget_epochs is None:
+            return self
+        if self.cv.every:
+            raise ValueError("search.budget_epochs does not fit cv.mode every (a trial's "
+                             "reports are folds there): remove one of them")
+        from search.trials import search_epochs  # search.trials imports this module
+
+        if search_epochs(self) < 1:
+            raise ValueError(
+                f"search.budget_epochs ({s.budget_epochs}) leaves no epochs to the trials "
+                f"after search.trunk_epochs ({s.trunk_epochs}) and the siblings' epochs "
+                f"({s.budget_epochs - s.trunk_epochs - search_epochs(self)}): raise it")
+        return self
+
+    @model_validator(mode="after")
     def _check_grid(self):
         if self.search.sampler != "grid" or not self.search_leaves():
             return self  # a trial's resolved spec has no leaves left
