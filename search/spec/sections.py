@@ -283,7 +283,9 @@ class TrainSpec(_Section):
 class SearchSpec(_Section):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     seed: Seed = 0
-    scheduler: Literal["asha", "fifo"] = "asha"
+    # pbt: Ray Tune's population-based training, num_trials the population (search.tuner)
+    scheduler: Literal["asha", "fifo", "pbt"] = "asha"
+    pbt_interval: int = Field(2, ge=1, le=100_000)  # epochs between PBT's exploit steps
     grace_period: int = Field(1, ge=1, le=100_000)
     reduction_factor: int = Field(2, ge=2, le=100)
     num_trials: int = Field(8, ge=1, le=100_000)

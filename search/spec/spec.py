@@ -112,6 +112,26 @@ class Spec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_pbt(self):
+        s = self.search
+        if s.scheduler != "pbt" or not self.search_leaves():
+            return self  # a trial's resolved spec has no leaves left
+        if s.sampler == "grid":
+            raise ValueError("search.scheduler pbt draws its population at random: set "
+                             "search.sampler to tpe or random, or search.scheduler to asha")
+        if self.cv.every:
+            raise ValueError("search.scheduler pbt does not fit cv.mode every (a trial's "
+                             "reports are folds there): remove one of them")
+        if s.pbt_interval >= self.train.epochs:
+            raise ValueError(f"search.pbt_interval ({s.pbt_interval}) must be less than "
+                             f"train.epochs ({self.train.epochs}): PBT acts between epochs")
+        for path, _, leaf in self.search_leaves():
+            if leaf.when:
+                raise ValueError(f"{path}: search.scheduler pbt does not take conditional "
+                                 "leaves (with `when`): search one setting per run")
+        return self
+
+    @model_validator(mode="after")
     def _check_grid(self):
         if self.search.sampler != "grid" or not self.search_leaves():
             return self  # a trial's resolved spec has no leaves left
