@@ -157,6 +157,8 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
             # PBT pauses trials at each exploit step: a reused worker must see the paused
             # trial's thread end within seconds or the trial was lost (seen on 2 busy cores).
             reuse_actors=not pbt,
+            # PBT's generator keeps the concurrency limit itself (Ray ignores this one then).
+            **({"max_concurrent_trials": None} if pbt else {}),
             scheduler=make_scheduler(spec),
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=dict(
@@ -200,11 +202,13 @@ def _stopper(spec: Spec):
 
 def make_job_tuner(spec: Spec, jobs: dict[str, dict[str, Any]], data_root: str, name: str,
                    storage: str | Path, callbacks: list[Callback],
-                   start: dict[str, Any] | None = None) -> tune.Tuner:
+                   start: dict[str, Any] | None = None,
+                   init: dict[str, Any] | None = None) -> tune.Tuner:
     """The `Tuner` of retrain jobs: a grid over the job names, each `job_trainable` trained
     to its end (no searcher, no scheduler), with the spec's concurrency, resources and
-    retries; from the state `start` when given (siblings' fork point)."""
-    extra = {"start": start} if start is not None else {}
+    retries; from the state `start` when given (siblings' fork point), else from the weights
+    `init` when given (the run's shared trunk)."""
+    extra = {k: v for k, v in (("start", start), ("init", init)) if v is not None}
     fn = _with_resources(spec, tune.with_parameters(
         worker.job_trainable, base=spec, jobs=jobs, data_root=data_root, **extra),
         "SegtuneJob")
@@ -220,11 +224,11 @@ def _tuner(fn, spec: Spec, name: str, storage: str | Path, callbacks: list[Callb
     the callbacks, the retries, and no Ray tables."""
     return tune.Tuner(
         fn, param_space=param_space,
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.search.max_concurrent,
+        tune_config=tune.TuneConfig(**{
+            "max_concurrent_trials": spec.search.max_concurrent,
             # A trial that ends hands its worker process to the next one: no new process
             # start and no re-import of torch and MONAI per trial (~5 s each on 2 cores).
-            **{"reuse_actors": True, **tune_config}),
+            "reuse_actors": True, **tune_config}),
         run_config=tune.RunConfig(
             name=name, callbacks=callbacks, verbose=0,
             storage_path=str(storage) if is_uri(storage) else str(Path(storage).resolve()),

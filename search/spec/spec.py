@@ -95,6 +95,14 @@ class Spec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_trunk(self):
+        if self.search.trunk_epochs and self.cv.folds:
+            raise ValueError("search.trunk_epochs does not fit cv.folds: the trunk trains on "
+                             "the train split, which holds other folds' validation cases; "
+                             "remove one of them")
+        return self
+
+    @model_validator(mode="after")
     def _check_budget(self):
         s = self.search
         if s.budget_epochs is None:
