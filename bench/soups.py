@@ -11,7 +11,12 @@ its test-split reference), over several search seeds, on a phantom with 8 test p
 - siblings: fewer trials, then `soup.siblings` of the best trial forked at half its
   training, each finishing with its own seed; the soups are the best trial and its siblings;
 - trunk2, trunk4: fork-then-search, a shared trunk of 2 or 4 epochs trained before the search
-  (`search.trunk_epochs`), every trial starting from it; fewer trials pay for the trunk.
+  (`search.trunk_epochs`), every trial starting from it; the run's budget in epochs
+  (`search.budget_epochs`, trunk included) is what `today` trained with the same seed;
+- pbt: Ray Tune's population-based training (`search.scheduler: pbt`), a population of 4,
+  exploit and explore every 2 epochs (32 epochs); the soups are those of its population;
+- trunk2sib: a trunk of 2 epochs, the search, then 3 siblings of the best trial forked at
+  half its training, all within `today`'s epochs.
 
 Per run, from its summary.json (search.reference): best trial, greedy, uniform and prediction
 ensemble on the test split (mean Dice over regions, per case), the greedy soup's size, the
@@ -71,9 +76,17 @@ SETTINGS = {
     # budget in epochs (trunk included) is that of `today` with the same seed (BUDGETED).
     "trunk2": ["search.trunk_epochs=2", "search.num_trials=16"],
     "trunk4": ["search.trunk_epochs=4", "search.num_trials=16"],
+    # Population-based training (search.scheduler pbt): a population of 4 trained 8 epochs
+    # each (32 epochs), the bottom quarter copying the top quarter every 2 epochs; the
+    # soups are those of the final population (top_k 4: all of it).
+    "pbt": ["search.scheduler=pbt", "search.num_trials=4", "search.pbt_interval=2"],
+    # A trunk of 2 epochs, then siblings of the best trial: 3 forked at epoch 4 (12 epochs),
+    # the search gets what is left of the budget.
+    "trunk2sib": ["search.trunk_epochs=2", "search.num_trials=16", "soup.siblings=3",
+                  "soup.fork_fraction=0.5"],
 }
 # Settings whose run gets `search.budget_epochs` = the epochs `today` trained with that seed.
-BUDGETED = ("trunk2", "trunk4")
+BUDGETED = ("trunk2", "trunk4", "trunk2sib")
 MODELS = ("best", "greedy", "uniform", "ensemble")
 
 
@@ -220,9 +233,10 @@ def main() -> None:
     args.storage.mkdir(parents=True, exist_ok=True)
     (args.storage / "base.yaml").write_text(BASE.lstrip())
     if not args.analyse_only:
-        # Seed by seed (a partial benchmark still compares), the trunk settings last.
-        groups = ([s for s in args.settings if not s.startswith("trunk")],
-                  [s for s in args.settings if s.startswith("trunk")])
+        # Seed by seed (a partial benchmark still compares), the budgeted settings last: their
+        # budget is the epochs of `today`, which `average` makes.
+        groups = ([s for s in args.settings if s not in BUDGETED],
+                  [s for s in args.settings if s in BUDGETED])
         for group in groups:
             for seed in range(args.seeds):
                 for setting in group:

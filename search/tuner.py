@@ -81,8 +81,9 @@ def make_scheduler(spec: Spec):
 
 
 def population_based(spec: Spec) -> PopulationBasedTraining:
-    """`search.scheduler: pbt`: Ray Tune's population-based training on epochs. Every
-    `search.pbt_interval` epochs a trial in the bottom quarter of the population copies the
+    """`search.scheduler: pbt`: Ray Tune's population-based training on epochs, the
+    population (`search.num_trials`) in step. Every `search.pbt_interval` epochs a trial in
+    the bottom quarter of the population copies the
     checkpoint of one in the top quarter (weights, optimizer state: its exploit) and goes on
     with that trial's values perturbed by x0.8 or x1.2 or, one time in four, drawn anew
     (explore), kept inside the spec's ranges."""
@@ -90,7 +91,10 @@ def population_based(spec: Spec) -> PopulationBasedTraining:
     return PopulationBasedTraining(
         time_attr="training_iteration", metric=spec.search.metric, mode="max",
         perturbation_interval=spec.search.pbt_interval, hyperparam_mutations=domains,
-        custom_explore_fn=InRange(spec))
+        custom_explore_fn=InRange(spec),
+        # Generations: a member waits at each exploit step until the whole population is
+        # there (with fewer CPUs than members, the others run meanwhile).
+        synch=True)
 
 
 def pbt_space(spec: Spec) -> dict[str, Any]:
@@ -151,13 +155,15 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
             # metric and mode go to the searcher and the scheduler, not to TuneConfig: a
             # define-by-run OptunaSearch must have them when it is built. PBT takes no
             # searcher: its initial population is drawn at random (seeded).
-            search_alg=BasicVariantGenerator(max_concurrent=s.max_concurrent,
-                                             random_state=s.seed) if pbt else
+            search_alg=BasicVariantGenerator(random_state=s.seed) if pbt else
             make_searcher(spec, study, name, history, best_first),
             # PBT pauses trials at each exploit step: a reused worker must see the paused
             # trial's thread end within seconds or the trial was lost (seen on 2 busy cores).
             reuse_actors=not pbt,
-            # PBT's generator keeps the concurrency limit itself (Ray ignores this one then).
+            # PBT: the whole population exists from the start, so that the members take
+            # turns epoch-block by epoch-block (the resources bound how many run at once); a
+            # member held back by a concurrency limit would start after the others finished
+            # and copy their last checkpoint at its first exploit step.
             **({"max_concurrent_trials": None} if pbt else {}),
             scheduler=make_scheduler(spec),
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),

@@ -37,6 +37,7 @@ def test_pbt_is_a_scheduler_on_epochs_over_the_searched_ranges():
     pbt = make_scheduler(spec)
     assert type(pbt).__name__ == "PopulationBasedTraining"
     assert pbt._perturbation_interval == 3 and pbt._time_attr == "training_iteration"
+    assert pbt._synch  # the population in step: no member starts after the others ended
     space = pbt_space(spec)
     assert sorted(space) == ["optimizer.beta1", "optimizer.lr"]
     assert (space["optimizer.lr"].lower, space["optimizer.lr"].upper) == (1e-3, 1e-2)
