@@ -14,7 +14,7 @@ its test-split reference), over several search seeds, on a phantom with 8 test p
   (`search.trunk_epochs`), every trial starting from it; the run's budget in epochs
   (`search.budget_epochs`, trunk included) is what `today` trained with the same seed;
 - pbt: Ray Tune's population-based training (`search.scheduler: pbt`), a population of 4,
-  exploit and explore every 2 epochs (32 epochs); the soups are those of its population;
+  exploit and explore at epochs 3 and 6 (32 epochs); the soups are those of its population;
 - trunk2sib: a trunk of 2 epochs, the search, then 3 siblings of the best trial forked at
   half its training, all within `today`'s epochs.
 
@@ -77,9 +77,9 @@ SETTINGS = {
     "trunk2": ["search.trunk_epochs=2", "search.num_trials=16"],
     "trunk4": ["search.trunk_epochs=4", "search.num_trials=16"],
     # Population-based training (search.scheduler pbt): a population of 4 trained 8 epochs
-    # each (32 epochs), the bottom quarter copying the top quarter every 2 epochs; the
+    # each (32 epochs), the bottom quarter copying the top quarter at epochs 3 and 6; the
     # soups are those of the final population (top_k 4: all of it).
-    "pbt": ["search.scheduler=pbt", "search.num_trials=4", "search.pbt_interval=2"],
+    "pbt": ["search.scheduler=pbt", "search.num_trials=4", "search.pbt_interval=3"],
     # A trunk of 2 epochs, then siblings of the best trial: 3 forked at epoch 4 (12 epochs),
     # the search gets what is left of the budget.
     "trunk2sib": ["search.trunk_epochs=2", "search.num_trials=16", "soup.siblings=3",
