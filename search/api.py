@@ -131,6 +131,9 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     if warm_start and resume:
         raise ArgumentError("--warm-start with --resume: the run's study already holds its "
                             "earlier trials; resume without --warm-start")
+    if warm_start and spec.search.scheduler == "pbt":
+        raise ArgumentError("--warm-start with search.scheduler pbt: PBT has no sampler to "
+                            "seed with earlier trials; use search.scheduler asha")
     if warm_start_best < 0 or (warm_start_best and not warm_start):
         raise ArgumentError(f"--warm-start-best {warm_start_best}: a count >= 0, and only "
                             "with --warm-start")
@@ -492,7 +495,8 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
                            "filled up or the machine stopped while it was written), so the "
                            "search cannot continue; start it again under another --name") \
             from None
-    check_study(run_dir, folder.info.name, saved_trial_ids(location))
+    if folder.spec.search.scheduler != "pbt":  # PBT keeps no Optuna study
+        check_study(run_dir, folder.info.name, saved_trial_ids(location))
     if tracking_uri:
         folder.rehome(tracking_uri)
     check_tracking(folder.info.tracking_uri, f"{folder.run_json}: tracking_uri")

@@ -36,6 +36,7 @@ from search.storage import (
     unfinished_trials,
 )
 from search.tables import table
+from search.trunk import refuse_trunk, saved_trunk
 from search.tuner import make_job_tuner
 from train_fn.datasets import fold_splits
 from train_fn.files import write_json, write_text
@@ -84,9 +85,10 @@ def _mean(values: list[float | None]) -> float:
 
 
 def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
-             name: str, start: dict[str, Any] | None = None) -> dict[str, Any]:
+             name: str, start: dict[str, Any] | None = None,
+             init: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `jobs` as one Ray Tune grid under `RUN_DIR/<name>` (each from the state `start`
-    when given); return each job's record."""
+    when given, else from the trunk's weights `init`); return each job's record."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
     # after the run): segtune prints its trial and status lines instead.
@@ -107,7 +109,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     spec = folder.spec
     tracker = folder.tracker()
     tuner = make_job_tuner(spec, jobs, folder.data_root, name, location,
-                           [JobCallback(tracker, spec, jobs, kind)], start)
+                           [JobCallback(tracker, spec, jobs, kind)], start, init)
     if not ray.is_initialized():
         stopping.start_ray()
     status = "FAILED"
@@ -155,7 +157,8 @@ def repeat(run_dir: str | Path, seeds: list[int], trial: str | None = None) -> d
     jobs = {f"seed{s}": {"trial": chosen["trial_id"], "config": chosen["config"], "seed": s,
                          "split": split} for s in seeds}
     name = f"repeat-{chosen['trial_id']}-seeds-{'-'.join(map(str, seeds))}"
-    records = run_jobs(run_dir, "repeat", jobs, name)
+    # A run with a trunk: each seed starts from it, as the trial did (its ancestor).
+    records = run_jobs(run_dir, "repeat", jobs, name, init=saved_trunk(run_dir))
     scores = [r["scores"] for r in records.values() if r["status"] == "finished"]
     results = {"kind": "repeat", "trial": chosen["trial_id"], "config": chosen["config"],
                "seeds": seeds, "jobs": records,
@@ -173,6 +176,7 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     run_dir = Path(run_dir)
     summary = _summary(run_dir)
     folder = RunFolder(run_dir)
+    refuse_trunk(folder.spec, f"crossval {run_dir}")
     # The folds are drawn with the seed the trials' split was (the run's spec), one source.
     splits = fold_splits(folder.split, folds, seed=folder.spec.data.split_seed)
     chosen = pick_trials(summary, trial, top_k)

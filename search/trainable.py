@@ -163,14 +163,15 @@ def fold_means(per_fold: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def job_trainable(config: dict[str, Any], base: Spec, jobs: dict[str, dict[str, Any]],
-                  data_root: str, start: dict[str, Any] | None = None) -> None:
-    """One job: train to the end (from `start`, a sibling's fork point, when given), then
-    score the final weights on the job's validation and test cases (reported once more,
-    under `final/`)."""
+                  data_root: str, start: dict[str, Any] | None = None,
+                  init: dict[str, Any] | None = None) -> None:
+    """One job: train to the end (from `start`, a sibling's fork point, when given, else from
+    the run's trunk `init`), then score the final weights on the job's validation and test
+    cases (reported once more, under `final/`)."""
     job = jobs[config["job"]]
     name_worker_log(tune.get_context().get_trial_id(), {"job": config["job"]})
     spec = job_spec(base, job)
-    state = run_trial(spec, job["split"], data_root, start=start)
+    state = run_trial(spec, job["split"], data_root, start=start, init=init)
     if state is None:  # diverged: nothing to score
         return
     ds = open_dataset(spec.data, data_root)

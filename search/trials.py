@@ -23,6 +23,18 @@ def fork_epoch(spec: Spec) -> int | None:
     return min(spec.train.epochs - 1, max(1, round(spec.soup.fork_fraction * spec.train.epochs)))
 
 
+def search_epochs(spec: Spec) -> int | None:
+    """The epochs `search.budget_epochs` leaves to the search's trials: the run's budget less
+    the trunk's epochs and the siblings' (each trains from its fork epoch to the end); None
+    without a budget."""
+    total = spec.search.budget_epochs
+    if total is None:
+        return None
+    fork = fork_epoch(spec)
+    siblings = spec.soup.siblings * (spec.train.epochs - fork) if fork is not None else 0
+    return total - spec.search.trunk_epochs - siblings
+
+
 def job_spec(base: Spec, job: dict[str, Any]) -> Spec:
     """The concrete spec of a job: the trial's configuration, and its seed for the patch
     order and the initial weights (a sibling keeps the trial's initial weights: it continues

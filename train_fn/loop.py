@@ -25,7 +25,7 @@ from train_fn.models import (
     refresh_batchnorm,
     weights_fingerprint,
 )
-from train_fn.optim import OPTIMIZERS, build_optimizer, param_groups
+from train_fn.optim import OPTIMIZERS, adopt_hyperparameters, build_optimizer, param_groups
 
 if TYPE_CHECKING:
     from search.spec import Spec
@@ -192,9 +192,11 @@ def train(
         if resume["init_fingerprint"] != init_fingerprint:
             raise ValueError("the checkpoint to resume from has different initial weights")
         model.load_state_dict(resume["model"])
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(resume["optimizer"])  # schedule-free: saved in eval mode
         if schedule is not None:
             schedule.load_state_dict(resume["scheduler"])
+        adopt_hyperparameters(optimizer, fresh, schedule)  # PBT: another trial's state
         first_epoch = resume["epoch"]
         ancestor = resume.get("ancestor")
         if average is not None and resume.get("averaged"):

@@ -173,3 +173,28 @@ def build_optimizer(groups: list[dict], cfg: Any, warmup_steps: int = 0
     """The optimizer named by `cfg.name` (the spec's resolved optimizer section); schedule-free
     ones get `warmup_steps` as their own warmup."""
     return OPTIMIZERS[cfg.name].build(groups, optimizer_settings(cfg), warmup_steps)
+
+
+# The searched optimizer values a param group holds (beside lr): those a resumed state takes
+# from the trial's own spec rather than from the checkpoint.
+HYPERPARAMETERS = ("betas", "momentum", "weight_decay", "eps")
+
+
+def adopt_hyperparameters(optimizer: torch.optim.Optimizer, fresh: list[dict[str, Any]],
+                          schedule: Any = None) -> None:
+    """After `optimizer.load_state_dict` of another configuration's state (PBT's exploit hands
+    a trial the checkpoint of a better one, with its own perturbed values): the values of the
+    trial's spec (`fresh`: its freshly built param groups, taken before the load), the moments
+    and step counts kept. The lr keeps its place on the loaded schedule, scaled by the new
+    base lr over the loaded one. With the same spec (a plain resume) nothing changes."""
+    for group, new in zip(optimizer.param_groups, fresh, strict=True):
+        old_base = group.get("initial_lr", group["lr"])
+        new_base = new.get("initial_lr", new["lr"])
+        group["lr"] = group["lr"] * new_base / old_base
+        if "initial_lr" in group:
+            group["initial_lr"] = new_base
+        for key in HYPERPARAMETERS:
+            if key in new:
+                group[key] = new[key]
+    if schedule is not None and hasattr(schedule, "base_lrs"):
+        schedule.base_lrs = [g.get("initial_lr", g["lr"]) for g in fresh]

@@ -95,6 +95,51 @@ class Spec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_trunk(self):
+        if self.search.trunk_epochs and self.cv.folds:
+            raise ValueError("search.trunk_epochs does not fit cv.folds: the trunk trains on "
+                             "the train split, which holds other folds' validation cases; "
+                             "remove one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _check_budget(self):
+        s = self.search
+        if s.budget_epochs is None:
+            return self
+        if self.cv.every:
+            raise ValueError("search.budget_epochs does not fit cv.mode every (a trial's "
+                             "reports are folds there): remove one of them")
+        from search.trials import search_epochs  # search.trials imports this module
+
+        if search_epochs(self) < 1:
+            raise ValueError(
+                f"search.budget_epochs ({s.budget_epochs}) leaves no epochs to the trials "
+                f"after search.trunk_epochs ({s.trunk_epochs}) and the siblings' epochs "
+                f"({s.budget_epochs - s.trunk_epochs - search_epochs(self)}): raise it")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pbt(self):
+        s = self.search
+        if s.scheduler != "pbt" or not self.search_leaves():
+            return self  # a trial's resolved spec has no leaves left
+        if s.sampler == "grid":
+            raise ValueError("search.scheduler pbt draws its population at random: set "
+                             "search.sampler to tpe or random, or search.scheduler to asha")
+        if self.cv.every:
+            raise ValueError("search.scheduler pbt does not fit cv.mode every (a trial's "
+                             "reports are folds there): remove one of them")
+        if s.pbt_interval >= self.train.epochs:
+            raise ValueError(f"search.pbt_interval ({s.pbt_interval}) must be less than "
+                             f"train.epochs ({self.train.epochs}): PBT acts between epochs")
+        for path, _, leaf in self.search_leaves():
+            if leaf.when:
+                raise ValueError(f"{path}: search.scheduler pbt does not take conditional "
+                                 "leaves (with `when`): search one setting per run")
+        return self
+
+    @model_validator(mode="after")
     def _check_grid(self):
         if self.search.sampler != "grid" or not self.search_leaves():
             return self  # a trial's resolved spec has no leaves left
