@@ -33,6 +33,9 @@ from search.study import load_study
 logger = logging.getLogger(__name__)
 
 # Line style by summary.json status: a trial cut short looks cut short.
+# A view: its matplotlib figure, or None and the reason it cannot be drawn.
+Plot = tuple[Any, str | None]
+
 STYLE = {"completed": "-", "error": ":"}
 
 
@@ -49,7 +52,7 @@ def histories(results) -> dict[str, Any]:
     return out
 
 
-def dice_curves(curves: dict[str, Any], status: dict[str, str]):
+def dice_curves(curves: dict[str, Any], status: dict[str, str]) -> Plot:
     """Validation Dice per class (and their mean) over epochs, a line per trial."""
     import matplotlib.pyplot as plt
 
@@ -86,7 +89,7 @@ def dice_curves(curves: dict[str, Any], status: dict[str, str]):
     return fig, None
 
 
-def best_vs_compute(curves: dict[str, Any], metric: str):
+def best_vs_compute(curves: dict[str, Any], metric: str) -> Plot:
     """Best `metric` so far against cumulative epochs of all trials, in the order the
     epochs ended (Ray's per-report timestamp)."""
     import matplotlib.pyplot as plt
@@ -110,7 +113,7 @@ def best_vs_compute(curves: dict[str, Any], metric: str):
     return fig, None
 
 
-def param_importances(study):
+def param_importances(study) -> Plot:
     """Optuna's parameter importances (its default evaluator) over the COMPLETE trials."""
     from optuna.visualization.matplotlib import plot_param_importances
 
@@ -127,7 +130,7 @@ def param_importances(study):
     return _figure(axes), None
 
 
-def slices(study):
+def slices(study) -> Plot:
     """Optuna's slice plot: each parameter against the trials' values."""
     from optuna.visualization.matplotlib import plot_slice
 
@@ -139,7 +142,7 @@ def slices(study):
     return _figure(axes), None
 
 
-def greedy_soup(summary: dict[str, Any]):
+def greedy_soup(summary: dict[str, Any]) -> Plot:
     """The greedy soup's steps: the soup's validation Dice with each candidate added, in
     the order tried, accepted or rejected, and the soup's score as it grew."""
     import matplotlib.pyplot as plt
@@ -172,7 +175,7 @@ def greedy_soup(summary: dict[str, Any]):
     return fig, None
 
 
-def optuna_view(study, view: str):
+def optuna_view(study, view: str) -> Plot:
     """One of Optuna's matplotlib views (`plot_parallel_coordinate`, ...) of the study."""
     import optuna.visualization.matplotlib as views
 
@@ -182,7 +185,7 @@ def optuna_view(study, view: str):
     return _figure(getattr(views, view)(study)), None
 
 
-def test_regions(summary: dict[str, Any]):
+def test_regions(summary: dict[str, Any]) -> Plot:
     """Grouped bars: test Dice per region (label order) of the best trial and each soup."""
     import matplotlib.pyplot as plt
 

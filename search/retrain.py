@@ -11,9 +11,7 @@ parent run.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -87,12 +85,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
              name: str, start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `jobs` as one Ray Tune grid under `RUN_DIR/<name>` (each from the state `start`
     when given); return each job's record."""
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
-    # after the run): segtune prints its trial and status lines instead.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # a line per failed job instead
-        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    stopping.tune_env_defaults()
     run_dir = Path(run_dir)
     out = run_dir / name
     # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object

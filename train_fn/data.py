@@ -13,11 +13,14 @@ import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from train_fn.datasets import Case, DataError, default_cache_dir
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +352,8 @@ class PatchSampler:
         self.workers = workers
         self.pin = pin
 
-    def batch(self, epoch: int, step: int, batch_size: int):
+    def batch(self, epoch: int, step: int, batch_size: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (image float32, label int64) batch number `step` of `epoch`."""
         import torch
 

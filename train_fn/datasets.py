@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,24 +214,23 @@ def open_dataset(data: Any, root: str | Path | None = None) -> Dataset:
     return Dataset(str(root), tuple(cases), channels, labels, regions)
 
 
-def check_dataset(dataset: Dataset, limit: int = 10) -> None:
+def check_dataset(dataset: Dataset, limit: int = 10,
+                  map_cases: Callable[..., list[str | None]] | None = None) -> None:
     """Read every image and label once and raise `DataError` listing each bad file: unreadable
     or truncated files, image/label shape or affine mismatch, wrong channel count, label
-    values outside the declared labels."""
-    problems = [p for p in (check_case(c, dataset) for c in dataset.cases) if p]
+    values outside the declared labels. `map_cases(check_case, [(case, dataset), ...])`
+    runs the checks (`search.prepare` spreads them over Ray tasks); here one by one."""
+    pairs = [(c, dataset) for c in dataset.cases]
+    found = map_cases(check_case, pairs) if map_cases else [check_case(*p) for p in pairs]
+    problems = [p for p in found if p]
     if problems:
-        raise problems_error(dataset, problems, limit)
+        shown = "\n  ".join(problems[:limit])
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise DataError(f"{dataset.root}: {len(problems)} of {len(dataset.cases)} cases "
+                        f"failed the data check:\n  {shown}{more}")
 
 
-def problems_error(dataset: Dataset, problems: list[str], limit: int = 10) -> DataError:
-    """One error listing the cases that failed the data check (the first `limit`)."""
-    shown = "\n  ".join(problems[:limit])
-    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-    return DataError(f"{dataset.root}: {len(problems)} of {len(dataset.cases)} cases failed "
-                     f"the data check:\n  {shown}{more}")
-
-
-def _read(path: str):
+def _read(path: str) -> tuple[Any, np.ndarray]:
     import nibabel as nib
 
     img = nib.load(path)
