@@ -15,11 +15,11 @@ from pathlib import Path
 from search import stopping
 from search.errors import ArgumentError, SegtuneError
 from search.lazy import LazyModule
-from search.progress import values_text
 from search.runfolder import MODELS, RunFolder
 from search.runlock import run_lock
 from search.spec import SearchLeaf, load_spec
 from search.stopping import Interrupted
+from search.trials import values_text
 from train_fn.datasets import io_shape
 from train_fn.models import build_model
 from train_fn.optim import param_groups
@@ -37,8 +37,6 @@ retrain = LazyModule("search.retrain")
 space = LazyModule("search.space")
 storage = LazyModule("search.storage")
 tracking = LazyModule("search.tracking")
-
-logger = logging.getLogger("search")
 
 
 class _Parser(argparse.ArgumentParser):

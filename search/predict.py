@@ -13,7 +13,6 @@ labels for the same image. From Python, two lines:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from search import inputs as input_checks
-from search.errors import ArgumentError, RunFolderError, SegtuneError
+from search.errors import ArgumentError, PredictError, RunFolderError
 from search.lazy import LazyModule
-from search.runfolder import MODELS, RunFolder
+from search.runfolder import MODELS, RunFolder, use_every_core
 from search.spec import Spec
 from search.storage import join, load_run_checkpoint
 from train_fn.data import preprocessing
@@ -41,10 +40,6 @@ loop = LazyModule("train_fn.loop")
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".nii.gz", ".nii")
-
-
-class PredictError(SegtuneError, ValueError):
-    """An input that cannot be segmented, or a run folder that cannot predict."""
 
 
 def image_name(path: str | Path) -> str:
@@ -382,7 +377,6 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     `tta`: test-time mirroring; `overlap`: the sliding window's; `skip_existing`: inputs
     whose output is there already are skipped (an interrupted folder continues). Returns the
     files written."""
-    import torch
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if overlap is not None and not 0 <= overlap < 1:
@@ -398,7 +392,7 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     pairs = plan_outputs(images, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PredictError(f"--output {out_dir}: a file, not a folder")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    use_every_core()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src, dst in pairs:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search import stopping
-from search.errors import RunFolderError, SoupError
+from search.errors import SoupError
 from search.lazy import LazyModule
 from search.progress import versus
 from search.reference import reference
 from search.results import log_new_results, log_parent_scores, retire_results
-from search.runfolder import SOUP_LINK, RunFolder, Scorer
+from search.runfolder import SOUP_LINK, RunFolder, Scorer, use_every_core
 from search.storage import load_run_checkpoint
 from train_fn.data import PatchSampler
 from train_fn.files import write_json
@@ -292,20 +292,16 @@ def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
     """Score the best trial on the test split and, with `soup`, build the uniform and greedy
     soups of the top-k trials, score them too and save them as a new soup set. Updates
     `<run_dir>/summary.json`; logs to `tracker`'s parent run when given."""
-    import torch
 
     folder = RunFolder(run_dir)
-    if not folder.is_finished():
-        raise RunFolderError(f"{folder.path}: no summary.json (not a finished segtune run "
-                             "folder)")
+    summary = folder.summary()  # not a finished run: one line, no summary.json
     tidy(folder.path)  # what a killed earlier step left
-    summary = folder.summary()
     if tracker is not None:  # ... in MLflow too
         repair_results(tracker, folder, summary)
     spec = folder.spec
     top_k = top_k or spec.soup.top_k
     ranked = readable(folder.path, candidates(folder.path, summary), top_k if soup else 1)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    use_every_core()
     judge = folder.scorer()
     test = folder.volumes("test")
     hd = bool(spec.train.val_hd95)  # off: the user turned HD95 off as too slow

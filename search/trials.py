@@ -1,12 +1,20 @@
-"""What a trial or retrain job trains, as pure functions of the spec: its concrete spec and
-its length. Shared by the driver (scheduler, callbacks, results) and the Ray workers
-(`search.trainable`); imports neither Ray nor torch."""
+"""What a trial or retrain job trains, as pure functions of the spec: its concrete spec, its
+length, its settings as one line. Shared by the driver (scheduler, callbacks, results) and
+the Ray workers (`search.trainable`); imports neither Ray nor torch."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from search.spec import Spec
+
+
+def values_text(values: dict[str, Any], digits: int = 3) -> str:
+    """`optimizer.lr=0.0125, layers.early_encoder=0.386`: settings as one line, floats to
+    `digits` significant digits (the terminal's lines, MLflow's tags, `--dry-run`, the
+    workers' logs)."""
+    return ", ".join(f"{k}={v:.{digits}g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
 
 
 def budget(spec: Spec) -> int:

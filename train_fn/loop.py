@@ -37,6 +37,12 @@ BN_EPOCH = 1_000_000  # the fixed patches BatchNorm statistics are recomputed on
 Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
 
 
+def use_trial_threads(spec: Spec) -> None:
+    """torch's threads for a trial (or its LR range test): `train.threads`, else the CPUs Ray
+    granted it (`resources.cpu`), so trials side by side do not oversubscribe the cores."""
+    torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
@@ -177,7 +183,7 @@ def set_up(spec: Spec, split: dict[str, list[str]], data: Dataset | str | Path,
            resume: dict[str, Any] | None = None, init: dict[str, Any] | None = None) -> Trial:
     """Load the data, build the network, optimizer and schedule, and put them where `resume`
     (a checkpoint state) or `init` (a trunk's weights) says the trial starts."""
-    torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
+    use_trial_threads(spec)
     device = pick_device(spec.train.device)
     share_gpu(spec, device)
     amp = autocast_dtype(spec.train.precision, device)
