@@ -49,6 +49,7 @@ from search.storage import (
     unfinished_trials,
 )
 from search.study import check_study, study_url
+from search.summary import Summary
 from search.tracking import (
     Tracker,
     check_tracking,
@@ -120,7 +121,7 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                storage: str | Path | None = None, tracking_uri: str | None = None,
                ray_init: dict[str, Any] | None = None, resume: bool = False,
                local_dir: str | Path | None = None, overrides: list[str] = (),
-               warm_start: list[str | Path] = (), warm_start_best: int = 0) -> dict[str, Any]:
+               warm_start: list[str | Path] = (), warm_start_best: int = 0) -> Summary:
     """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`).
     With `resume`, continue the interrupted run of the same name: finished trials are kept,
     unfinished and errored ones continue from their last checkpoint. An object-store
@@ -176,7 +177,7 @@ class Opened:
 def _search(spec: Spec, spec_path: str | Path, name: str | None, storage: str | Path | None,
             tracking_uri: str | None, ray_init: dict[str, Any] | None, resume: bool,
             local_dir: str | Path | None, held: ExitStack, overrides: list[str],
-            history: tuple[list[Any], int] = ((), 0)) -> dict[str, Any]:
+            history: tuple[list[Any], int] = ((), 0)) -> Summary:
     """Check where the run goes, then start it or resume it (under the run lock, in `held`)."""
     stopping.tune_env_defaults()
     uri = str(storage) if is_uri(storage) else None
@@ -201,7 +202,7 @@ def _search(spec: Spec, spec_path: str | Path, name: str | None, storage: str | 
 
 
 def _new_run(spec: Spec, target: Target, held: ExitStack,
-             history: tuple[list[Any], int]) -> dict[str, Any]:
+             history: tuple[list[Any], int]) -> Summary:
     """Check, lock and prepare a new run folder, then search (a failure before the first
     trial was saved removes what was written)."""
     run_dir = target.run_dir
@@ -238,7 +239,7 @@ def _new_run(spec: Spec, target: Target, held: ExitStack,
     return _run(opened, target, fit, existed=existed)
 
 
-def _resume_run(spec: Spec, target: Target, held: ExitStack) -> dict[str, Any]:
+def _resume_run(spec: Spec, target: Target, held: ExitStack) -> Summary:
     """Lock and reopen an interrupted run, then search on from its saved state."""
     if target.run_dir.is_dir():  # else nothing to resume (said by _reopen), nothing to create
         held.enter_context(run_lock(target.run_dir))
@@ -275,7 +276,7 @@ def _ensure_ray(target: Target) -> None:
 
 
 def _run(opened: Opened, target: Target, fit: Callable[[dict[str, Any] | None], Any],
-         existed: bool | None) -> dict[str, Any]:
+         existed: bool | None) -> Summary:
     """The search of an opened run (new: `existed` says whether its folder was there before;
     resumed: None), then its summary, soups, cross-validation and plots. However it ends, its
     MLflow runs are closed with how it ended; what is kept is said in the error."""
@@ -312,17 +313,17 @@ def _run(opened: Opened, target: Target, fit: Callable[[dict[str, Any] | None], 
         _close(opened.tracker, status)
 
 
-def _finish_run(opened: Opened, target: Target, results: Any) -> dict[str, Any]:
+def _finish_run(opened: Opened, target: Target, results: Any) -> Summary:
     """summary.json of the finished trials, then the soups (or the siblings' and folds'),
     cross-validation and plots: the run's summary."""
     spec, run_dir = opened.spec, target.run_dir
-    summary = {"name": target.name, "metric": spec.search.metric, "run_dir": str(run_dir),
-               "trials": trial_records(results, target.location, spec),
-               "best": None, "soups": None}
-    RunFolder(run_dir).write_summary(summary)
+    folder = RunFolder(run_dir)
+    summary = Summary(name=target.name, metric=spec.search.metric, run_dir=str(run_dir),
+                      trials=trial_records(results, target.location, spec))
+    folder.write_summary(summary)
     if spec.soup.enabled and spec.soup.siblings and not spec.cv.every:
-        summary["siblings"] = run_siblings(run_dir)
-        RunFolder(run_dir).write_summary(summary)
+        summary.siblings = run_siblings(run_dir)
+        folder.write_summary(summary)
     # With cv.mode every the trials' fold models are souped per fold instead: the run's
     # validation cases are in every fold's training data.
     summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled and not spec.cv.every,
@@ -330,8 +331,8 @@ def _finish_run(opened: Opened, target: Target, results: Any) -> dict[str, Any]:
     if spec.cv.folds:
         cv = (retrain.crossval_every(run_dir, spec.cv.top_k) if spec.cv.every else
               retrain.crossval(run_dir, spec.cv.folds, spec.cv.top_k))
-        summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
-        RunFolder(run_dir).write_summary(summary)
+        summary.crossval = {k: v for k, v in cv.items() if k != "jobs"}
+        folder.write_summary(summary)
     if spec.tracking.plots:
         write_plots(run_dir, target.name, results, opened.tracker)  # warns, never raises
     return summary
@@ -585,7 +586,7 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None) -> Opene
     return Opened(folder.spec, folder.split, Path(folder.data_root), tracker)
 
 
-def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
+def soup_run(run_dir: str | Path, top_k: int | None = None) -> Summary:
     """Soup a finished run again (e.g. with another `top_k`); results go to its parent run."""
     folder = RunFolder(run_dir)
     info = folder.info  # not a run folder: one line, no run.json

@@ -29,6 +29,7 @@ import pandas as pd
 
 from search.runfolder import RunFolder
 from search.study import load_study
+from search.summary import Summary
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +143,13 @@ def slices(study) -> Plot:
     return _figure(axes), None
 
 
-def greedy_soup(summary: dict[str, Any]) -> Plot:
+def greedy_soup(summary: Summary) -> Plot:
     """The greedy soup's steps: the soup's validation Dice with each candidate added, in
     the order tried, accepted or rejected, and the soup's score as it grew."""
     import matplotlib.pyplot as plt
 
-    steps = ((summary.get("soups") or {}).get("greedy") or {}).get("steps")
+    greedy = (summary.soups or {}).get("greedy")
+    steps = greedy.steps if greedy else None
     if not steps:
         return None, "no greedy soup in summary.json"
     x = list(range(len(steps)))
@@ -163,7 +165,7 @@ def greedy_soup(summary: dict[str, Any]) -> Plot:
         if xs:
             ax.scatter(xs, [steps[i]["val_dice"] for i in xs], color=colour, zorder=3,
                        label=label)
-    singles = {t["trial_id"]: t["val_dice"] for t in summary.get("trials", [])}
+    singles = {t.trial_id: t.val_dice for t in summary.trials}
     ax.scatter(x, [singles.get(s["trial_id"]) for s in steps], marker="_", s=200,
                color="0.4", label="candidate alone")
     ax.set_xticks(x, [f"+{s['trial_id']}" if i else s["trial_id"] for i, s in
@@ -185,17 +187,16 @@ def optuna_view(study, view: str) -> Plot:
     return _figure(getattr(views, view)(study)), None
 
 
-def test_regions(summary: dict[str, Any]) -> Plot:
+def test_regions(summary: Summary) -> Plot:
     """Grouped bars: test Dice per region (label order) of the best trial and each soup."""
     import matplotlib.pyplot as plt
 
-    best = summary.get("best")
-    if not best or not best.get("test_dice_per_class"):
+    best = summary.best
+    if not best or not best.test_dice_per_class:
         return None, "no test scores (the search did not finish)"
-    models = {f"best trial {best['trial_id']}": best["test_dice_per_class"]}
-    models |= {f"{k} soup": v["test_dice_per_class"]
-               for k, v in (summary.get("soups") or {}).items()}
-    regions = list(best["test_dice_per_class"])
+    models = {f"best trial {best.trial_id}": best.test_dice_per_class}
+    models |= {f"{k} soup": v.test_dice_per_class for k, v in (summary.soups or {}).items()}
+    regions = list(best.test_dice_per_class)
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(regions) + 2), 4))
     width = 0.8 / len(models)
     for i, (label, per) in enumerate(models.items()):
@@ -237,10 +238,10 @@ def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
     out = folder.plots
     out.mkdir(exist_ok=True)
     summary = folder.summary()
-    status = {t["trial_id"]: t["status"] for t in summary.get("trials", [])}
+    status = {t.trial_id: t.status for t in summary.trials}
     figures = {} if results is None else {
         "dice_curves": lambda: dice_curves(curves, status),
-        "best_vs_compute": lambda: best_vs_compute(curves, summary.get("metric", "val_dice")),
+        "best_vs_compute": lambda: best_vs_compute(curves, summary.metric),
     }
     figures |= {
         "param_importances": lambda: param_importances(load_study(run_dir, name)),

@@ -192,7 +192,8 @@ def model_spec(spec: Spec, state: dict[str, Any], folder: RunFolder, name: str) 
         return spec
     params: dict[str, Any] = {}
     if folder.is_finished():
-        params.update((folder.summary().get("best") or {}).get("config") or {})
+        best = folder.summary().best
+        params.update(best.config if best else {})
     config = state.get("config") or {}
     # A search leaf is a dict ({type, low, high}); a resolved value never is.
     params.update({k: v for k, v in config.items() if k in searched and not isinstance(v, dict)})
@@ -210,17 +211,17 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
     object store (downloaded to be read)."""
     folder = RunFolder(run_dir)
     if model == "best":
-        summary = folder.summary()
-        if not summary.get("best"):
+        best = folder.summary().best
+        if not best:
             raise RunFolderError(f"{run_dir}: the run has no best trial yet (summary.json "
                                  "'best' is empty: the search did not finish)")
-        checkpoint = summary["best"]["checkpoint"]
+        checkpoint = best.checkpoint
         return ("best", join(folder.experiment_location, checkpoint, "checkpoint.pt"),
                 load_run_checkpoint(run_dir, checkpoint))
     if model in ("greedy", "uniform"):
         # summary.json names the soup set in use (the `soup` link may lag it after a kill).
-        summary = folder.summary() if folder.is_finished() else {}
-        weights = ((summary.get("soups") or {}).get(model) or {}).get("weights")
+        soup = (folder.summary().soups or {}).get(model) if folder.is_finished() else None
+        weights = soup.weights if soup else None
         path = run_dir / (weights or f"soup/{model}/checkpoint.pt")
         if not path.is_file():
             raise RunFolderError(f"{path}: no {model} soup in this run (soup.enabled was off "

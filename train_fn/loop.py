@@ -170,7 +170,7 @@ class Trial:
     scaler: torch.amp.GradScaler
     average: WeightAverage | None
     schedule_free: bool
-    loss_fn: Any
+    loss_fn: torch.nn.Module
     sampler: PatchSampler
     bn_batches: int  # fixed patches for BatchNorm statistics (0: no BatchNorm)
     clip: float

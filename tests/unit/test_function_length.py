@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from helpers import product_modules
+
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 60
 EXEMPT = {("train_fn/phantom.py", "make_case"), ("train_fn/phantom_msd.py", "make_case"),
@@ -15,12 +17,10 @@ EXEMPT = {("train_fn/phantom.py", "make_case"), ("train_fn/phantom_msd.py", "mak
 
 
 def _functions(root: Path):
-    for package in ("search", "train_fn"):
-        for path in sorted((root / package).rglob("*.py")):
-            rel = path.relative_to(root).as_posix()
-            for node in ast.walk(ast.parse(path.read_text(), rel)):
-                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                    yield rel, node
+    for rel, tree in product_modules(root):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                yield rel, node
 
 
 def untyped_tuples(root: Path = ROOT) -> list[str]:
@@ -62,7 +62,6 @@ def test_no_function_is_longer_than_a_screen():
 def test_the_check_finds_a_long_function(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(LIMIT))
     (tmp_path / "search").mkdir()
-    (tmp_path / "train_fn").mkdir()
     (tmp_path / "search" / "long.py").write_text(f"def short():\n    pass\n\n\ndef f():\n{body}\n")
     assert long_functions(tmp_path) == [f"search/long.py:5 f ({LIMIT + 1} lines)"]
 
@@ -72,8 +71,7 @@ def test_every_returned_tuple_is_typed():
 
 
 def test_the_check_finds_an_untyped_tuple(tmp_path):
-    (tmp_path / "search").mkdir()
-    (tmp_path / "train_fn").mkdir()
+    (tmp_path / "train_fn").mkdir()  # only one of the two packages: the other is skipped
     (tmp_path / "train_fn" / "pair.py").write_text(
         "def typed() -> tuple[int, int]:\n    return 1, 2\n\n\n"
         "def outer():\n    def inner() -> tuple[int, int]:\n        return 1, 2\n"
