@@ -1,9 +1,10 @@
 """`summary.json`, typed: the one place that knows its keys.
 
 A finished search writes it (`search.api`), the soup step rewrites it (`search.soup`), and every
-command that reads a run's results (report, predict, compare, repeat, crossval, plots, MLflow
-results) reads it through `RunFolder.summary()` as a `Summary`. On disk it stays plain JSON
-(scripts and CI read it so): a `Summary` holds
+command that reads a run's results (report, predict, repeat, crossval, plots, MLflow results)
+reads it through `RunFolder.summary()` as a `Summary` (compare's `search.scores` too, with
+`Summary.from_json` and errors of its own). On disk it stays plain JSON (scripts and CI read
+it so): a `Summary` holds
 
 - `trials`: one `TrialRecord` per trial, best validation Dice first;
 - `best`: the best trial scored on the held-out test split (`ScoredRecord`);
