@@ -135,14 +135,15 @@ def barrier(run_dir: Path, summary: dict) -> float | None:
     """Mean validation Dice of the top two soup candidates minus that of their average."""
     from search.runfolder import RunFolder
     from search.soup import average, weights_of, with_averages
+    from search.summary import Summary
 
     soup = summary.get("soups") or {}
     ids = (soup.get("uniform") or {}).get("ingredients") or []
     if len(ids) < 2:
         return None
-    records = {t["trial_id"]: t for t in [*with_averages(
-        [t for t in summary["trials"] if t.get("checkpoint")]),
-        *(summary.get("siblings") or [])]}
+    typed = Summary.from_json(summary)
+    records = {t.trial_id: t for t in [*with_averages(
+        [t for t in typed.trials if t.checkpoint]), *(typed.siblings or [])]}
     a, b = (weights_of(run_dir, records[i]) for i in ids[:2])
     folder = RunFolder(run_dir)
     judge, val = folder.scorer(), folder.volumes("val")

@@ -15,11 +15,12 @@ from pathlib import Path
 from search import stopping
 from search.errors import ArgumentError, SegtuneError
 from search.lazy import LazyModule
-from search.progress import values_text
 from search.runfolder import MODELS, RunFolder
 from search.runlock import run_lock
 from search.spec import SearchLeaf, load_spec
 from search.stopping import Interrupted
+from search.summary import Summary
+from search.trials import values_text
 from train_fn.datasets import io_shape
 from train_fn.models import build_model
 from train_fn.optim import param_groups
@@ -37,8 +38,6 @@ retrain = LazyModule("search.retrain")
 space = LazyModule("search.space")
 storage = LazyModule("search.storage")
 tracking = LazyModule("search.tracking")
-
-logger = logging.getLogger("search")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -227,18 +226,19 @@ def _out_folder(path: str | None, option: str) -> None:
 def _evaluate(args) -> int:
     _out_folder(args.out, "--out")
     with _held(args.run_dir, read_only=args.out is not None):
-        summary = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
-    print(evaluate.format_scores(summary))
-    print(f"predictions and summary.json: {summary['segtune']['out_dir']}")
+        evaluation = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
+    print(evaluate.format_scores(evaluation))
+    print(f"predictions and summary.json: {evaluation.out_dir}")
     return 0
 
 
 def _evaluate_folder(args) -> int:
     if args.out and Path(args.out).is_dir():
         raise ArgumentError(f"-o {args.out}: a folder; give the summary.json file to write")
-    summary = evaluate.evaluate_folder(args.ref_dir, args.pred_dir, args.labels, args.out,
-                                       args.hd95, args.regions, args.ignore_label, args.chill)
-    print(evaluate.format_scores(summary))
+    evaluation = evaluate.evaluate_folder(args.ref_dir, args.pred_dir, args.labels, args.out,
+                                          args.hd95, args.regions, args.ignore_label,
+                                          args.chill)
+    print(evaluate.format_scores(evaluation))
     print(f"summary.json: {args.out or Path(args.pred_dir) / 'summary.json'}")
     return 0
 
@@ -403,12 +403,12 @@ def _compare(args) -> int:
     return 0
 
 
-def _print_end(summary, searched, uri, local) -> None:
+def _print_end(summary: Summary, searched: list[str], uri: str | None, local: Path) -> None:
     print(report.format_summary(summary, searched))
-    info = RunFolder(summary["run_dir"]).info
+    info = RunFolder(summary.run_dir).info
     uri = info.tracking_uri or uri or f"sqlite:///{(Path(local) / 'mlflow.db').resolve()}"
     view = tracking.experiment_view_url(uri, info.experiment) if info.experiment else None
-    print("\n" + "\n".join(report.next_steps(summary, summary["run_dir"], uri, view)))
+    print("\n" + "\n".join(report.next_steps(summary, summary.run_dir, uri, view)))
 
 
 MAX_MESSAGE = 2000  # characters of an error line: a 200 KB value is shown by its ends

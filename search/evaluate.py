@@ -23,6 +23,7 @@ from search.errors import ArgumentError
 from search.lazy import LazyModule
 from search.predict import load_model, open_run
 from search.runfolder import use_every_core
+from search.summary import Evaluation
 from search.tables import table
 from train_fn.files import write_json
 
@@ -34,7 +35,7 @@ SPLITS = ("test", "val", "train")
 
 
 def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
-                 out_dir: str | Path | None = None) -> dict[str, Any]:
+                 out_dir: str | Path | None = None) -> Evaluation:
     """Predict every case of `split` with `model`; write `predictions/*.nii.gz` and
     `summary.json` into `out_dir` (default `RUN_DIR/eval/<model>-<split>/`). The predictions
     are `search.predict`'s, so `predict` gives the same labels for the same images."""
@@ -74,24 +75,24 @@ def evaluate_run(run_dir: str | Path, model: str = "best", split: str = "test",
         logger.info("%s: %s", case.case_id,
                     ", ".join(f"{k} {v['Dice']:.3f}" for k, v in scores.items()))
 
-    summary = summarise(per_case, list(ds.regions))
-    summary["segtune"] = {"run_dir": str(run_dir), "model": segmenter.name,
+    evaluation = summarise(per_case, list(ds.regions))
+    evaluation.segtune = {"run_dir": str(run_dir), "model": segmenter.name,
                           "checkpoint": segmenter.checkpoint,
                           "split": split, "cases": [c.case_id for c in cases],
                           "out_dir": str(out)}
-    write_json(out / "summary.json", summary)
-    return summary
+    write_json(out / "summary.json", evaluation.to_json())
+    return evaluation
 
 
-def format_scores(summary: dict[str, Any]) -> str:
+def format_scores(evaluation: Evaluation) -> str:
     """The per-region means of a summary (`evaluate_run`'s or `evaluate_folder`'s) with their
     spread over the cases (std, n: cases where the region is scored), HD95's too, and the
     foreground (each case's mean over regions, then their mean, std and n over cases)."""
-    info = summary["segtune"]
-    per_case = summary["metric_per_case"]
-    hd = "HD95" in summary["foreground_mean"]
+    info = evaluation.segtune
+    per_case = evaluation.metric_per_case
+    hd = "HD95" in evaluation.foreground_mean
     rows = []
-    for region in [*summary["mean"], "foreground"]:
+    for region in [*evaluation.mean, "foreground"]:
         dice = [_case_mean(c, region, "Dice") for c in per_case]
         row = [region, *_spread(dice)]
         if hd:
@@ -124,7 +125,7 @@ def _spread(values: list[float]) -> list[str]:
 def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path,
                     labels: list[int] | None = None, out: str | Path | None = None,
                     hd95: bool = False, regions: list[tuple[int, ...]] | None = None,
-                    ignore_label: int | None = None, chill: bool = False) -> dict[str, Any]:
+                    ignore_label: int | None = None, chill: bool = False) -> Evaluation:
     """Score every prediction in `pred_dir` against the reference of the same file name in
     `ref_dir`, as nnU-Net's `compute_metrics_on_folder` (`nnUNetv2_evaluate_simple`) does:
     per case and per label or region Dice, IoU, TP, FP, FN, TN, n_pred, n_ref (and HD95 in mm,
@@ -150,12 +151,12 @@ def evaluate_folder(ref_dir: str | Path, pred_dir: str | Path,
     per_case = [{"reference_file": str(ref), "prediction_file": str(pred),
                  "metrics": case_scores(r, p, scored, ignore_label, zooms if hd95 else None)}
                 for ref, pred, r, p, zooms in loaded]
-    summary = summarise(per_case, list(scored))
-    summary["segtune"] = {"model": pred_dir.name, "ref_dir": str(ref_dir),
+    evaluation = summarise(per_case, list(scored))
+    evaluation.segtune = {"model": pred_dir.name, "ref_dir": str(ref_dir),
                           "pred_dir": str(pred_dir), "cases": [str(p.name) for _, p in pairs],
                           "ignore_label": ignore_label}
-    write_json(Path(out) if out else pred_dir / "summary.json", summary)
-    return summary
+    write_json(Path(out) if out else pred_dir / "summary.json", evaluation.to_json())
+    return evaluation
 
 
 def _scored(loaded: list, labels: list[int] | None, regions: list[tuple[int, ...]] | None,
@@ -230,14 +231,14 @@ def _some(names: list[str]) -> str:
     return f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
 
 
-def summarise(per_case: list[dict[str, Any]], regions: list[str]) -> dict[str, Any]:
+def summarise(per_case: list[dict[str, Any]], regions: list[str]) -> Evaluation:
     """nnU-Net's layout: `metric_per_case`, `mean` per region (NaN-skipping), and the
     `foreground_mean` over regions (a plain mean, as nnU-Net's: NaN if a region mean is)."""
     keys = list(per_case[0]["metrics"][regions[0]]) if per_case else []
     mean = {r: {k: _nanmean([c["metrics"][r][k] for c in per_case]) for k in keys}
             for r in regions}
     foreground = {k: _mean([mean[r][k] for r in regions]) for k in keys}
-    return {"metric_per_case": per_case, "mean": mean, "foreground_mean": foreground}
+    return Evaluation(metric_per_case=per_case, mean=mean, foreground_mean=foreground)
 
 
 def _nanmean(values: list[float]) -> float:

@@ -10,15 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from search.errors import ArgumentError, SegtuneError
+from search.errors import ArgumentError, InputError
 from search.lazy import LazyModule
 
 checkpoint_io = LazyModule("train_fn.checkpoint")
 torch = LazyModule("torch")
-
-
-class InputError(SegtuneError, ValueError):
-    """An input image or a model file that cannot be used as it is."""
 
 
 def read_checkpoint(path: Path, model: str, option: str = "--model") -> dict[str, Any]:

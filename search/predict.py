@@ -13,7 +13,6 @@ labels for the same image. From Python, two lines:
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from search import inputs as input_checks
-from search.errors import ArgumentError, RunFolderError, SegtuneError
+from search.errors import ArgumentError, PredictError, RunFolderError
 from search.lazy import LazyModule
-from search.runfolder import MODELS, RunFolder
+from search.runfolder import MODELS, RunFolder, use_every_core
 from search.spec import Spec
 from search.storage import join, load_run_checkpoint
 from train_fn.data import preprocessing
@@ -42,10 +41,6 @@ loop = LazyModule("train_fn.loop")
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".nii.gz", ".nii")
-
-
-class PredictError(SegtuneError, ValueError):
-    """An input that cannot be segmented, or a run folder that cannot predict."""
 
 
 def image_name(path: str | Path) -> str:
@@ -210,7 +205,8 @@ def model_spec(spec: Spec, state: dict[str, Any], folder: RunFolder, name: str) 
         return spec
     params: dict[str, Any] = {}
     if folder.is_finished():
-        params.update((folder.summary().get("best") or {}).get("config") or {})
+        best = folder.summary().best
+        params.update(best.config if best else {})
     config = state.get("config") or {}
     # A search leaf is a dict ({type, low, high}); a resolved value never is.
     params.update({k: v for k, v in config.items() if k in searched and not isinstance(v, dict)})
@@ -228,17 +224,17 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
     object store (downloaded to be read)."""
     folder = RunFolder(run_dir)
     if model == "best":
-        summary = folder.summary()
-        if not summary.get("best"):
+        best = folder.summary().best
+        if not best:
             raise RunFolderError(f"{run_dir}: the run has no best trial yet (summary.json "
                                  "'best' is empty: the search did not finish)")
-        checkpoint = summary["best"]["checkpoint"]
+        checkpoint = best.checkpoint
         return ("best", join(folder.experiment_location, checkpoint, "checkpoint.pt"),
                 load_run_checkpoint(run_dir, checkpoint))
     if model in ("greedy", "uniform"):
         # summary.json names the soup set in use (the `soup` link may lag it after a kill).
-        summary = folder.summary() if folder.is_finished() else {}
-        weights = ((summary.get("soups") or {}).get(model) or {}).get("weights")
+        soup = (folder.summary().soups or {}).get(model) if folder.is_finished() else None
+        weights = soup.weights if soup else None
         path = run_dir / (weights or f"soup/{model}/checkpoint.pt")
         if not path.is_file():
             raise RunFolderError(f"{path}: no {model} soup in this run (soup.enabled was off "
@@ -498,7 +494,6 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     `tta`: test-time mirroring; `overlap`: the sliding window's; `skip_existing`: inputs
     whose output is there already are skipped (an interrupted folder continues). Returns the
     files written."""
-    import torch
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if overlap is not None and not 0 <= overlap < 1:
@@ -516,7 +511,7 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     pairs = plan_outputs(cases, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PredictError(f"--output {out_dir}: a file, not a folder")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    use_every_core()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for case, dst in pairs:

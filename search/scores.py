@@ -20,6 +20,7 @@ from typing import Any
 from search.errors import CompareError
 from search.lazy import LazyModule
 from search.runfolder import MODELS, RunFolder
+from search.summary import Summary
 
 # Read a checkpoint only where `--model` is a path: torch is not imported for a CSV.
 inputs = LazyModule("search.inputs")
@@ -96,11 +97,11 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test",
     if split not in ("test", "val"):
         raise CompareError(f"{run_dir}: no {evaluated.relative_to(run_dir)}, and summary.json "
                            f"holds the test and val splits only, not {split!r}")
-    summary = _json(summary_path)
-    summary = summary if isinstance(summary, dict) else {}
+    data = _json(summary_path)
+    summary = Summary.from_json(data) if isinstance(data, dict) else Summary()
     where = "best" if model == "best" else f"soups.{model}"
-    entry = summary.get("best") if model == "best" else (summary.get("soups") or {}).get(model)
-    per_class = (entry or {}).get(f"{split}_dice_per_class")
+    entry = summary.model(model)
+    per_class = getattr(entry, f"{split}_dice_per_class", None)
     if not isinstance(per_class, dict) or not per_class:
         what, why = (("the best trial", "its test evaluation") if model == "best" else
                      (f"the {model} soup", "souping"))
@@ -109,7 +110,7 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test",
     dice = {_key(k): _value(v, summary_path, f"{where}.{split}_dice_per_class.{k}")
             for k, v in per_class.items()}
     metrics = {"dice": dice}
-    per_hd = (entry or {}).get(f"{split}_hd95_per_class")
+    per_hd = getattr(entry, f"{split}_hd95_per_class", None)
     if isinstance(per_hd, dict) and per_hd:
         metrics["hd95"] = {_key(k): _value(v, summary_path, f"{where}.{split}_hd95_per_class.{k}")
                            for k, v in per_hd.items()}
@@ -149,11 +150,11 @@ def read_nnunet(path: str | Path, names: dict[str, str] | None = None) -> Scores
     ...}}). A value may be a number or {"mean", "std"}; a top-level "std" section of the same
     shape gives stds too. `names` turns nnU-Net's label keys into region names."""
     path = Path(path)
-    summary = _json(path)
-    means = summary.get("mean") if isinstance(summary, dict) else None
+    data = _json(path)
+    means = data.get("mean") if isinstance(data, dict) else None
     if not isinstance(means, dict) or not means:
         raise CompareError(f"{path}: not an nnU-Net summary (no per-class 'mean' section)")
-    stds = summary.get("std") if isinstance(summary.get("std"), dict) else {}
+    stds = data.get("std") if isinstance(data.get("std"), dict) else {}
     names = names or {}
     if any(k in names for k in means):
         logger.info("%s: labels %s read as %s", path, ", ".join(names),

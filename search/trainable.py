@@ -20,7 +20,7 @@ from ray import tune
 from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME, LOG_PREFIX_TASK_NAME
 
 from search.spec import Spec
-from search.trials import fork_epoch, job_spec
+from search.trials import fork_epoch, job_spec, values_text
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
 from train_fn.data import load_volumes
 from train_fn.datasets import fold_splits, open_dataset
@@ -52,8 +52,7 @@ def name_worker_log(trial_id: str, config: dict[str, Any]) -> None:
     `:actor_name:` as the name its forwarded lines carry (`(trial_ab12 pid=...)` on the
     driver's terminal), and one that starts with `:task_name:` as a note of the running
     task: both stay in the log, and neither is forwarded."""
-    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in config.items())
+    values = values_text(config, digits=4)
     for stream in (sys.stdout, sys.stderr):
         print(f"{LOG_PREFIX_ACTOR_NAME}trial_{trial_id}", file=stream)
         print(f"{LOG_PREFIX_TASK_NAME}trial {trial_id}: {values}", file=stream, flush=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from search.errors import RunFolderError
 from search.lazy import LazyModule
+from search.runfolder import RunFolder
 from search.space import centre
 from search.spec import Spec
 from search.tracking import PARENT_TAG, params_of
@@ -96,8 +97,6 @@ def ensure_trunk(run_dir: Path, spec: Spec, split: dict[str, list[str]], data_ro
 def saved_trunk(run_dir: str | Path) -> dict[str, Any] | None:
     """The finished trunk of a run (what `repeat` starts its seeds from), None without one;
     a run with `search.trunk_epochs` whose trunk is missing or unfinished is refused."""
-    from search.runfolder import RunFolder
-
     epochs = RunFolder(run_dir).spec.search.trunk_epochs
     if not epochs:
         return None

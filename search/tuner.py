@@ -23,6 +23,7 @@ from search.space import define_by_run, make_sampler, ordered_leaves
 from search.spec import Spec
 from search.storage import is_uri, relative
 from search.study import StudySearch
+from search.summary import TrialRecord
 from search.trials import budget, search_epochs, searched_config
 
 # Imports torch: handed to Ray when a Tuner is built (see search.lazy).
@@ -244,7 +245,7 @@ def _tuner(fn, spec: Spec, name: str, storage: str | Path, callbacks: list[Callb
 
 
 def trial_records(results: tune.ResultGrid, location: str | Path, spec: Spec
-                  ) -> list[dict[str, Any]]:
+                  ) -> list[TrialRecord]:
     """One record per trial: id, status, config, the best epoch's metrics and checkpoint
     (relative to the experiment `location`: the run folder or its object-store URI)."""
     epochs = budget(spec)
@@ -268,23 +269,23 @@ def trial_records(results: tune.ResultGrid, location: str | Path, spec: Spec
         else:
             status = "stopped"
         best = best or {}
-        records.append({
-            "trial_id": trial_id,
-            "status": status,
-            "config": searched_config(result.config or {}, spec),
-            "epochs": int(metrics.get("epoch", 0)),
-            "val_dice": best.get("val_dice"),
-            "val_dice_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
-                                   if k.startswith("val_dice/")},
-            "val_hd95_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
-                                   if k.startswith("val_hd95/")},
-            "best_epoch": best.get("epoch"),
+        records.append(TrialRecord(
+            trial_id=trial_id,
+            status=status,
+            config=searched_config(result.config or {}, spec),
+            epochs=int(metrics.get("epoch", 0)),
+            val_dice=best.get("val_dice"),
+            val_dice_per_class={k.split("/", 1)[1]: v for k, v in best.items()
+                                if k.startswith("val_dice/")},
+            val_hd95_per_class={k.split("/", 1)[1]: v for k, v in best.items()
+                                if k.startswith("val_hd95/")},
+            best_epoch=best.get("epoch"),
             # With train.average: the averaged weights in that checkpoint (a soup ingredient).
-            **({"avg_val_dice": best["avg/val_dice"]} if "avg/val_dice" in best else {}),
-            "checkpoint": relative(best_path, str(location)) if best_path else None,
-            "error": _error_line(result.error),
-        })
-    records.sort(key=lambda r: -1 if r["val_dice"] is None else r["val_dice"], reverse=True)
+            avg_val_dice=best.get("avg/val_dice"),
+            checkpoint=relative(best_path, str(location)) if best_path else None,
+            error=_error_line(result.error),
+        ))
+    records.sort(key=lambda r: -1 if r.val_dice is None else r.val_dice, reverse=True)
     return records
 
 

@@ -25,6 +25,17 @@ FAULT_HOOK = ROOT / "tests" / "fault_hook"
 RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray this Python runs
 
 
+def product_modules(root: Path = ROOT):
+    """`(path relative to root, parsed module)` of every Python file of search/ and
+    train_fn/ (the product code the source-shape tests read)."""
+    import ast
+
+    for package in ("search", "train_fn"):
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            yield rel, ast.parse(path.read_text(), rel)
+
+
 def fault_env(setting: str) -> dict[str, str]:
     """Environment for trials that fail as SEGTUNE_FAULT says (`cli_for_trials`; see
     tests/fault_hook/sitecustomize.py: injected from outside, segtune reads none of it)."""

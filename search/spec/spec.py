@@ -110,13 +110,12 @@ class Spec(_Section):
         if self.cv.every:
             raise ValueError("search.budget_epochs does not fit cv.mode every (a trial's "
                              "reports are folds there): remove one of them")
-        from search.trials import search_epochs  # search.trials imports this module
-
-        if search_epochs(self) < 1:
+        left = self.search_epochs()
+        if left is not None and left < 1:
             raise ValueError(
                 f"search.budget_epochs ({s.budget_epochs}) leaves no epochs to the trials "
                 f"after search.trunk_epochs ({s.trunk_epochs}) and the siblings' epochs "
-                f"({s.budget_epochs - s.trunk_epochs - search_epochs(self)}): raise it")
+                f"({s.budget_epochs - s.trunk_epochs - left}): raise it")
         return self
 
     @model_validator(mode="after")
@@ -187,6 +186,26 @@ class Spec(_Section):
                             f"choices: {ref.choices}"
                         )
         return self
+
+    def fork_epoch(self) -> int | None:
+        """The epoch (1-based) whose state a trial keeps for sibling soups (`soup.siblings`):
+        `soup.fork_fraction` of its epochs, at least 1 and before the last; None without
+        siblings."""
+        epochs = self.train.epochs
+        if not self.soup.siblings or self.cv.every or epochs < 2:
+            return None
+        return min(epochs - 1, max(1, round(self.soup.fork_fraction * epochs)))
+
+    def search_epochs(self) -> int | None:
+        """The epochs `search.budget_epochs` leaves to the search's trials: the run's budget
+        less the trunk's epochs and the siblings' (each trains from its fork epoch to the
+        end); None without a budget."""
+        total = self.search.budget_epochs
+        if total is None:
+            return None
+        fork = self.fork_epoch()
+        siblings = self.soup.siblings * (self.train.epochs - fork) if fork is not None else 0
+        return total - self.search.trunk_epochs - siblings
 
     def searched(self) -> dict[str, Any]:
         """Searched settings by dotted path, in spec order: a leaf, or a list of alternative

@@ -135,14 +135,14 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
     assert sorted(m.name for m in models) == ["best", "greedy", "uniform"]
     # The model the run recommends, by the registered model named after the run.
     from search.predict import load_model
-    from search.report import recommended
+    from search.summary import Summary
 
     mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow.db'}")
     try:
         champion = mlflow.pytorch.load_model("models:/smoke@champion")
     finally:
         mlflow.set_tracking_uri(None)
-    ours = load_model(storage / "smoke", recommended(summary), device="cpu")
+    ours = load_model(storage / "smoke", Summary.from_json(summary).recommended(), device="cpu")
     patch = torch.randn(2, 1, 32, 32, 16)
     with torch.no_grad():
         assert torch.allclose(champion.eval()(patch), ours.net(patch), atol=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from search.report import format_summary
+from search.summary import Summary
 
 SUMMARY = {
     "trials": [
@@ -36,11 +37,12 @@ greedy soup    1     0.620     0.510      0.310  -"""
 
 
 def test_the_table_of_trials_errors_and_held_out_scores():
-    assert format_summary(SUMMARY, ["optimizer.lr", "optimizer.name"]) == EXPECTED
+    searched = ["optimizer.lr", "optimizer.name"]
+    assert format_summary(Summary.from_json(SUMMARY), searched) == EXPECTED
 
 
 def test_a_search_that_ended_before_the_test_split_shows_its_trials_only():
-    text = format_summary({**SUMMARY, "best": None, "soups": None}, [])
+    text = format_summary(Summary.from_json({**SUMMARY, "best": None, "soups": None}), [])
     assert text.splitlines()[1].split() == ["trial", "status", "epochs", "val_dice", "esoph",
                                             "heart"]
     assert "Held-out" not in text and "Errors:" in text
