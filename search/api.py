@@ -576,7 +576,7 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None) -> Opene
                            "filled up or the machine stopped while it was written), so the "
                            "search cannot continue; start it again under another --name") \
             from None
-    if folder.spec.search.scheduler != "pbt":  # PBT keeps no Optuna study
+    if spec.search.scheduler != "pbt":  # PBT keeps no Optuna study (spec: the run's, checked)
         check_study(run_dir, folder.info.name, saved_trial_ids(location))
     if tracking_uri:
         folder.rehome(tracking_uri)

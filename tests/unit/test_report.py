@@ -61,7 +61,7 @@ def test_held_out_scores_carry_their_spread_over_the_test_cases():
                    "regions": {"esophagus": describe(0.31, 0.21),
                                "heart": describe(0.7, 0.05)},
                    "vs_best": {"delta": 0.01, "ci95": [-0.01, 0.03], "better": False}}}}
-    text = format_summary({**SUMMARY, "reference": reference}, [])
+    text = format_summary(Summary.from_json({**SUMMARY, "reference": reference}), [])
     held = text.split("Held-out test split ")[1].split("\n\n")[0].splitlines()
     assert held[0] == "(mean±std over its 3 cases; not used for any selection):"
     assert held[3].split() == ["best", "trial", "a1", "1", "0.612", "0.500±0.100",
