@@ -76,7 +76,9 @@ def test_mlflow_ui_lists_nested_trials_and_shows_their_metric(browser_ready, smo
             chromium(tmp_path / "profile") as driver:
         wait = WebDriverWait(driver, WAIT_S)
         _stored_view(driver, wait, printed_url(proc.stdout, base), shots, docs)
-        # Without `workflowType` MLflow 3.18 shows its GenAI side (Traces, Judges, ...).
+        # Without `workflowType` MLflow 3.18 shows its GenAI side (Traces, Judges, ...). A new
+        # page, not a jump within the stored view's: that one left the table loading forever.
+        driver.get("about:blank")
         driver.get(f"{base}/#/experiments/{experiment_id}/runs?{WORKFLOW}")
         # The runs table is filled by AJAX after the React app starts: wait for the parent.
         wait.until(ec.presence_of_element_located(link(parent)),
