@@ -11,7 +11,12 @@ its test-split reference), over several search seeds, on a phantom with 8 test p
 - siblings: fewer trials, then `soup.siblings` of the best trial forked at half its
   training, each finishing with its own seed; the soups are the best trial and its siblings;
 - trunk2, trunk4: fork-then-search, a shared trunk of 2 or 4 epochs trained before the search
-  (`search.trunk_epochs`), every trial starting from it; fewer trials pay for the trunk.
+  (`search.trunk_epochs`), every trial starting from it; the run's budget in epochs
+  (`search.budget_epochs`, trunk included) is what `today` trained with the same seed;
+- pbt: Ray Tune's population-based training (`search.scheduler: pbt`), a population of 4,
+  exploit and explore at epochs 3 and 6 (32 epochs); the soups are those of its population;
+- trunk2sib: a trunk of 2 epochs, the search, then 3 siblings of the best trial forked at
+  half its training, all within `today`'s epochs.
 
 Per run, from its summary.json (search.reference): best trial, greedy, uniform and prediction
 ensemble on the test split (mean Dice over regions, per case), the greedy soup's size, the
@@ -67,10 +72,21 @@ SETTINGS = {
     "average": ["train.average=swa", "train.average_fraction=0.5"],
     # 6 trials + 3 siblings x 4 epochs: about the 8 trials' epochs of the others.
     "siblings": ["search.num_trials=6", "soup.siblings=3", "soup.fork_fraction=0.5"],
-    # Fork-then-search: a shared trunk of 2 or 4 epochs, paid for with fewer trials.
-    "trunk2": ["search.trunk_epochs=2", "search.num_trials=7"],
-    "trunk4": ["search.trunk_epochs=4", "search.num_trials=6"],
+    # Fork-then-search: a shared trunk of 2 or 4 epochs. Equal compute exactly: the run's
+    # budget in epochs (trunk included) is that of `today` with the same seed (BUDGETED).
+    "trunk2": ["search.trunk_epochs=2", "search.num_trials=16"],
+    "trunk4": ["search.trunk_epochs=4", "search.num_trials=16"],
+    # Population-based training (search.scheduler pbt): a population of 4 trained 8 epochs
+    # each (32 epochs), the bottom quarter copying the top quarter at epochs 3 and 6; the
+    # soups are those of the final population (top_k 4: all of it).
+    "pbt": ["search.scheduler=pbt", "search.num_trials=4", "search.pbt_interval=3"],
+    # A trunk of 2 epochs, then siblings of the best trial: 3 forked at epoch 4 (12 epochs),
+    # the search gets what is left of the budget.
+    "trunk2sib": ["search.trunk_epochs=2", "search.num_trials=16", "soup.siblings=3",
+                  "soup.fork_fraction=0.5"],
 }
+# Settings whose run gets `search.budget_epochs` = the epochs `today` trained with that seed.
+BUDGETED = ("trunk2", "trunk4", "trunk2sib")
 MODELS = ("best", "greedy", "uniform", "ensemble")
 
 
@@ -87,7 +103,9 @@ def run_one(storage: Path, setting: str, seed: int) -> None:
         finish(storage / name)
     if not summary.is_file():
         spec_path = storage / "base.yaml"
-        spec = load_spec(spec_path, [*SETTINGS[setting], f"search.seed={seed}"])
+        extra = [f"search.budget_epochs={epochs_of(storage / f'today-s{seed}')}"] \
+            if setting in BUDGETED else []
+        spec = load_spec(spec_path, [*SETTINGS[setting], *extra, f"search.seed={seed}"])
         t0 = time.time()
         run_search(spec, spec_path, name=name, storage=storage)
         (storage / name / "bench.json").write_text(json.dumps({"wall_s": time.time() - t0}))
@@ -117,14 +135,15 @@ def barrier(run_dir: Path, summary: dict) -> float | None:
     """Mean validation Dice of the top two soup candidates minus that of their average."""
     from search.runfolder import RunFolder
     from search.soup import average, weights_of, with_averages
+    from search.summary import Summary
 
     soup = summary.get("soups") or {}
     ids = (soup.get("uniform") or {}).get("ingredients") or []
     if len(ids) < 2:
         return None
-    records = {t["trial_id"]: t for t in [*with_averages(
-        [t for t in summary["trials"] if t.get("checkpoint")]),
-        *(summary.get("siblings") or [])]}
+    typed = Summary.from_json(summary)
+    records = {t.trial_id: t for t in [*with_averages(
+        [t for t in typed.trials if t.checkpoint]), *(typed.siblings or [])]}
     a, b = (weights_of(run_dir, records[i]) for i in ids[:2])
     folder = RunFolder(run_dir)
     judge, val = folder.scorer(), folder.volumes("val")
@@ -132,14 +151,20 @@ def barrier(run_dir: Path, summary: dict) -> float | None:
     return statistics.fmean(ends) - judge(average([a, b]), val)[0]
 
 
+def epochs_of(run_dir: Path) -> int:
+    """The epochs a run trained: its trials', its siblings' and its trunk's."""
+    from search.runfolder import RunFolder
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    sib = summary.get("siblings") or []
+    return sum(t.get("epochs") or 0 for t in summary["trials"]) + sum(
+        EPOCHS - s["fork_epoch"] for s in sib) + RunFolder(run_dir).spec.search.trunk_epochs
+
+
 def analyse_run(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     ref = summary["reference"]["models"]
-    sib = summary.get("siblings") or []
-    from search.runfolder import RunFolder
-
-    epochs = sum(t.get("epochs") or 0 for t in summary["trials"]) + sum(
-        EPOCHS - s["fork_epoch"] for s in sib) + RunFolder(run_dir).spec.search.trunk_epochs
+    epochs = epochs_of(run_dir)
     wall = json.loads((run_dir / "bench.json").read_text())["wall_s"] \
         if (run_dir / "bench.json").is_file() else None
     return {"epochs": epochs, "wall_s": wall,
@@ -209,18 +234,25 @@ def main() -> None:
     args.storage.mkdir(parents=True, exist_ok=True)
     (args.storage / "base.yaml").write_text(BASE.lstrip())
     if not args.analyse_only:
-        # Seed by seed (a partial benchmark still compares), the trunk settings last.
-        groups = ([s for s in args.settings if not s.startswith("trunk")],
-                  [s for s in args.settings if s.startswith("trunk")])
+        # Seed by seed (a partial benchmark still compares), the budgeted settings last: their
+        # budget is the epochs of `today`, which `average` makes.
+        groups = ([s for s in args.settings if s not in BUDGETED],
+                  [s for s in args.settings if s in BUDGETED])
         for group in groups:
             for seed in range(args.seeds):
                 for setting in group:
                     run_one(args.storage, setting, seed)
-    shown = ["today", *args.settings] if "average" in args.settings else args.settings
-    result = {s: {seed: analyse_run(args.storage / f"{s}-s{seed}")
+    # Every setting measured so far in this storage, not only those run now.
+    shown = ["today", *SETTINGS]
+    # A run analysed before (its barrier costs validation passes) is taken from soups.json.
+    known = json.loads((HERE / "soups.json").read_text()) if (HERE / "soups.json").is_file() \
+        else {}
+    result = {s: {seed: known.get(s, {}).get(str(seed))
+                  or analyse_run(args.storage / f"{s}-s{seed}")
                   for seed in range(args.seeds)
                   if (args.storage / f"{s}-s{seed}" / "summary.json").is_file()}
               for s in shown}
+    result = {s: runs for s, runs in result.items() if runs}
     (HERE / "soups.json").write_text(json.dumps(result, indent=1) + "\n")
     print(report(result))
 

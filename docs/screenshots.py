@@ -1,6 +1,7 @@
 """Make the README's Ray dashboard and "Segment new images" pictures; rerun after a UI change.
 
     python docs/screenshots.py [--spec spaces/novograd.yaml] [--storage DIR]
+    python docs/screenshots.py --run-dir runs/novograd     # the prediction picture only
 
 Runs a search of the spec (a local Ray, its dashboard on loopback), photographs the dashboard's
 actors page in Debian's headless Chromium while the trials run, then draws one axial slice of a
@@ -38,7 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", default="spaces/novograd.yaml")
     parser.add_argument("--storage", help="where the search's run folder goes (default: a "
                         "temporary folder, removed)")
+    parser.add_argument("--run-dir", help="a finished run folder: redraw only the prediction "
+                        "picture from it (no search, no dashboard picture)")
+    parser.add_argument("--model", help="with --run-dir: the model to draw (default: the one "
+                        "the run recommends; a checkpoint path for a run that did not finish)")
     args = parser.parse_args(argv)
+    if args.run_dir:
+        predict_overlay(Path(args.run_dir), DOCS / "predict_overlay.png", args.model)
+        print(f"wrote {DOCS / 'predict_overlay.png'}")
+        return
     reason = missing_browser()
     if reason:
         sys.exit(f"no browser: {reason}")
@@ -113,8 +122,9 @@ def photograph_actors(driver, dashboard: str, path: Path) -> None:
     save_png(driver.get_screenshot_as_png(), path)
 
 
-def predict_overlay(run_dir: Path, path: Path) -> None:
-    """One axial slice of the first test patient: CT, reference contours, predicted labels."""
+def predict_overlay(run_dir: Path, path: Path, chosen: str | None = None) -> None:
+    """One axial slice of the first test patient: CT, reference labels, and the labels of
+    the model the run recommends (what its last lines tell `predict` to use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,10 +134,13 @@ def predict_overlay(run_dir: Path, path: Path) -> None:
     from matplotlib.colors import ListedColormap
 
     from search.predict import load_model
+    from search.report import recommended
     from train_fn.datasets import open_dataset
 
     run = json.loads((run_dir / "run.json").read_text())
-    model = load_model(run_dir, "best", device="cpu")
+    # The model the run's last lines tell `predict` to use.
+    chosen = chosen or recommended(json.loads((run_dir / "summary.json").read_text()))
+    model = load_model(run_dir, chosen, device="cpu")
     case = open_dataset(model.spec.data, root=run["data_root"]).case(run["split"]["test"][0])
     predicted = model.predict(case.image)
     image = np.asarray(nib.load(case.image).dataobj, dtype=np.float32)

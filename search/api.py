@@ -8,7 +8,9 @@ import os
 import shlex
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from ray import tune
 
 from search import stopping, warmstart
 from search.callbacks import MlflowCallback
-from search.errors import ArgumentError, ResourceError, RunFolderError, TrialError
+from search.errors import ArgumentError, RunFolderError, TrialError
 from search.lazy import LazyModule
 from search.plots import write_plots
 from search.prepare import build_cache, check_device, check_resources, prepare_data
@@ -47,6 +49,7 @@ from search.storage import (
     unfinished_trials,
 )
 from search.study import check_study, study_url
+from search.summary import Summary
 from search.tracking import (
     Tracker,
     check_tracking,
@@ -118,7 +121,7 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                storage: str | Path | None = None, tracking_uri: str | None = None,
                ray_init: dict[str, Any] | None = None, resume: bool = False,
                local_dir: str | Path | None = None, overrides: list[str] = (),
-               warm_start: list[str | Path] = (), warm_start_best: int = 0) -> dict[str, Any]:
+               warm_start: list[str | Path] = (), warm_start_best: int = 0) -> Summary:
     """Run the search of `spec` and return its summary (also in `<run dir>/summary.json`).
     With `resume`, continue the interrupted run of the same name: finished trials are kept,
     unfinished and errored ones continue from their last checkpoint. An object-store
@@ -131,6 +134,9 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
     if warm_start and resume:
         raise ArgumentError("--warm-start with --resume: the run's study already holds its "
                             "earlier trials; resume without --warm-start")
+    if warm_start and spec.search.scheduler == "pbt":
+        raise ArgumentError("--warm-start with search.scheduler pbt: PBT has no sampler to "
+                            "seed with earlier trials; use search.scheduler asha")
     if warm_start_best < 0 or (warm_start_best and not warm_start):
         raise ArgumentError(f"--warm-start-best {warm_start_best}: a count >= 0, and only "
                             "with --warm-start")
@@ -141,17 +147,42 @@ def run_search(spec: Spec, spec_path: str | Path, name: str | None = None,
                        local_dir, held, list(overrides), history)
 
 
-def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, local_dir,
-            held: ExitStack, overrides: list[str], history=((), 0)) -> dict[str, Any]:
-    # Each epoch's checkpoint forces an experiment-state snapshot (cheap here: milliseconds);
-    # Ray warns about it every time unless told not to.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
-    # after the run): segtune prints its trial and status lines instead.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if not logger.isEnabledFor(logging.DEBUG):  # --debug: Ray's traceback of each trial error
-        # segtune logs one line per failed trial; the traceback stays in its error file.
-        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+@dataclass
+class Target:
+    """Where a run goes and how it is continued: what a new run and a resume share."""
+
+    spec_path: str | Path
+    name: str
+    local: Path  # the local storage folder
+    run_dir: Path  # `<local>/<name>`
+    uri: str | None  # the object store holding Ray's experiment, if any
+    tracking_uri: str | None  # `--tracking-uri`
+    ray_init: dict[str, Any]
+    again: str  # the command that continues the run
+
+    @property
+    def location(self) -> str:
+        """Ray's experiment of the run (in the run folder, or in the object store)."""
+        return experiment_location(self.run_dir)
+
+
+@dataclass
+class Opened:
+    """A run folder ready to search: what `_start` (a new run) or `_reopen` (a resume) made of
+    it. The spec is the run's own (after the LR finder, or as saved)."""
+
+    spec: Spec
+    split: dict[str, list[str]]
+    data_root: Path
+    tracker: Tracker
+
+
+def _search(spec: Spec, spec_path: str | Path, name: str | None, storage: str | Path | None,
+            tracking_uri: str | None, ray_init: dict[str, Any] | None, resume: bool,
+            local_dir: str | Path | None, held: ExitStack, overrides: list[str],
+            history: tuple[list[Any], int] = ((), 0)) -> Summary:
+    """Check where the run goes, then start it or resume it (under the run lock, in `held`)."""
+    stopping.tune_env_defaults()
     uri = str(storage) if is_uri(storage) else None
     name, local, run_dir = run_paths(spec_path, name, storage, local_dir)
     if not ray.is_initialized():  # a cluster that is not there: said in seconds, first
@@ -162,125 +193,178 @@ def _search(spec, spec_path, name, storage, tracking_uri, ray_init, resume, loca
     check_local_folder(local, "--local-dir" if uri else "--storage")
     if uri:
         check_storage(uri)
+    target = Target(spec_path, name, local, run_dir, uri, tracking_uri, ray_init or {},
+                    resume_command(spec_path, name, uri, local, overrides,
+                                   (ray_init or {}).get("address")))
     if resume and _unstarted(run_dir):  # killed before its first trial: start it
         logger.info("%s: no trial was saved before the run stopped; starting it", run_dir)
         resume = False
     if resume:
-        if run_dir.is_dir():  # else nothing to resume (said below), and nothing to create
-            held.enter_context(run_lock(run_dir))
-        spec, split, data_root, tracker = _reopen(spec, run_dir, tracking_uri)
-    else:
-        _check_new(run_dir, name, uri)
-    if not resume:
-        # An unreachable server fails here, in seconds, before anything is written.
-        check_tracking(tracking_target(spec, local, name, tracking_uri)[0],
-                       "--tracking-uri" if tracking_uri else f"{spec_path}: tracking.uri")
-    if not resume:  # a wrong folder, layout or split fails at once, before Ray starts
-        split_cases([c.case_id for c in open_dataset(spec.data).cases],
-                    spec.data.val_fraction, spec.data.test_fraction, spec.data.split_seed)
-        # Taken before anything is written into the run folder, and the folder checked again
-        # under it: another process may have started this name since the check above.
-        held.enter_context(run_lock(run_dir))
-        _check_new(run_dir, name, uri, clear=True)
-    if not ray.is_initialized():
-        # Before the data check and the cache build: they run as Ray tasks.
-        context = stopping.start_ray(**{"job_name": f"segtune {name}", **(ray_init or {})})
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
-                    ray.cluster_resources().get("CPU", 0),
-                    ray.cluster_resources().get("GPU", 0))
-        if getattr(context, "dashboard_url", None):
-            token = ("" if os.environ.get("RAY_AUTH_MODE") == "disabled" else
-                     "; it asks for the token `ray get-auth-token` prints")
-            logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>%s)",
-                        context.dashboard_url, context.dashboard_url, token)
-    try:
-        check_resources(spec)
-    except ResourceError:
-        if resume:
-            tracker.close_all("FAILED")
-        raise
-    if resume:
-        try:
-            build_cache(spec, data_root, split)
-        except BaseException:
-            tracker.close_all("FAILED")
-            raise
-    else:
-        existed = run_dir.exists()
-        try:
-            spec, split, data_root, tracker = _start(spec, spec_path, name, local, run_dir,
-                                                     tracking_uri, uri)
-        except BaseException:
-            _discard(run_dir, existed)
-            raise
-    location = experiment_location(run_dir)
+        return _resume_run(spec, target, held)
+    return _new_run(spec, target, held, history)
 
-    status = "FAILED"
-    again = resume_command(spec_path, name, uri, local, overrides,
-                           (ray_init or {}).get("address"))
+
+def _new_run(spec: Spec, target: Target, held: ExitStack,
+             history: tuple[list[Any], int]) -> Summary:
+    """Check, lock and prepare a new run folder, then search (a failure before the first
+    trial was saved removes what was written)."""
+    run_dir = target.run_dir
+    _check_new(run_dir, target.name, target.uri)
+    # An unreachable server fails here, in seconds, before anything is written.
+    check_tracking(tracking_target(spec, target.local, target.name, target.tracking_uri)[0],
+                   "--tracking-uri" if target.tracking_uri
+                   else f"{target.spec_path}: tracking.uri")
+    # A wrong folder, layout or split fails at once, before Ray starts.
+    split_cases([c.case_id for c in open_dataset(spec.data).cases],
+                spec.data.val_fraction, spec.data.test_fraction, spec.data.split_seed)
+    # Taken before anything is written into the run folder, and the folder checked again
+    # under it: another process may have started this name since the check above.
+    held.enter_context(run_lock(run_dir))
+    _check_new(run_dir, target.name, target.uri, clear=True)
+    _ensure_ray(target)
+    check_resources(spec)
+    existed = run_dir.exists()
+    try:
+        opened = _start(spec, target.spec_path, target.name, target.local, run_dir,
+                        target.tracking_uri, target.uri)
+    except BaseException:
+        _discard(run_dir, existed)
+        raise
+
+    def fit(trunk: dict[str, Any] | None) -> Any:
+        tuner = make_tuner(opened.spec, opened.split, str(opened.data_root), target.name,
+                           target.uri or target.local, [MlflowCallback(opened.tracker,
+                                                                       opened.spec)],
+                           study=study_url(run_dir), trunk=trunk, history=history[0],
+                           best_first=history[1])
+        return stopping.tune_fit(tuner.fit)
+
+    return _run(opened, target, fit, existed=existed)
+
+
+def _resume_run(spec: Spec, target: Target, held: ExitStack) -> Summary:
+    """Lock and reopen an interrupted run, then search on from its saved state."""
+    if target.run_dir.is_dir():  # else nothing to resume (said by _reopen), nothing to create
+        held.enter_context(run_lock(target.run_dir))
+    opened = _reopen(spec, target.run_dir, target.tracking_uri)
+    _ensure_ray(target)
+    try:
+        check_resources(opened.spec)
+        build_cache(opened.spec, opened.data_root, opened.split)
+    except BaseException:
+        opened.tracker.close_all("FAILED")
+        raise
+
+    def fit(trunk: dict[str, Any] | None) -> Any:
+        return _resume_fit(opened.spec, opened.split, str(opened.data_root), target.location,
+                           trunk)
+
+    return _run(opened, target, fit, existed=None)
+
+
+def _ensure_ray(target: Target) -> None:
+    """Start Ray (or join the cluster) unless it runs: before the data check and the cache
+    build, which run as Ray tasks."""
+    if ray.is_initialized():
+        return
+    context = stopping.start_ray(**{"job_name": f"segtune {target.name}", **target.ray_init})
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    logger.info("Ray: %d node(s), %s CPUs, %s GPUs", len(nodes),
+                ray.cluster_resources().get("CPU", 0), ray.cluster_resources().get("GPU", 0))
+    if getattr(context, "dashboard_url", None):
+        token = ("" if os.environ.get("RAY_AUTH_MODE") == "disabled" else
+                 "; it asks for the token `ray get-auth-token` prints")
+        logger.info("Ray dashboard: http://%s (on a cluster: ssh -L 8265:%s <head>%s)",
+                    context.dashboard_url, context.dashboard_url, token)
+
+
+def _run(opened: Opened, target: Target, fit: Callable[[dict[str, Any] | None], Any],
+         existed: bool | None) -> Summary:
+    """The search of an opened run (new: `existed` says whether its folder was there before;
+    resumed: None), then its summary, soups, cross-validation and plots. However it ends, its
+    MLflow runs are closed with how it ended; what is kept is said in the error."""
+    location, status = target.location, "FAILED"
     try:
         trunk = None
-        if spec.search.trunk_epochs:
-            trunk = ensure_trunk(run_dir, spec, split, str(data_root), tracker)
-        if resume:
-            results = _resume_fit(spec, split, str(data_root), location, trunk)
-        else:
-            tuner = make_tuner(spec, split, str(data_root), name, uri or local,
-                               [MlflowCallback(tracker, spec)], study=study_url(run_dir),
-                               trunk=trunk, history=history[0], best_first=history[1])
-            results = stopping.tune_fit(tuner.fit)
+        if opened.spec.search.trunk_epochs:
+            trunk = ensure_trunk(target.run_dir, opened.spec, opened.split,
+                                 str(opened.data_root), opened.tracker)
+        results = fit(trunk)
         if stopping.stop_reason() == "disk full" or any(disk_full(r.error) for r in results):
-            raise _disk_full(run_dir, again)
-        _raise_user_error(location, again)
+            raise _disk_full(target.run_dir, target.again)
+        _raise_user_error(location, target.again)
         unfinished = unfinished_trials(location)
         if unfinished:
             status = "KILLED"
             raise Interrupted(f"search interrupted with {unfinished} trial(s) unfinished; "
-                              f"continue it with: {again}")
-        summary = {"name": name, "metric": spec.search.metric, "run_dir": str(run_dir),
-                   "trials": trial_records(results, location, spec),
-                   "best": None, "soups": None}
-        RunFolder(run_dir).write_summary(summary)
-        if spec.soup.enabled and spec.soup.siblings and not spec.cv.every:
-            summary["siblings"] = run_siblings(run_dir)
-            RunFolder(run_dir).write_summary(summary)
-        # With cv.mode every the trials' fold models are souped per fold instead: the run's
-        # validation cases are in every fold's training data.
-        summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled and not spec.cv.every,
-                         tracker=tracker)
-        if spec.cv.folds:
-            cv = (retrain.crossval_every(run_dir, spec.cv.top_k) if spec.cv.every else
-                  retrain.crossval(run_dir, spec.cv.folds, spec.cv.top_k))
-            summary["crossval"] = {k: v for k, v in cv.items() if k != "jobs"}
-            RunFolder(run_dir).write_summary(summary)
-        if spec.tracking.plots:
-            write_plots(run_dir, name, results, tracker)  # warns, never raises
+                              f"continue it with: {target.again}")
+        summary = _finish_run(opened, target, results)
         status = "FINISHED"
         return summary
     except BaseException as err:
-        kept = resume or _restorable(location)
+        kept = existed is None or _restorable(location)
         if not kept:
-            _discard(run_dir, existed)
-        # Also when the error is a file the full disk cut short (Ray's pickled trial error).
-        full = disk_full(err) or stopping.stop_reason() == "disk full"
-        if full and not isinstance(err, DiskFullError):
-            raise _disk_full(run_dir, again if kept else None) from None
-        if isinstance(err, KeyboardInterrupt):
+            _discard(target.run_dir, bool(existed))
+        instead = _failure(err, target, kept)
+        if instead is None:
+            raise
+        if isinstance(instead, Interrupted):
             status = "KILLED"
-            raise Interrupted(
-                f"search interrupted; the finished trials are kept: continue it with: {again}"
-                if kept else "search interrupted before its first trial was saved; nothing "
-                "was kept: run it again") from err
-        raise
+            raise instead from err
+        raise instead from None
     finally:
-        try:
-            tracker.close_all(status)
-        except Exception as err:
-            if not disk_full(err):
-                raise
-            logger.warning("MLflow could not mark the runs %s (no space left for its store); "
-                           "--resume closes them", status)
+        _close(opened.tracker, status)
+
+
+def _finish_run(opened: Opened, target: Target, results: Any) -> Summary:
+    """summary.json of the finished trials, then the soups (or the siblings' and folds'),
+    cross-validation and plots: the run's summary."""
+    spec, run_dir = opened.spec, target.run_dir
+    folder = RunFolder(run_dir)
+    summary = Summary(name=target.name, metric=spec.search.metric, run_dir=str(run_dir),
+                      trials=trial_records(results, target.location, spec))
+    folder.write_summary(summary)
+    if spec.soup.enabled and spec.soup.siblings and not spec.cv.every:
+        summary.siblings = run_siblings(run_dir)
+        folder.write_summary(summary)
+    # With cv.mode every the trials' fold models are souped per fold instead: the run's
+    # validation cases are in every fold's training data.
+    summary = finish(run_dir, spec.soup.top_k, soup=spec.soup.enabled and not spec.cv.every,
+                     tracker=opened.tracker)
+    if spec.cv.folds:
+        cv = (retrain.crossval_every(run_dir, spec.cv.top_k) if spec.cv.every else
+              retrain.crossval(run_dir, spec.cv.folds, spec.cv.top_k))
+        summary.crossval = {k: v for k, v in cv.items() if k != "jobs"}
+        folder.write_summary(summary)
+    if spec.tracking.plots:
+        write_plots(run_dir, target.name, results, opened.tracker)  # warns, never raises
+    return summary
+
+
+def _failure(err: BaseException, target: Target, kept: bool) -> BaseException | None:
+    """What to raise instead of `err` (None: `err` itself): a full disk, also when the error
+    is a file it cut short (Ray's pickled trial error), or Ctrl-C, each said with whether
+    the run can continue."""
+    full = disk_full(err) or stopping.stop_reason() == "disk full"
+    if full and not isinstance(err, DiskFullError):
+        return _disk_full(target.run_dir, target.again if kept else None)
+    if isinstance(err, KeyboardInterrupt):
+        return Interrupted(
+            f"search interrupted; the finished trials are kept: continue it with: "
+            f"{target.again}" if kept else "search interrupted before its first trial was "
+            "saved; nothing was kept: run it again")
+    return None
+
+
+def _close(tracker: Tracker, status: str) -> None:
+    """Close the run's MLflow runs with `status`; a store with no space left is only said."""
+    try:
+        tracker.close_all(status)
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        logger.warning("MLflow could not mark the runs %s (no space left for its store); "
+                       "--resume closes them", status)
 
 
 def resume_command(spec_path: str | Path, name: str, uri: str | None, local: Path,
@@ -427,8 +511,8 @@ def _discard(run_dir: Path, existed: bool) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
-           tracking_uri: str | None, storage_uri: str | None = None):
+def _start(spec: Spec, spec_path: str | Path, name: str, storage: Path, run_dir: Path,
+           tracking_uri: str | None, storage_uri: str | None = None) -> Opened:
     """Prepare a new run folder: data, split, LR test, saved spec, MLflow parent run."""
     uri, experiment = tracking_target(spec, storage, name, tracking_uri)
     data_root, split = prepare_data(spec)
@@ -459,7 +543,7 @@ def _start(spec: Spec, spec_path, name: str, storage: Path, run_dir: Path,
     logger.info("run folder %s; checkpoints in %s; MLflow %s (experiment %r)", run_dir,
                 join(storage_uri, name) if storage_uri else run_dir, uri, experiment)
     _log_view(tracker)
-    return spec, split, data_root, tracker
+    return Opened(spec, split, Path(data_root), tracker)
 
 
 def _log_view(tracker: Tracker) -> None:
@@ -468,7 +552,7 @@ def _log_view(tracker: Tracker) -> None:
                 tracker.view_url())
 
 
-def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
+def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None) -> Opened:
     """Check that an interrupted run can continue with this spec; re-attach its MLflow run."""
     folder = RunFolder(run_dir)
     if not folder.is_run():
@@ -492,7 +576,8 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
                            "filled up or the machine stopped while it was written), so the "
                            "search cannot continue; start it again under another --name") \
             from None
-    check_study(run_dir, folder.info.name, saved_trial_ids(location))
+    if spec.search.scheduler != "pbt":  # PBT keeps no Optuna study (spec: the run's, checked)
+        check_study(run_dir, folder.info.name, saved_trial_ids(location))
     if tracking_uri:
         folder.rehome(tracking_uri)
     check_tracking(folder.info.tracking_uri, f"{folder.run_json}: tracking_uri")
@@ -502,10 +587,10 @@ def _reopen(spec: Spec, run_dir: Path, tracking_uri: str | None = None):
                     "checkpoint; a new trial takes its place)", trial_id)
     logger.info("resuming %s; MLflow %s", run_dir, folder.info.tracking_uri)
     _log_view(tracker)
-    return folder.spec, folder.split, Path(folder.data_root), tracker
+    return Opened(folder.spec, folder.split, Path(folder.data_root), tracker)
 
 
-def soup_run(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
+def soup_run(run_dir: str | Path, top_k: int | None = None) -> Summary:
     """Soup a finished run again (e.g. with another `top_k`); results go to its parent run."""
     folder = RunFolder(run_dir)
     info = folder.info  # not a run folder: one line, no run.json

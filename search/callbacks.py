@@ -16,11 +16,11 @@ from ray import cloudpickle
 from ray.tune import Callback
 
 from search import stopping
-from search.progress import SearchStatus, duration, values_text
+from search.progress import SearchStatus, duration
 from search.spec import Spec
 from search.storage import disk_full
 from search.tracking import Tracker
-from search.trials import budget, job_spec, searched_config
+from search.trials import budget, job_spec, searched_config, values_text
 from train_fn.errors import SegtuneError
 
 logger = logging.getLogger(__name__)

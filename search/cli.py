@@ -15,11 +15,12 @@ from pathlib import Path
 from search import stopping
 from search.errors import ArgumentError, SegtuneError
 from search.lazy import LazyModule
-from search.progress import values_text
 from search.runfolder import MODELS, RunFolder
 from search.runlock import run_lock
 from search.spec import SearchLeaf, load_spec
 from search.stopping import Interrupted
+from search.summary import Summary
+from search.trials import values_text
 from train_fn.datasets import io_shape
 from train_fn.models import build_model
 from train_fn.optim import param_groups
@@ -37,8 +38,6 @@ retrain = LazyModule("search.retrain")
 space = LazyModule("search.space")
 storage = LazyModule("search.storage")
 tracking = LazyModule("search.tracking")
-
-logger = logging.getLogger("search")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +71,19 @@ def _address(text: str) -> str:
     shown = text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
     raise argparse.ArgumentTypeError(f"{shown!r}: auto, local, or HOST:PORT of a Ray head "
                                      "(port 1 to 65535), e.g. 10.0.0.5:6379")
+
+
+def _region(text: str) -> tuple[int, ...]:
+    """An argparse type: a region, comma-separated label ids from 1 to 255, e.g. 1,2,3."""
+    try:
+        ids = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        ids = ()
+    if not ids or not all(1 <= i <= 255 for i in ids) or len(set(ids)) < len(ids):
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise argparse.ArgumentTypeError(f"{shown!r}: comma-separated label ids from 1 to "
+                                         "255, each once, e.g. 1,2,3")
+    return ids
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,7 +141,14 @@ def _parser() -> argparse.ArgumentParser:
     ef.add_argument("ref_dir", help="the reference label maps (*.nii.gz)")
     ef.add_argument("pred_dir", help="the predictions, named as their references")
     ef.add_argument("-l", "--labels", type=_count(1, 255), nargs="+", help="label ids to "
-                    "score (default: every non-zero id in the references)")
+                    "score (default, without -r: every non-zero id in the references)")
+    ef.add_argument("-r", "--regions", type=_region, nargs="+", metavar="IDS", help="regions "
+                    "to score, each comma-separated label ids scored as one, e.g. 1,2,3 2,3 "
+                    "(keyed as nnU-Net's, \"(1, 2, 3)\")")
+    ef.add_argument("-il", "--ignore-label", type=_count(1, 255), metavar="ID", help="a "
+                    "reference label whose voxels count nowhere (nnU-Net's ignore label)")
+    ef.add_argument("--chill", action="store_true", help="score the predicted cases only "
+                    "where some references have no prediction (nnU-Net's --chill)")
     ef.add_argument("-o", "--out", help="summary.json to write (default: PRED_DIR/summary.json)")
     ef.add_argument("--hd95", action="store_true", help="also HD95 in mm (MONAI's)")
 
@@ -171,9 +190,11 @@ def _parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compare", help="per-class Dice (and HD95) of a run against a baseline")
     comp.add_argument("run_dir", help="the run folder, e.g. runs/novograd")
     comp.add_argument("--baseline", required=True, help="another run folder, an nnU-Net "
-                      "summary.json, or a CSV with the header class,mean[,std][,metric]")
-    comp.add_argument("--model", default="best", choices=MODELS,
-                      help="the run's model to compare (default: best)")
+                      "summary.json, a CSV with the header class,mean[,std][,metric], or a "
+                      "checkpoint file or folder scored by evaluate in this run")
+    comp.add_argument("--model", default="best", help="the run's model to compare: best, "
+                      "greedy, uniform, or a checkpoint file or folder scored by evaluate "
+                      "(default: best)")
     comp.add_argument("--split", default="test", help="the split evaluated (default: test)")
     comp.add_argument("--baseline-model", choices=MODELS,
                       help="the model of a baseline run folder (default: --model)")
@@ -205,18 +226,19 @@ def _out_folder(path: str | None, option: str) -> None:
 def _evaluate(args) -> int:
     _out_folder(args.out, "--out")
     with _held(args.run_dir, read_only=args.out is not None):
-        summary = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
-    print(evaluate.format_scores(summary))
-    print(f"predictions and summary.json: {summary['segtune']['out_dir']}")
+        evaluation = evaluate.evaluate_run(args.run_dir, args.model, args.split, args.out)
+    print(evaluate.format_scores(evaluation))
+    print(f"predictions and summary.json: {evaluation.out_dir}")
     return 0
 
 
 def _evaluate_folder(args) -> int:
     if args.out and Path(args.out).is_dir():
         raise ArgumentError(f"-o {args.out}: a folder; give the summary.json file to write")
-    summary = evaluate.evaluate_folder(args.ref_dir, args.pred_dir, args.labels, args.out,
-                                       args.hd95)
-    print(evaluate.format_scores(summary))
+    evaluation = evaluate.evaluate_folder(args.ref_dir, args.pred_dir, args.labels, args.out,
+                                          args.hd95, args.regions, args.ignore_label,
+                                          args.chill)
+    print(evaluate.format_scores(evaluation))
     print(f"summary.json: {args.out or Path(args.pred_dir) / 'summary.json'}")
     return 0
 
@@ -381,12 +403,12 @@ def _compare(args) -> int:
     return 0
 
 
-def _print_end(summary, searched, uri, local) -> None:
+def _print_end(summary: Summary, searched: list[str], uri: str | None, local: Path) -> None:
     print(report.format_summary(summary, searched))
-    info = RunFolder(summary["run_dir"]).info
+    info = RunFolder(summary.run_dir).info
     uri = info.tracking_uri or uri or f"sqlite:///{(Path(local) / 'mlflow.db').resolve()}"
     view = tracking.experiment_view_url(uri, info.experiment) if info.experiment else None
-    print("\n" + "\n".join(report.next_steps(summary, summary["run_dir"], uri, view)))
+    print("\n" + "\n".join(report.next_steps(summary, summary.run_dir, uri, view)))
 
 
 MAX_MESSAGE = 2000  # characters of an error line: a 200 KB value is shown by its ends

@@ -20,6 +20,7 @@ from search.scores import (  # noqa: F401 - the readers, importable from here to
     MODELS,
     Scores,
     Stat,
+    checkpoint_name,
     load_scores,
     nnunet_keys,
     read_csv,
@@ -162,14 +163,20 @@ MAX_CLASSES = 1000
 
 def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
                 split: str = "test", baseline_model: str | None = None) -> Comparison:
-    """Compare `model` of a run with a baseline (run folder, nnU-Net summary or CSV); write
+    """Compare `model` of a run (best, greedy, uniform, or a checkpoint file or folder that
+    `evaluate` scored) with a baseline (run folder, nnU-Net summary, CSV, or a checkpoint
+    that `evaluate` scored in this run); write
     `compare.md` and `compare.csv` to `<run_dir>/compare/<model>-<split>-vs-<baseline>/` and
     log them, with the changes as metrics, to the run's parent MLflow run if it has one."""
     run_dir = Path(run_dir)
     ours = read_run(run_dir, model, split)
     if not Path(baseline).exists():
         raise CompareError(f"--baseline {baseline}: no such file or folder")
-    theirs = load_scores(baseline, baseline_model or model, split, region_names(run_dir))
+    if _is_checkpoint(Path(baseline)):  # another model of this run, scored by `evaluate`
+        theirs = read_run(run_dir, str(baseline), split, option="--baseline")
+    else:
+        theirs = load_scores(baseline, baseline_model or (model if model in MODELS else "best"),
+                             split, region_names(run_dir))
     classes = max((len(v) for v in theirs.metrics.values()), default=0)
     if classes > MAX_CLASSES:  # each class is a row, a file line and an MLflow metric
         raise CompareError(f"--baseline {baseline}: {classes:,} classes; a baseline has at "
@@ -180,13 +187,21 @@ def compare_run(run_dir: str | Path, baseline: str | Path, model: str = "best",
                            f"{', '.join(ours.metrics) or 'no metric'}, {theirs.label} has "
                            f"{', '.join(theirs.metrics) or 'no metric'}")
     markdown = to_markdown(rows, ours, theirs)
-    name = _out_name(RunFolder(run_dir), f"{model}-{split}-vs-{theirs.slug}", theirs.source)
+    shown = model if model in MODELS else checkpoint_name(model)
+    name = _out_name(RunFolder(run_dir), f"{shown}-{split}-vs-{theirs.slug}", theirs.source)
     out = RunFolder(run_dir).compare_dir(name)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "compare.md", markdown)
     write_text(out / "compare.csv", to_csv(rows))
     run_id = _log(run_dir, rows, out, f"compare/{name}")
     return Comparison(markdown, out, run_id)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A checkpoint file (`.pt`), or a folder holding `checkpoint.pt` that is no run folder."""
+    if path.is_dir():
+        return (path / "checkpoint.pt").is_file() and not (path / "summary.json").exists()
+    return path.suffix == ".pt"
 
 
 def _out_name(folder: RunFolder, name: str, source: str) -> str:

@@ -50,6 +50,24 @@ class SoupError(SegtuneError, ValueError):
     """Checkpoints that cannot be averaged, or nothing to soup."""
 
 
-__all__ = ["ArgumentError", "CompareError", "DataError", "DiskFullError", "ResourceError",
-           "RunFolderError", "SegtuneError", "SoupError", "SpecError", "StorageError",
-           "TrackingError", "TrialError"]
+class RunInUse(SegtuneError):
+    """Another live process holds the run folder."""
+
+class CannotLock(StorageError):
+    """The storage folder may not be written (read-only, another user's): no lock can be
+    made there, and no command may write there either."""
+
+class InputError(SegtuneError, ValueError):
+    """An input image or a model file that cannot be used as it is."""
+
+class PredictError(SegtuneError, ValueError):
+    """An input that cannot be segmented, or a run folder that cannot predict."""
+
+class WarmStartError(RunFolderError):
+    """An earlier run that cannot seed this search: not a run, or another task."""
+
+
+__all__ = ["ArgumentError", "CannotLock", "CompareError", "DataError", "DiskFullError",
+           "InputError", "PredictError", "ResourceError", "RunFolderError", "RunInUse",
+           "SegtuneError", "SoupError", "SpecError", "StorageError", "TrackingError",
+           "TrialError", "WarmStartError"]

@@ -10,18 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from search.errors import ArgumentError, SegtuneError
+from search.errors import ArgumentError, InputError
 from search.lazy import LazyModule
 
 checkpoint_io = LazyModule("train_fn.checkpoint")
 torch = LazyModule("torch")
 
 
-class InputError(SegtuneError, ValueError):
-    """An input image or a model file that cannot be used as it is."""
-
-
-def read_checkpoint(path: Path, model: str) -> dict[str, Any]:
+def read_checkpoint(path: Path, model: str, option: str = "--model") -> dict[str, Any]:
     """The checkpoint at `path` (given as `--model model`), or one line saying why it is not
     a segtune checkpoint: a file that `torch.load(weights_only=True)` refuses (any other
     pickle, never executed), or that holds no dict of `model` weights."""
@@ -29,12 +25,12 @@ def read_checkpoint(path: Path, model: str) -> dict[str, Any]:
         state = checkpoint_io.load_checkpoint(path)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
         # torch's own text advises weights_only=False: never for a file of unknown origin.
-        raise ArgumentError(f"--model {model}: {path} is not a segtune checkpoint "
+        raise ArgumentError(f"{option} {model}: {path} is not a segtune checkpoint "
                             f"(torch.load(weights_only=True) refused it: "
                             f"{type(err).__name__}; nothing in it was run)") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         got = type(state).__name__ if not isinstance(state, dict) else "a dict without 'model'"
-        raise ArgumentError(f"--model {model}: {path} is not a segtune checkpoint (a dict "
+        raise ArgumentError(f"{option} {model}: {path} is not a segtune checkpoint (a dict "
                             f"with 'model' weights); it holds {got}")
     return state
 

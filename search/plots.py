@@ -29,10 +29,14 @@ import pandas as pd
 
 from search.runfolder import RunFolder
 from search.study import load_study
+from search.summary import Summary
 
 logger = logging.getLogger(__name__)
 
 # Line style by summary.json status: a trial cut short looks cut short.
+# A view: its matplotlib figure, or None and the reason it cannot be drawn.
+Plot = tuple[Any, str | None]
+
 STYLE = {"completed": "-", "error": ":"}
 
 
@@ -49,7 +53,7 @@ def histories(results) -> dict[str, Any]:
     return out
 
 
-def dice_curves(curves: dict[str, Any], status: dict[str, str]):
+def dice_curves(curves: dict[str, Any], status: dict[str, str]) -> Plot:
     """Validation Dice per class (and their mean) over epochs, a line per trial."""
     import matplotlib.pyplot as plt
 
@@ -86,7 +90,7 @@ def dice_curves(curves: dict[str, Any], status: dict[str, str]):
     return fig, None
 
 
-def best_vs_compute(curves: dict[str, Any], metric: str):
+def best_vs_compute(curves: dict[str, Any], metric: str) -> Plot:
     """Best `metric` so far against cumulative epochs of all trials, in the order the
     epochs ended (Ray's per-report timestamp)."""
     import matplotlib.pyplot as plt
@@ -110,7 +114,7 @@ def best_vs_compute(curves: dict[str, Any], metric: str):
     return fig, None
 
 
-def param_importances(study):
+def param_importances(study) -> Plot:
     """Optuna's parameter importances (its default evaluator) over the COMPLETE trials."""
     from optuna.visualization.matplotlib import plot_param_importances
 
@@ -127,7 +131,7 @@ def param_importances(study):
     return _figure(axes), None
 
 
-def slices(study):
+def slices(study) -> Plot:
     """Optuna's slice plot: each parameter against the trials' values."""
     from optuna.visualization.matplotlib import plot_slice
 
@@ -139,12 +143,13 @@ def slices(study):
     return _figure(axes), None
 
 
-def greedy_soup(summary: dict[str, Any]):
+def greedy_soup(summary: Summary) -> Plot:
     """The greedy soup's steps: the soup's validation Dice with each candidate added, in
     the order tried, accepted or rejected, and the soup's score as it grew."""
     import matplotlib.pyplot as plt
 
-    steps = ((summary.get("soups") or {}).get("greedy") or {}).get("steps")
+    greedy = (summary.soups or {}).get("greedy")
+    steps = greedy.steps if greedy else None
     if not steps:
         return None, "no greedy soup in summary.json"
     x = list(range(len(steps)))
@@ -160,7 +165,7 @@ def greedy_soup(summary: dict[str, Any]):
         if xs:
             ax.scatter(xs, [steps[i]["val_dice"] for i in xs], color=colour, zorder=3,
                        label=label)
-    singles = {t["trial_id"]: t["val_dice"] for t in summary.get("trials", [])}
+    singles = {t.trial_id: t.val_dice for t in summary.trials}
     ax.scatter(x, [singles.get(s["trial_id"]) for s in steps], marker="_", s=200,
                color="0.4", label="candidate alone")
     ax.set_xticks(x, [f"+{s['trial_id']}" if i else s["trial_id"] for i, s in
@@ -172,7 +177,7 @@ def greedy_soup(summary: dict[str, Any]):
     return fig, None
 
 
-def optuna_view(study, view: str):
+def optuna_view(study, view: str) -> Plot:
     """One of Optuna's matplotlib views (`plot_parallel_coordinate`, ...) of the study."""
     import optuna.visualization.matplotlib as views
 
@@ -182,17 +187,16 @@ def optuna_view(study, view: str):
     return _figure(getattr(views, view)(study)), None
 
 
-def test_regions(summary: dict[str, Any]):
+def test_regions(summary: Summary) -> Plot:
     """Grouped bars: test Dice per region (label order) of the best trial and each soup."""
     import matplotlib.pyplot as plt
 
-    best = summary.get("best")
-    if not best or not best.get("test_dice_per_class"):
+    best = summary.best
+    if not best or not best.test_dice_per_class:
         return None, "no test scores (the search did not finish)"
-    models = {f"best trial {best['trial_id']}": best["test_dice_per_class"]}
-    models |= {f"{k} soup": v["test_dice_per_class"]
-               for k, v in (summary.get("soups") or {}).items()}
-    regions = list(best["test_dice_per_class"])
+    models = {f"best trial {best.trial_id}": best.test_dice_per_class}
+    models |= {f"{k} soup": v.test_dice_per_class for k, v in (summary.soups or {}).items()}
+    regions = list(best.test_dice_per_class)
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(regions) + 2), 4))
     width = 0.8 / len(models)
     for i, (label, per) in enumerate(models.items()):
@@ -234,10 +238,10 @@ def _write_plots(run_dir: Path, name: str, results, tracker) -> list[Path]:
     out = folder.plots
     out.mkdir(exist_ok=True)
     summary = folder.summary()
-    status = {t["trial_id"]: t["status"] for t in summary.get("trials", [])}
+    status = {t.trial_id: t.status for t in summary.trials}
     figures = {} if results is None else {
         "dice_curves": lambda: dice_curves(curves, status),
-        "best_vs_compute": lambda: best_vs_compute(curves, summary.get("metric", "val_dice")),
+        "best_vs_compute": lambda: best_vs_compute(curves, summary.metric),
     }
     figures |= {
         "param_importances": lambda: param_importances(load_study(run_dir, name)),

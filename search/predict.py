@@ -13,7 +13,7 @@ labels for the same image. From Python, two lines:
 from __future__ import annotations
 
 import logging
-import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from search import inputs as input_checks
-from search.errors import ArgumentError, RunFolderError, SegtuneError
+from search.errors import ArgumentError, PredictError, RunFolderError
 from search.lazy import LazyModule
-from search.runfolder import MODELS, RunFolder
+from search.runfolder import MODELS, RunFolder, use_every_core
 from search.spec import Spec
 from search.storage import join, load_run_checkpoint
 from train_fn.data import preprocessing
@@ -41,10 +41,6 @@ loop = LazyModule("train_fn.loop")
 logger = logging.getLogger(__name__)
 
 SUFFIXES = (".nii.gz", ".nii")
-
-
-class PredictError(SegtuneError, ValueError):
-    """An input that cannot be segmented, or a run folder that cannot predict."""
 
 
 def image_name(path: str | Path) -> str:
@@ -87,21 +83,33 @@ class Segmenter:
         return self._segment(self._from_array, {"image": self._meta_tensor(image, affine,
                                                                            spacing)})
 
-    def predict_file(self, src: str | Path, dst: str | Path,
-                     probabilities: str | Path | None = None) -> np.ndarray:
-        """Predict the NIfTI `src` and write its labels to `dst` (a `.nii.gz` with `src`'s
-        affine; written to a temporary file and renamed, so a kill leaves no half file), and
-        with `probabilities` the class probabilities there (`.npz`, key `probabilities`,
-        float16, (classes, X, Y, Z) on `src`'s grid). Returns the labels."""
+    def predict_file(self, src: str | Path | list[Path] | tuple[Path, ...],
+                     dst: str | Path, probabilities: str | Path | None = None) -> np.ndarray:
+        """Predict the NIfTI `src` (or a case's channel files, one 3D volume each, in channel
+        order) and write its labels to `dst` (a `.nii.gz` with `src`'s affine; written to a
+        temporary file and renamed, so a kill leaves no half file), and with `probabilities`
+        the class probabilities there (`.npz`, key `probabilities`, float16, (classes, X, Y,
+        Z) on `src`'s grid). Returns the labels."""
         import nibabel as nib
 
-        check_image(Path(src), self.channels)
         kept: dict[str, np.ndarray] | None = {} if probabilities else None
-        labels = self._segment(self._from_file, {"image": str(src)}, kept)
+        if isinstance(src, (str, Path)):
+            check_image(Path(src), self.channels)
+            affine = nib.load(src).affine
+            labels = self._segment(self._from_file, {"image": str(src)}, kept)
+        else:
+            if len(src) != self.channels:
+                raise PredictError(f"{len(src)} channel file(s) ({src[0]}, ...), the run's "
+                                   f"model takes {self.channels}")
+            volumes = [nib.load(f) for f in src]
+            affine = volumes[0].affine
+            stacked = np.stack([np.asanyarray(v.dataobj) for v in volumes], axis=-1)
+            labels = self._segment(self._from_array, {"image": self._meta_tensor(
+                stacked, affine, None)}, kept)
         if probabilities:
             atomic_write(Path(probabilities), lambda tmp: np.savez_compressed(
                 tmp, probabilities=kept["probabilities"].astype(np.float16)), suffix=".npz")
-        save_labels(labels, nib.load(src).affine, Path(dst))
+        save_labels(labels, affine, Path(dst))
         return labels
 
     def _meta_tensor(self, image: np.ndarray, affine, spacing):
@@ -197,7 +205,8 @@ def model_spec(spec: Spec, state: dict[str, Any], folder: RunFolder, name: str) 
         return spec
     params: dict[str, Any] = {}
     if folder.is_finished():
-        params.update((folder.summary().get("best") or {}).get("config") or {})
+        best = folder.summary().best
+        params.update(best.config if best else {})
     config = state.get("config") or {}
     # A search leaf is a dict ({type, low, high}); a resolved value never is.
     params.update({k: v for k, v in config.items() if k in searched and not isinstance(v, dict)})
@@ -215,33 +224,47 @@ def load_weights(run_dir: Path, model: str) -> tuple[str, Path | str, dict[str, 
     object store (downloaded to be read)."""
     folder = RunFolder(run_dir)
     if model == "best":
-        summary = folder.summary()
-        if not summary.get("best"):
+        best = folder.summary().best
+        if not best:
             raise RunFolderError(f"{run_dir}: the run has no best trial yet (summary.json "
                                  "'best' is empty: the search did not finish)")
-        checkpoint = summary["best"]["checkpoint"]
+        checkpoint = best.checkpoint
         return ("best", join(folder.experiment_location, checkpoint, "checkpoint.pt"),
                 load_run_checkpoint(run_dir, checkpoint))
     if model in ("greedy", "uniform"):
         # summary.json names the soup set in use (the `soup` link may lag it after a kill).
-        summary = folder.summary() if folder.is_finished() else {}
-        weights = ((summary.get("soups") or {}).get(model) or {}).get("weights")
+        soup = (folder.summary().soups or {}).get(model) if folder.is_finished() else None
+        weights = soup.weights if soup else None
         path = run_dir / (weights or f"soup/{model}/checkpoint.pt")
         if not path.is_file():
             raise RunFolderError(f"{path}: no {model} soup in this run (soup.enabled was off "
                                  f"or the search did not finish; make one with: python -m "
                                  f"search soup {run_dir})")
         return model, path, checkpoint_io.load_checkpoint(path.parent)
+    path = checkpoint_file(model)
+    return checkpoint_label(path), path, input_checks.read_checkpoint(path, model)
+
+
+def checkpoint_file(model: str, option: str = "--model") -> Path:
+    """The checkpoint file `--model` names (a folder means its `checkpoint.pt`), or one line
+    saying there is none."""
     path = Path(model)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
         looks_like_path = path != Path(model) or len(path.parts) > 1 or path.suffix
-        raise ArgumentError(f"--model {model}: not one of {', '.join(MODELS)} and no checkpoint "
-                        "file there" + (f" ({path} does not exist)" if looks_like_path else ""))
-    # Exactly the file named: `DIR/mymodel.pt` is not `DIR/checkpoint.pt`.
-    name = path.parent.name if path.name == "checkpoint.pt" else path.stem
-    return name or "checkpoint", path, input_checks.read_checkpoint(path, model)
+        raise ArgumentError(f"{option} {model}: not one of {', '.join(MODELS)} and no "
+                            "checkpoint file there" + (f" ({path} does not exist)"
+                                                       if looks_like_path else ""))
+    return path
+
+
+def checkpoint_label(path: Path) -> str:
+    """A checkpoint file's name in outputs (`eval/<name>-<split>/`): its folder's for a
+    `checkpoint.pt`, else its stem (exactly the file named: `DIR/mymodel.pt` is not
+    `DIR/checkpoint.pt`); never `best`, `greedy` or `uniform`, whose outputs are the run's."""
+    name = (path.parent.name if path.name == "checkpoint.pt" else path.stem) or "checkpoint"
+    return f"{name}-file" if name in MODELS else name
 
 
 def load_model(run_dir: str | Path, model: str = "best", device: str | None = None
@@ -336,41 +359,130 @@ def find_images(inputs: list[str | Path]) -> list[Path]:
     return list(first.values())
 
 
-def plan_outputs(images: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs, refusing two inputs of one name and an output that would
-    overwrite its input."""
-    pairs, seen = [], {}
-    for image in images:
-        dst = out_dir / f"{image_name(image)}.nii.gz"
-        if dst in seen:
-            raise PredictError(f"--input: {seen[dst]} and {image} would both be written to "
-                               f"{dst}; predict them into separate --output folders")
-        if dst.resolve() == image.resolve():
-            raise PredictError(f"--output {out_dir}: {dst} would overwrite its input; "
-                               "choose another --output folder")
-        seen[dst] = image
-        pairs.append((image, dst))
-    return pairs
+def is_label_file(path: str | Path, data: Any) -> bool:
+    """Whether `path` is a label file of the run's data layout: a SegTHOR folder holds
+    `GT.nii.gz` beside each image, an MSD (and nnU-Net raw) folder keeps its labels in
+    `labelsTr/` and `labelsTs/`, a `folder` dataset names them by `data.label_pattern` (where
+    the image pattern matches the file too, the pattern with more fixed text wins:
+    `{case}_seg.nii.gz` over `{case}.nii.gz`)."""
+    text, nifti = Path(path).resolve().as_posix(), r"\.nii(?:\.gz)?"
+    if data.source in ("segthor", "phantom"):
+        return bool(re.search(rf"(?:^|/)GT{nifti}$", text))
+    if data.source in ("msd", "brats_phantom"):
+        return bool(re.search(rf"(?:^|/)labelsT[rs]/[^/]+{nifti}$", text))
+
+    def matches(pattern: str) -> bool:
+        tail = re.escape(pattern).replace(re.escape("{case}"), "[^/]+")
+        return bool(re.search(f"(?:^|/){tail}$", text))
+    if not matches(data.label_pattern):
+        return False
+    return not matches(data.image_pattern) or len(data.label_pattern) > len(data.image_pattern)
 
 
-# Label files of a data layout, by name without suffix: a SegTHOR folder holds GT.nii.gz
-# beside each patient's image.
-LABEL_FILES = {"segthor": ("GT",), "phantom": ("GT",)}
-
-
-def skip_labels(images: list[Path], source: str) -> list[Path]:
-    """`images` without the label files of the run's data layout (`LABEL_FILES`), each
+def skip_labels(images: list[Path], data: Any) -> list[Path]:
+    """`images` without the label files of the run's data layout (`is_label_file`), each
     skipped with a line; none left is an error."""
-    names = LABEL_FILES.get(source, ())
-    kept = [i for i in images if image_name(i) not in names]
+    kept = [i for i in images if not is_label_file(i, data)]
     for image in images:
-        if image_name(image) in names:
+        if image not in kept:
             logger.warning("skipped %s: a label file of the %s layout, not an image", image,
-                           source)
+                           data.source)
     if images and not kept:
         raise PredictError(f"--input: only label files ({', '.join(map(str, images))}); "
                            "give the images")
     return kept
+
+
+# nnU-Net's input naming: `<case>_0000.nii.gz` is channel 0 of case `<case>`, `_0001` its
+# channel 1, ...
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One image to segment: a file (3D, or 4D with the channels last), or one 3D file per
+    channel (nnU-Net's `_0000`, `_0001`, ...). `name` names its output."""
+
+    name: str
+    files: tuple[Path, ...]
+
+
+def group_cases(images: list[Path], channels: int) -> list[InputCase]:
+    """`images` as cases, the nnU-Net way: files `<case>_0000`, `<case>_0001`, ... of one
+    folder are the channels of case `<case>` (named without the suffix); a file without the
+    suffix is a case by itself, and so is one whose folder holds no `<case>_0000` (so
+    `Patient_0001.nii.gz` alone stays `Patient_0001`). Channel files that do not make the
+    model's `channels` (a gap, or more than it takes) are one line."""
+    groups: dict[tuple[Path, str], dict[int, Path]] = {}
+    for image in images:
+        found = CHANNEL_FILE.match(image_name(image))
+        if found:
+            key = (image.resolve().parent, found["case"])
+            groups.setdefault(key, {})[int(found["channel"])] = image
+    cases: dict[tuple[Path, str], InputCase] = {}
+    for image in images:
+        found = CHANNEL_FILE.match(image_name(image))
+        key = (image.resolve().parent, found["case"]) if found else None
+        if key is None or 0 not in groups[key]:
+            cases[image.resolve().parent, image_name(image)] = InputCase(image_name(image),
+                                                                         (image,))
+        elif key not in cases:
+            cases[key] = InputCase(key[1], _channel_files(key[1], groups[key], channels))
+    return list(cases.values())
+
+
+def _channel_files(case: str, files: dict[int, Path], channels: int) -> tuple[Path, ...]:
+    """The channel files of one case in channel order, or one line why they are not the
+    model's channels."""
+    if len(files) == 1:  # `<case>_0000` alone: one file, 3D or 4D, checked as any image
+        return (files[0],)
+    given = sorted(files)
+    if given != list(range(channels)):
+        shown = ", ".join(f"_{c:04d}" for c in given)
+        wanted = ("1 channel: give one file per case" if channels == 1 else
+                  f"{channels} channels: _0000 to _{channels - 1:04d}")
+        raise PredictError(f"--input: case {case} has the channel files {shown} "
+                           f"({files[given[0]].parent}, nnU-Net's _XXXX channel suffix); the "
+                           f"run's model takes {wanted}")
+    return tuple(files[c] for c in given)
+
+
+def check_case(case: InputCase, channels: int) -> None:
+    """Refuse, in one line, a case whose file is not an image of `channels` channels, or
+    whose channel files are not single 3D volumes on one grid."""
+    import nibabel as nib
+
+    if len(case.files) == 1:
+        check_image(case.files[0], channels)
+        return
+    for path in case.files:
+        check_image(path, 1)
+    first = nib.load(case.files[0])
+    for path in case.files[1:]:
+        other = nib.load(path)
+        if other.shape != first.shape or not np.allclose(other.affine, first.affine,
+                                                         atol=1e-4):
+            raise PredictError(f"{path}: shape {other.shape} and affine differ from "
+                               f"{case.files[0].name}'s {first.shape}: the channel files of a "
+                               "case share one voxel grid")
+
+
+def plan_outputs(cases: list[InputCase], out_dir: Path) -> list[tuple[InputCase, Path]]:
+    """(case, output) pairs, refusing two cases of one name and an output that would
+    overwrite its input."""
+    pairs, seen = [], {}
+    for case in cases:
+        dst = out_dir / f"{case.name}.nii.gz"
+        if dst in seen:
+            raise PredictError(f"--input: {seen[dst]} and {case.files[0]} would both be "
+                               f"written to {dst}; predict them into separate --output "
+                               "folders")
+        if any(dst.resolve() == f.resolve() for f in case.files):
+            raise PredictError(f"--output {out_dir}: {dst} would overwrite its input; "
+                               "choose another --output folder")
+        seen[dst] = case.files[0]
+        pairs.append((case, dst))
+    return pairs
 
 
 def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | Path,
@@ -382,36 +494,38 @@ def predict_files(run_dir: str | Path, inputs: list[str | Path], out_dir: str | 
     `tta`: test-time mirroring; `overlap`: the sliding window's; `skip_existing`: inputs
     whose output is there already are skipped (an interrupted folder continues). Returns the
     files written."""
-    import torch
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if overlap is not None and not 0 <= overlap < 1:
         raise ArgumentError(f"--overlap {overlap}: the sliding windows' overlap is a fraction "
                             "in [0, 1), e.g. 0.5")
     folder = open_run(run_dir)  # a wrong folder is named before the inputs are looked at
-    images = skip_labels(find_images(inputs), folder.spec.data.source)
+    images = skip_labels(find_images(inputs), folder.spec.data)
     segmenter = load_model(run_dir, model, device)
     segmenter.mirror, segmenter.overlap = tta, overlap
-    for image in images:
-        check_image(image, segmenter.channels)
-    input_checks.check_inputs(images)  # read to the end and finite, all before the first write
-    pairs = plan_outputs(images, out_dir)
+    cases = group_cases(images, segmenter.channels)
+    for case in cases:
+        check_case(case, segmenter.channels)
+    # Read to the end and finite, all before the first write.
+    input_checks.check_inputs([f for case in cases for f in case.files])
+    pairs = plan_outputs(cases, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise PredictError(f"--output {out_dir}: a file, not a folder")
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    use_every_core()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for src, dst in pairs:
-        npz = dst.with_name(f"{image_name(dst)}.npz") if probabilities else None
+    for case, dst in pairs:
+        src = case.files[0] if len(case.files) == 1 else case.files
+        npz = dst.with_name(f"{case.name}.npz") if probabilities else None
         if skip_existing and dst.is_file() and (npz is None or npz.is_file()):
-            logger.info("%s: done already (%s), skipped", src, dst)
+            logger.info("%s: done already (%s), skipped", case.name, dst)
             continue
         labels = segmenter.predict_file(src, dst, npz)
         found = sorted(int(v) for v in np.unique(labels) if v)
-        logger.info("%s -> %s (labels %s)", src, dst, found)
+        logger.info("%s -> %s (labels %s)", ", ".join(map(str, case.files)), dst, found)
         written.append(dst)
     return written
 
 
-__all__ = ["PredictError", "Segmenter", "find_images", "image_name", "load_model",
-           "predict_files", "save_labels"]
+__all__ = ["InputCase", "PredictError", "Segmenter", "find_images", "group_cases",
+           "image_name", "load_model", "predict_files", "save_labels"]

@@ -17,7 +17,7 @@ import ray
 from search.errors import ResourceError
 from search.spec import Spec, SpecError
 from train_fn.data import MISSING, build_entry, cache_entry, cache_root, entry_problem
-from train_fn.datasets import check_case, open_dataset, problems_error, split_cases
+from train_fn.datasets import check_dataset, open_dataset, split_cases
 
 # Private Ray, kept on purpose: Ray 2.60 has no public "does this cluster autoscale" query
 # (`ray.autoscaler.sdk` only acts on a cluster config; `ray.autoscaler.v2.sdk` is unannotated
@@ -38,10 +38,8 @@ def prepare_data(spec: Spec) -> tuple[Path, dict[str, list[str]]]:
     dataset = open_dataset(spec.data)
     split = split_cases([c.case_id for c in dataset.cases], spec.data.val_fraction,
                         spec.data.test_fraction, spec.data.split_seed)
-    problems = [p for p in parallel_map(check_case, [(c, dataset) for c in dataset.cases],
-                                        "data check", remote=_is_large(dataset.cases)) if p]
-    if problems:
-        raise problems_error(dataset, problems)
+    check_dataset(dataset, map_cases=lambda check, pairs: parallel_map(
+        check, pairs, "data check", remote=_is_large(dataset.cases)))
     logger.info("data %s: %d cases, channels %s, labels %s; split %s", dataset.root,
                 len(dataset.cases), list(dataset.channels), dataset.labels,
                 {k: len(v) for k, v in split.items()})

@@ -15,12 +15,7 @@ from typing import Any
 
 import numpy as np
 
-
-def values_text(values: dict[str, Any], digits: int = 3) -> str:
-    """`optimizer.lr=0.0125, layers.early_encoder=0.386`: settings as one line, floats to
-    `digits` significant digits (the terminal's lines, MLflow's tags, `--dry-run`)."""
-    return ", ".join(f"{k}={v:.{digits}g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in values.items())
+from search.trials import values_text
 
 
 def versus(value: float, other: float) -> str:

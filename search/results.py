@@ -17,8 +17,8 @@ from importlib.metadata import version
 from typing import Any
 
 from search.reference import mlflow_metrics
-from search.report import recommended
 from search.runfolder import RunFolder
+from search.summary import ScoredRecord, Summary
 from search.tracking import NOTE_TAG, PARENT_TAG, RUN_DIR_TAG, Tracker, params_of
 
 logger = logging.getLogger(__name__)
@@ -46,34 +46,34 @@ class Result:
     note: str = ""
 
 
-def scores(record: dict[str, Any]) -> dict[str, float]:
+def scores(record: ScoredRecord) -> dict[str, float]:
     """`val_dice`, `val_dice/<region>`, `test_dice`, `test_dice/<region>`,
     `test_hd95/<region>` of a summary.json record (`best`, or a soup)."""
-    out = {k: float(record[k]) for k in ("val_dice", "test_dice")
-           if record.get(k) is not None}
-    for prefix, key in (("val_dice", "val_dice_per_class"), ("test_dice", "test_dice_per_class"),
-                        ("test_hd95", "test_hd95_per_class")):
-        out.update({f"{prefix}/{region}": float(v)
-                    for region, v in (record.get(key) or {}).items()})
+    out = {k: float(v) for k, v in (("val_dice", record.val_dice),
+                                    ("test_dice", record.test_dice)) if v is not None}
+    for prefix, per_region in (("val_dice", record.val_dice_per_class),
+                               ("test_dice", record.test_dice_per_class),
+                               ("test_hd95", record.test_hd95_per_class)):
+        out.update({f"{prefix}/{region}": float(v) for region, v in (per_region or {}).items()})
     return out
 
 
-def results_of(summary: dict[str, Any], weights: dict[str, Any]) -> list[Result]:
+def results_of(summary: Summary, weights: dict[str, Any]) -> list[Result]:
     """The result runs of a summary.json (`best`, and the soups when there are any);
     `weights` maps `best` / `uniform` / `greedy` to their state dicts."""
-    best = summary["best"]
-    out = [Result("best", scores(best), weights.get("best"), params=best["config"],
-                  tags={KIND_TAG: "best", "segtune.trial": best["trial_id"]},
-                  note=f"best trial {best['trial_id']}")]
-    for kind, soup in (summary.get("soups") or {}).items():
-        ingredients = soup["ingredients"]
+    best = summary.best
+    out = [Result("best", scores(best), weights.get("best"), params=best.config,
+                  tags={KIND_TAG: "best", "segtune.trial": best.trial_id},
+                  note=f"best trial {best.trial_id}")]
+    for kind, soup in (summary.soups or {}).items():
+        ingredients = soup.ingredients
         out.append(Result(kind, {**scores(soup), "size": float(len(ingredients))},
                           weights.get(kind),
                           tags={KIND_TAG: "soup", SOUP_TAG: kind,
                                 "segtune.ingredients": ", ".join(ingredients)},
                           note=f"{kind} soup of {len(ingredients)} trial(s): "
                                f"{', '.join(ingredients)}"))
-    ref = (summary.get("reference") or {}).get("models") or {}
+    ref = (summary.reference or {}).get("models") or {}
     for result in out:  # the per-case spread and interval of each model on the test split
         record = ref.get(result.name)
         if record:
@@ -240,35 +240,35 @@ def register(uri: str, name: str, info, run_id: str) -> str:
     return str(version.version)
 
 
-def log_finish(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
+def log_finish(tracker: Tracker, folder: RunFolder, summary: Summary,
                weights: dict[str, Any], model: Any) -> None:
     """`log_new_results` then `log_parent_scores`, with nothing to switch in between."""
     log_new_results(tracker, folder, summary, weights, model)
     log_parent_scores(tracker, folder, summary)
 
 
-def log_parent_scores(tracker: Tracker, folder: RunFolder, summary: dict[str, Any]) -> None:
+def log_parent_scores(tracker: Tracker, folder: RunFolder, summary: Summary) -> None:
     """The best trial's and the soups' scores on the parent run (`best/*`, `soup/*`: scripts
     read them), with summary.json and soup.json."""
-    best = summary["best"]
-    metrics = {"best/test_dice": best["test_dice"],
-               **{f"best/test_dice/{k}": v for k, v in best["test_dice_per_class"].items()},
-               **{f"best/test_hd95/{k}": v for k, v in best["test_hd95_per_class"].items()}}
-    for kind, soup in (summary["soups"] or {}).items():
-        metrics[f"soup/{kind}/val_dice"] = soup["val_dice"]
-        metrics[f"soup/{kind}/test_dice"] = soup["test_dice"]
-        metrics[f"soup/{kind}/size"] = len(soup["ingredients"])
+    best = summary.best
+    metrics = {"best/test_dice": best.test_dice,
+               **{f"best/test_dice/{k}": v for k, v in best.test_dice_per_class.items()},
+               **{f"best/test_hd95/{k}": v for k, v in best.test_hd95_per_class.items()}}
+    for kind, soup in (summary.soups or {}).items():
+        metrics[f"soup/{kind}/val_dice"] = soup.val_dice
+        metrics[f"soup/{kind}/test_dice"] = soup.test_dice
+        metrics[f"soup/{kind}/size"] = len(soup.ingredients)
         metrics.update({f"soup/{kind}/test_dice/{k}": v
-                        for k, v in soup["test_dice_per_class"].items()})
-    if summary.get("reference"):
-        metrics.update(mlflow_metrics(summary["reference"]))
+                        for k, v in soup.test_dice_per_class.items()})
+    if summary.reference:
+        metrics.update(mlflow_metrics(summary.reference))
     artifacts = [folder.summary_json]
-    if summary["soups"]:
+    if summary.soups:
         artifacts.append(folder.soup_link / "soup.json")
     tracker.log_parent(metrics, artifacts)
 
 
-def log_new_results(tracker: Tracker, folder: RunFolder, summary: dict[str, Any],
+def log_new_results(tracker: Tracker, folder: RunFolder, summary: Summary,
                     weights: dict[str, Any], model: Any) -> None:
     """One result run per model, with it, tagged with summary's `result_set` (when it has
     one: the old runs then stay until `retire_results`)."""
@@ -277,10 +277,10 @@ def log_new_results(tracker: Tracker, folder: RunFolder, summary: dict[str, Any]
     ds, spec = folder.dataset, folder.spec
     example = torch.zeros((1, len(ds.channels), *spec.train.patch_size)).numpy()
     log_results(tracker, results_of(summary, weights), model, example,
-                champion=recommended(summary), metadata={
+                champion=summary.recommended(), metadata={
         "segtune": {"run": folder.path.name, "channels": list(ds.channels),
                     "regions": {k: list(v) for k, v in ds.regions.items()},
                     "num_classes": ds.num_classes,
                     "patch_size": list(spec.train.patch_size),
                     "preprocessing": spec.data.model_dump(mode="json")}},
-        result_set=summary.get("result_set"))
+        result_set=summary.result_set)

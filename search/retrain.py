@@ -11,9 +11,7 @@ parent run.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any
@@ -35,22 +33,22 @@ from search.storage import (
     relative,
     unfinished_trials,
 )
+from search.summary import Summary, TrialRecord
 from search.tables import table
+from search.trunk import refuse_trunk, saved_trunk
 from search.tuner import make_job_tuner
 from train_fn.datasets import fold_splits
 from train_fn.files import write_json, write_text
 
 
-def pick_trials(summary: dict[str, Any], trial: str | None, top_k: int = 1
-                ) -> list[dict[str, Any]]:
+def pick_trials(summary: Summary, trial: str | None, top_k: int = 1) -> list[TrialRecord]:
     """The named trial, or the `top_k` best that did not error."""
-    ranked = [t for t in summary["trials"] if t.get("status") != "error"
-              and t.get("val_dice") is not None]
-    ranked.sort(key=lambda t: t["val_dice"], reverse=True)
+    ranked = [t for t in summary.trials if t.status != "error" and t.val_dice is not None]
+    ranked.sort(key=lambda t: t.val_dice, reverse=True)
     if trial is not None:
-        named = [t for t in summary["trials"] if t["trial_id"] == trial]
+        named = [t for t in summary.trials if t.trial_id == trial]
         if not named:
-            ids = ", ".join(t["trial_id"] for t in summary["trials"])
+            ids = ", ".join(t.trial_id for t in summary.trials)
             raise ArgumentError(f"--trial {trial}: no such trial in this run (trials: {ids})")
         return named
     if not ranked:
@@ -84,15 +82,11 @@ def _mean(values: list[float | None]) -> float:
 
 
 def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
-             name: str, start: dict[str, Any] | None = None) -> dict[str, Any]:
+             name: str, start: dict[str, Any] | None = None,
+             init: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `jobs` as one Ray Tune grid under `RUN_DIR/<name>` (each from the state `start`
-    when given); return each job's record."""
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Ray's own tables and its TensorBoard hint (a folder in Ray's temporary session, gone
-    # after the run): segtune prints its trial and status lines instead.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):  # a line per failed job instead
-        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    when given, else from the trunk's weights `init`); return each job's record."""
+    stopping.tune_env_defaults()
     run_dir = Path(run_dir)
     out = run_dir / name
     # The jobs' experiment goes next to the search's: `<run dir>/<name>` or, on an object
@@ -107,7 +101,7 @@ def run_jobs(run_dir: str | Path, kind: str, jobs: dict[str, dict[str, Any]],
     spec = folder.spec
     tracker = folder.tracker()
     tuner = make_job_tuner(spec, jobs, folder.data_root, name, location,
-                           [JobCallback(tracker, spec, jobs, kind)], start)
+                           [JobCallback(tracker, spec, jobs, kind)], start, init)
     if not ray.is_initialized():
         stopping.start_ray()
     status = "FAILED"
@@ -152,12 +146,13 @@ def repeat(run_dir: str | Path, seeds: list[int], trial: str | None = None) -> d
                             "seeds")
     chosen = pick_trials(summary, trial)[0]
     split = RunFolder(run_dir).split
-    jobs = {f"seed{s}": {"trial": chosen["trial_id"], "config": chosen["config"], "seed": s,
+    jobs = {f"seed{s}": {"trial": chosen.trial_id, "config": chosen.config, "seed": s,
                          "split": split} for s in seeds}
-    name = f"repeat-{chosen['trial_id']}-seeds-{'-'.join(map(str, seeds))}"
-    records = run_jobs(run_dir, "repeat", jobs, name)
+    name = f"repeat-{chosen.trial_id}-seeds-{'-'.join(map(str, seeds))}"
+    # A run with a trunk: each seed starts from it, as the trial did (its ancestor).
+    records = run_jobs(run_dir, "repeat", jobs, name, init=saved_trunk(run_dir))
     scores = [r["scores"] for r in records.values() if r["status"] == "finished"]
-    results = {"kind": "repeat", "trial": chosen["trial_id"], "config": chosen["config"],
+    results = {"kind": "repeat", "trial": chosen.trial_id, "config": chosen.config,
                "seeds": seeds, "jobs": records,
                "test_dice": aggregate(scores, "final/test_dice"),
                "test_hd95": aggregate(scores, "final/test_hd95"),
@@ -173,10 +168,11 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     run_dir = Path(run_dir)
     summary = _summary(run_dir)
     folder = RunFolder(run_dir)
+    refuse_trunk(folder.spec, f"crossval {run_dir}")
     # The folds are drawn with the seed the trials' split was (the run's spec), one source.
     splits = fold_splits(folder.split, folds, seed=folder.spec.data.split_seed)
     chosen = pick_trials(summary, trial, top_k)
-    jobs = {f"fold{k}-{t['trial_id']}": {"trial": t["trial_id"], "config": t["config"],
+    jobs = {f"fold{k}-{t.trial_id}": {"trial": t.trial_id, "config": t.config,
                                          "fold": k, "seed": None, "split": splits[k]}
             for k in range(folds) for t in chosen}
     name = f"crossval-{folds}folds-top{len(chosen)}" if trial is None else \
@@ -184,8 +180,8 @@ def crossval(run_dir: str | Path, folds: int, top_k: int = 1, trial: str | None 
     write_json(folder.splits_json, splits)
     records = run_jobs(run_dir, "crossval", jobs, name)
     results: dict[str, Any] = {"kind": "crossval", "folds": folds,
-                               "trials": [t["trial_id"] for t in chosen], "jobs": records}
-    best = chosen[0]["trial_id"]
+                               "trials": [t.trial_id for t in chosen], "jobs": records}
+    best = chosen[0].trial_id
     single = [r["scores"] for r in records.values()
               if r["trial"] == best and r["status"] == "finished"]
     results["val_dice"] = aggregate(single, "final/val_dice")
@@ -211,12 +207,12 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
     spec = folder.spec
     splits = fold_splits(folder.split, spec.cv.folds, spec.data.split_seed)
     write_json(folder.splits_json, splits)
-    full = [t for t in pick_trials(summary, None, len(summary["trials"]))
-            if t["epochs"] >= spec.cv.folds and t.get("checkpoint")]
+    full = [t for t in pick_trials(summary, None, len(summary.trials))
+            if t.epochs >= spec.cv.folds and t.checkpoint]
     if not full:
         raise RunFolderError(f"{run_dir}: no trial ran every fold")
     chosen = full[:top_k]
-    best = load_run_checkpoint(run_dir, chosen[0]["checkpoint"])
+    best = load_run_checkpoint(run_dir, chosen[0].checkpoint)
     val = [{f"final/{k}": v for k, v in f["metrics"].items()
             if k.startswith(("val_dice", "val_hd95"))} for f in best["folds"]]
     judge = folder.scorer()
@@ -230,16 +226,16 @@ def crossval_every(run_dir: str | Path, top_k: int) -> dict[str, Any]:
     del best
     results: dict[str, Any] = {
         "kind": "crossval", "mode": "every", "folds": spec.cv.folds,
-        "trials": [t["trial_id"] for t in chosen],
+        "trials": [t.trial_id for t in chosen],
         "val_dice": aggregate(val, "final/val_dice"), "val_hd95": aggregate(val, "final/val_hd95"),
         "test_dice": aggregate(test, "final/test_dice"),
         "test_hd95": aggregate(test, "final/test_hd95")}
     if len(chosen) > 1:
         # Each trial's fold scores, read once (memory-mapped: its weights are not loaded).
-        scores = {t["trial_id"]: [f["metrics"]["val_dice"] for f in load_run_checkpoint(
-            run_dir, t["checkpoint"], mmap=True)["folds"]] for t in chosen}
-        candidates = {k: [(t["trial_id"], scores[t["trial_id"]][k], (
-            lambda p=t["checkpoint"], k=k: load_run_checkpoint(run_dir, p)["folds"][k]["model"]))
+        scores = {t.trial_id: [f["metrics"]["val_dice"] for f in load_run_checkpoint(
+            run_dir, t.checkpoint, mmap=True)["folds"]] for t in chosen}
+        candidates = {k: [(t.trial_id, scores[t.trial_id][k], (
+            lambda p=t.checkpoint, k=k: load_run_checkpoint(run_dir, p)["folds"][k]["model"]))
             for t in chosen] for k in range(spec.cv.folds)}
         results["soups"] = fold_soups(run_dir, candidates, splits)
     return _finish(run_dir, "crossval-every", results, "val")
@@ -272,7 +268,7 @@ def fold_soups(run_dir: Path, candidates: dict[int, list[tuple[str, float, Any]]
             for kind, s in per_kind.items() if s}
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
+def _summary(run_dir: Path) -> Summary:
     folder = RunFolder(run_dir)
     _ = folder.info  # refuses a folder without run.json; summary(), one without results
     return folder.summary()

@@ -12,17 +12,19 @@ scoring and souping share.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from search.errors import ArgumentError, RunFolderError
 from search.lazy import LazyModule
 from search.spec import Spec, dump_spec, load_spec
+from search.summary import Record, Summary
 from search.tracking import Tracker, TrackingError, check_tracking, run_tracker
 from train_fn.data import load_volumes
 from train_fn.datasets import Dataset, open_dataset
@@ -56,10 +58,12 @@ def use_every_core() -> None:
 
 
 @dataclass
-class RunInfo:
+class RunInfo(Record):
     """`run.json`, as `search.api` writes it when a run starts. Every field may be missing
     from a folder of an older segtune (or a test's); keys this version does not know are
     kept in `extra` and written back."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"storage_uri"})  # an object store's run
 
     name: str = ""
     home: str | None = None  # where the folder was made (a copy may not write into its run)
@@ -73,19 +77,9 @@ class RunInfo:
     input_spec: dict[str, Any] = field(default_factory=dict)  # the spec as given, flat
     parent_run_id: str | None = None
     storage_uri: str | None = None  # Ray's experiment is at <storage_uri>/<name>
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RunInfo:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in data.items() if k in known},
-                   extra={k: v for k, v in data.items() if k not in known})
 
     def to_json(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "extra"}
-        if data["storage_uri"] is None:  # written only for a run in an object store
-            del data["storage_uri"]
-        return {**data, **self.extra}
+        return copy.deepcopy(super().to_json())  # a caller may change it; this stays
 
 
 class RunFolder:
@@ -190,15 +184,19 @@ class RunFolder:
         self.__dict__.pop("spec", None)
 
     # -- summary.json -----------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Summary:
         """summary.json as it is now."""
         if not self.is_finished():
             raise RunFolderError(f"{self.path}: no summary.json (not a finished segtune run "
                                  "folder)")
-        return _read_json(self.summary_json)
+        data = _read_json(self.summary_json)
+        if not isinstance(data, dict):
+            raise RunFolderError(f"{self.summary_json}: not a segtune summary (a JSON object)")
+        return Summary.from_json(data)
 
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json(self.summary_json, summary)
+    def write_summary(self, summary: Summary) -> None:
+        """Write summary.json at once (a kill leaves the old one or the new one)."""
+        write_json(self.summary_json, summary.to_json())
 
     # -- MLflow -----------------------------------------------------------------------------
     def tracker(self, reopen: bool = False) -> Tracker:

@@ -15,18 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from search.errors import SegtuneError, StorageError
+from search.errors import CannotLock, RunInUse, StorageError
 
 logger = logging.getLogger(__name__)
-
-
-class RunInUse(SegtuneError):
-    """Another live process holds the run folder."""
-
-
-class CannotLock(StorageError):
-    """The storage folder may not be written (read-only, another user's): no lock can be
-    made there, and no command may write there either."""
 
 
 def lock_path(run_dir: str | Path) -> Path:

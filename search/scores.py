@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import CompareError
+from search.lazy import LazyModule
 from search.runfolder import MODELS, RunFolder
+from search.summary import Summary
+
+# Read a checkpoint only where `--model` is a path: torch is not imported for a CSV.
+inputs = LazyModule("search.inputs")
+predict = LazyModule("search.predict")
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +65,28 @@ def load_scores(path: str | Path, model: str = "best", split: str = "test",
     raise CompareError(f"{path}: expected a run folder, an nnU-Net summary .json or a .csv")
 
 
-def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> Scores:
+def read_run(run_dir: str | Path, model: str = "best", split: str = "test",
+             option: str = "--model") -> Scores:
     """Scores of `model` (best | greedy | uniform) on `split` in a segtune run folder: from
     `eval/<model>-<split>/summary.json` if present, else from the run's `summary.json`
-    (Dice only; `split` test or val)."""
+    (Dice only; `split` test or val); or of a checkpoint file or folder `model`, from the
+    `eval/<name>-<split>/summary.json` that `evaluate` wrote for it (`option` names the
+    argument in errors)."""
     run_dir = Path(run_dir)
-    if model not in MODELS:
-        raise CompareError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
     if not run_dir.is_dir():
         raise CompareError(f"{run_dir}: no such run folder")
+    folder = RunFolder(run_dir)
+    if model not in MODELS:  # a checkpoint file or folder: scored by `evaluate` only
+        shown = checkpoint_name(model, option)
+        evaluated = folder.eval_dir(shown, split) / "summary.json"
+        if not evaluated.is_file():
+            raise CompareError(f"{option} {model}: not scored on the {split} split yet (no "
+                               f"{evaluated}); score it with: python -m search evaluate "
+                               f"{run_dir} --model {model} --split {split}")
+        label, slug = f"{run_dir.resolve().name} {shown} ({split})", _slug(shown)
+        return Scores(label, slug, read_nnunet(evaluated).metrics, str(evaluated))
     name = run_dir.resolve().name
     label, slug = f"{name} {model} ({split})", f"{_slug(name)}-{model}"
-    folder = RunFolder(run_dir)
     evaluated = folder.eval_dir(model, split) / "summary.json"
     if evaluated.is_file():
         return Scores(label, slug, read_nnunet(evaluated).metrics, str(evaluated))
@@ -81,11 +97,11 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
     if split not in ("test", "val"):
         raise CompareError(f"{run_dir}: no {evaluated.relative_to(run_dir)}, and summary.json "
                            f"holds the test and val splits only, not {split!r}")
-    summary = _json(summary_path)
-    summary = summary if isinstance(summary, dict) else {}
+    data = _json(summary_path)
+    summary = Summary.from_json(data) if isinstance(data, dict) else Summary()
     where = "best" if model == "best" else f"soups.{model}"
-    entry = summary.get("best") if model == "best" else (summary.get("soups") or {}).get(model)
-    per_class = (entry or {}).get(f"{split}_dice_per_class")
+    entry = summary.model(model)
+    per_class = getattr(entry, f"{split}_dice_per_class", None)
     if not isinstance(per_class, dict) or not per_class:
         what, why = (("the best trial", "its test evaluation") if model == "best" else
                      (f"the {model} soup", "souping"))
@@ -94,11 +110,20 @@ def read_run(run_dir: str | Path, model: str = "best", split: str = "test") -> S
     dice = {_key(k): _value(v, summary_path, f"{where}.{split}_dice_per_class.{k}")
             for k, v in per_class.items()}
     metrics = {"dice": dice}
-    per_hd = (entry or {}).get(f"{split}_hd95_per_class")
+    per_hd = getattr(entry, f"{split}_hd95_per_class", None)
     if isinstance(per_hd, dict) and per_hd:
         metrics["hd95"] = {_key(k): _value(v, summary_path, f"{where}.{split}_hd95_per_class.{k}")
                            for k, v in per_hd.items()}
     return Scores(label, slug, metrics, str(summary_path))
+
+
+def checkpoint_name(model: str, option: str = "--model") -> str:
+    """The name `evaluate` gives a checkpoint file or folder `model` (its scores are in
+    `eval/<name>-<split>/`), or one line why `model` is not a checkpoint: no such file, or a
+    file `torch.load(weights_only=True)` refuses or that holds no model weights."""
+    path = predict.checkpoint_file(model, option)
+    inputs.read_checkpoint(path, model, option)
+    return predict.checkpoint_label(path)
 
 
 def region_names(run_dir: Path) -> dict[str, str]:
@@ -125,11 +150,11 @@ def read_nnunet(path: str | Path, names: dict[str, str] | None = None) -> Scores
     ...}}). A value may be a number or {"mean", "std"}; a top-level "std" section of the same
     shape gives stds too. `names` turns nnU-Net's label keys into region names."""
     path = Path(path)
-    summary = _json(path)
-    means = summary.get("mean") if isinstance(summary, dict) else None
+    data = _json(path)
+    means = data.get("mean") if isinstance(data, dict) else None
     if not isinstance(means, dict) or not means:
         raise CompareError(f"{path}: not an nnU-Net summary (no per-class 'mean' section)")
-    stds = summary.get("std") if isinstance(summary.get("std"), dict) else {}
+    stds = data.get("std") if isinstance(data.get("std"), dict) else {}
     names = names or {}
     if any(k in names for k in means):
         logger.info("%s: labels %s read as %s", path, ", ".join(names),

@@ -8,23 +8,24 @@ only; the test split is looked at once, at the end, for the report.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search import stopping
-from search.errors import RunFolderError, SoupError
+from search.errors import SoupError
 from search.lazy import LazyModule
 from search.progress import versus
 from search.reference import reference
 from search.results import log_new_results, log_parent_scores, retire_results
-from search.runfolder import SOUP_LINK, RunFolder, Scorer
+from search.runfolder import SOUP_LINK, RunFolder, Scorer, use_every_core
 from search.storage import load_run_checkpoint
+from search.summary import BestRecord, ScoredRecord, SoupRecord, Summary, TrialRecord
 from train_fn.data import PatchSampler
 from train_fn.files import write_json
 from train_fn.models import has_batchnorm, refresh_batchnorm
@@ -166,23 +167,21 @@ def soup_set(run_dir: Path) -> Path:
     return path
 
 
-def switch_soups(run_dir: Path, summary: dict[str, Any], new_set: Path | None) -> None:
+def switch_soups(run_dir: Path, summary: Summary, new_set: Path | None) -> None:
     """Make `new_set` the run's soups, all at once. summary.json is the manifest: its one
     atomic write switches from the old set to the new one (its `soups` name the new set's
     files). The `soup` link then follows it and the old set goes. A kill at any point leaves
     summary.json naming a complete set; `tidy` repairs the link and deletes the rest."""
-    summary["soup_set"] = new_set.name if new_set else None
-    write_json(run_dir / "summary.json", summary)
+    summary.soup_set = new_set.name if new_set else None
+    RunFolder(run_dir).write_summary(summary)
     tidy(run_dir)
 
 
 def tidy(run_dir: Path) -> None:
     """Bring a run folder back to what its summary.json names: the `soup` link points at the
     named set, other soup sets and temporary files of dead processes are removed."""
-
-    summary_path = run_dir / "summary.json"
-    named = json.loads(summary_path.read_text()).get("soup_set") if summary_path.is_file() \
-        else None
+    folder = RunFolder(run_dir)
+    named = folder.summary().soup_set if folder.is_finished() else None
     link = run_dir / SOUP_LINK
     if named and (run_dir / named).is_dir():
         if not (link.is_symlink() and os.readlink(link) == named):
@@ -218,65 +217,62 @@ def _dead(pid: str) -> bool:
     return False
 
 
-def candidates(run_dir: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+def candidates(run_dir: Path, summary: Summary) -> list[TrialRecord]:
     """The trials that may be the best or an ingredient, best validation Dice first: those
     with a checkpoint and a score. A trial that errored is listed in the summary but not used:
     its last checkpoints may predate whatever went wrong, but nothing says they are sound."""
-    ranked = [t for t in summary["trials"] if t.get("status") != "error"
-              and t.get("checkpoint") and t.get("val_dice") is not None]
+    ranked = [t for t in summary.trials if t.usable]
     if not ranked:
-        errors = sorted({t["error"] for t in summary["trials"] if t.get("error")})
-        diverged = sum(1 for t in summary["trials"]
-                       if t.get("status") == "stopped: non-finite loss")
+        errors = sorted({t.error for t in summary.trials if t.error})
+        diverged = sum(1 for t in summary.trials if t.status == "stopped: non-finite loss")
         raise SoupError(f"{run_dir}: no trial finished an epoch with a checkpoint without "
-                        "erroring" + (f"; {diverged} of {len(summary['trials'])} trial(s) "
+                        "erroring" + (f"; {diverged} of {len(summary.trials)} trial(s) "
                                       "stopped on a non-finite (NaN or infinite) training "
                                       "loss: lower optimizer.lr's range or set "
                                       "train.grad_clip" if diverged else "")
                         + (f"; the trials' errors: {' | '.join(errors)}" if errors else ""))
-    return sorted(ranked, key=lambda t: t["val_dice"], reverse=True)
+    return sorted(ranked, key=lambda t: t.val_dice, reverse=True)
 
 
 AVERAGED = ":avg"  # an ingredient id's suffix: the trial's averaged weights (train.average)
 
 
-def with_averages(ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_averages(ranked: list[TrialRecord]) -> list[TrialRecord]:
     """The trials and, for each whose checkpoint holds averaged weights, those as one more
     ingredient (`<trial>:avg`, scored by their validation Dice), best validation Dice first."""
     out = list(ranked)
     for t in ranked:
-        if t.get("avg_val_dice") is not None:
-            out.append({**t, "trial_id": t["trial_id"] + AVERAGED, "val_dice": t["avg_val_dice"],
-                        "weights": "averaged"})
-    return sorted(out, key=lambda t: t["val_dice"], reverse=True)
+        if t.avg_val_dice is not None:
+            out.append(replace(t, trial_id=t.trial_id + AVERAGED, val_dice=t.avg_val_dice,
+                               weights="averaged"))
+    return sorted(out, key=lambda t: t.val_dice, reverse=True)
 
 
-def sibling_candidates(summary: dict[str, Any], best: dict[str, Any]) -> list[dict[str, Any]]:
+def sibling_candidates(summary: Summary, best: TrialRecord) -> list[TrialRecord]:
     """The soup's candidates with siblings (search.siblings): the best trial and its finished
     siblings with a checkpoint, best validation Dice first."""
-    kept = [s for s in summary.get("siblings") or [] if s["status"] == "finished"
-            and s.get("checkpoint") and s.get("val_dice") is not None]
-    return sorted([best, *kept], key=lambda t: t["val_dice"], reverse=True)
+    kept = [s for s in summary.siblings or [] if s.status == "finished"
+            and s.checkpoint and s.val_dice is not None]
+    return sorted([best, *kept], key=lambda t: t.val_dice, reverse=True)
 
 
-def weights_of(run_dir: Path, ingredient: dict[str, Any]) -> Weights:
+def weights_of(run_dir: Path, ingredient: TrialRecord) -> Weights:
     """An ingredient's weights: its checkpoint's `model`, or its `averaged` weights."""
-    state = load_run_checkpoint(run_dir, ingredient["checkpoint"], mmap=True)
-    return state["averaged"]["model"] if ingredient.get("weights") == "averaged" \
+    state = load_run_checkpoint(run_dir, ingredient.checkpoint, mmap=True)
+    return state["averaged"]["model"] if ingredient.weights == "averaged" \
         else state["model"]
 
 
-def readable(run_dir: Path, ranked: list[dict[str, Any]], need: int
-             ) -> list[dict[str, Any]]:
+def readable(run_dir: Path, ranked: list[TrialRecord], need: int) -> list[TrialRecord]:
     """The first `need` trials, best first, whose checkpoint loads; one that does not (cut
     short by a full disk or a kill while Ray copied it) is skipped with a warning."""
     kept = []
     for trial in ranked:
         try:
-            load_run_checkpoint(run_dir, trial["checkpoint"], mmap=True)
+            load_run_checkpoint(run_dir, trial.checkpoint, mmap=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped alike
-            logger.warning("trial %s: checkpoint %s cannot be read (%s); skipped", trial[
-                "trial_id"], trial["checkpoint"], str(err).splitlines()[0][:200])
+            logger.warning("trial %s: checkpoint %s cannot be read (%s); skipped",
+                           trial.trial_id, trial.checkpoint, str(err).splitlines()[0][:200])
             continue
         kept.append(trial)
         if len(kept) == need:
@@ -288,63 +284,59 @@ def readable(run_dir: Path, ranked: list[dict[str, Any]], need: int
 
 
 def finish(run_dir: str | Path, top_k: int | None = None, soup: bool = True,
-           tracker=None) -> dict[str, Any]:
+           tracker=None) -> Summary:
     """Score the best trial on the test split and, with `soup`, build the uniform and greedy
     soups of the top-k trials, score them too and save them as a new soup set. Updates
     `<run_dir>/summary.json`; logs to `tracker`'s parent run when given."""
-    import torch
 
     folder = RunFolder(run_dir)
-    if not folder.is_finished():
-        raise RunFolderError(f"{folder.path}: no summary.json (not a finished segtune run "
-                             "folder)")
+    summary = folder.summary()  # not a finished run: one line, no summary.json
     tidy(folder.path)  # what a killed earlier step left
-    summary = folder.summary()
     if tracker is not None:  # ... in MLflow too
         repair_results(tracker, folder, summary)
     spec = folder.spec
     top_k = top_k or spec.soup.top_k
     ranked = readable(folder.path, candidates(folder.path, summary), top_k if soup else 1)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    use_every_core()
     judge = folder.scorer()
     test = folder.volumes("test")
     hd = bool(spec.train.val_hd95)  # off: the user turned HD95 off as too slow
 
-    best_weights, summary["best"] = score_best(folder, ranked[0], judge, test, hd)
+    best_weights, summary.best = score_best(folder, ranked[0], judge, test, hd)
     weights, out = {"best": best_weights}, None
-    summary.pop("reference", None)  # an earlier soup step's
+    summary.reference = None  # an earlier soup step's
     if soup:
-        chosen = (sibling_candidates(summary, ranked[0]) if summary.get("siblings")
+        chosen = (sibling_candidates(summary, ranked[0]) if summary.siblings
                   else with_averages(ranked)[:top_k])
         check_lineage(folder, chosen)
         # The new set is written beside the current one and switched to at the end.
         out = soup_set(folder.path)
         made = soup_trials(folder, chosen, judge)
         for kind, (soup_weights, record) in made.items():
-            record.update(scores_on_test(judge(soup_weights, test, hd)))
+            score_on_test(record, judge(soup_weights, test, hd))
             weights[kind] = soup_weights
         write_soup_set(folder, out, chosen, made, top_k)
-        summary["reference"] = held_out_reference(folder, judge, test, chosen, weights, made,
-                                              ranked[0]["trial_id"])
-    summary["soups"] = {k: r for k, (_, r) in made.items()} if soup else None
+        summary.reference = held_out_reference(folder, judge, test, chosen, weights, made,
+                                               ranked[0].trial_id)
+    summary.soups = {k: r for k, (_, r) in made.items()} if soup else None
     # MLflow is part of the switch: the new result runs first (tagged with this step), then
     # summary.json switches, then the old runs go. A kill or a full disk anywhere leaves the
     # runs of the set summary.json names, and `repair_results` retires the rest.
-    summary["result_set"] = out.name if out else f"results-{time.time_ns()}-{os.getpid()}"
+    summary.result_set = out.name if out else f"results-{time.time_ns()}-{os.getpid()}"
     if tracker is not None:
         log_new_results(tracker, folder, summary, weights, judge.model)
     stopping.check()  # before the new results become the run's
     switch_soups(folder.path, summary, out)
     if tracker is not None:
-        retire_results(tracker, summary["result_set"])
+        retire_results(tracker, summary.result_set)
         log_parent_scores(tracker, folder, summary)
     return summary
 
 
-def repair_results(tracker, folder: RunFolder, summary: dict[str, Any]) -> None:
+def repair_results(tracker, folder: RunFolder, summary: Summary) -> None:
     """Retire the MLflow result runs an interrupted soup step left beside (or instead of)
     those of the set summary.json names, and put its scores back on the parent run."""
-    current = summary.get("result_set")
+    current = summary.result_set
     if current is None:
         return  # an older run: its result runs carry no set
     try:
@@ -357,34 +349,34 @@ def repair_results(tracker, folder: RunFolder, summary: dict[str, Any]) -> None:
         logger.warning("MLflow: could not tidy the result runs (%s)", err)
 
 
-def held_out_reference(folder: RunFolder, judge: Scorer, test: list, chosen: list[dict[str, Any]],
-                   weights: dict[str, Weights], made: dict[str, tuple[Weights, dict[str, Any]]],
-                   best_id: str) -> dict[str, Any]:
+def held_out_reference(folder: RunFolder, judge: Scorer, test: list, chosen: list[TrialRecord],
+                       weights: dict[str, Weights], made: dict[str, tuple[Weights, SoupRecord]],
+                       best_id: str) -> dict[str, Any]:
     """The best trial, the soups and the prediction ensemble of the soup's candidates, per
     test case with spread and bootstrap intervals (search.reference)."""
     members = [weights_of(folder.path, t) for t in chosen]
     models = {"best": [weights["best"]], **{k: [weights[k]] for k in made},
               "ensemble": members}
     ingredients = {"best": [best_id],
-                   **{k: r["ingredients"] for k, (_, r) in made.items()},
-                   "ensemble": [t["trial_id"] for t in chosen]}
+                   **{k: r.ingredients for k, (_, r) in made.items()},
+                   "ensemble": [t.trial_id for t in chosen]}
     return reference(judge, test, list(folder.split["test"]), models, ingredients)
 
 
-def score_best(folder: RunFolder, best: dict[str, Any], judge: Scorer, test: list, hd: bool
-               ) -> tuple[Weights, dict[str, Any]]:
+def score_best(folder: RunFolder, best: TrialRecord, judge: Scorer, test: list, hd: bool
+               ) -> tuple[Weights, BestRecord]:
     """The best trial's weights and its summary.json record, scored on the test split."""
-    weights = load_run_checkpoint(folder.path, best["checkpoint"])["model"]
-    return weights, {
-        "trial_id": best["trial_id"], "config": best["config"], "val_dice": best["val_dice"],
-        "val_dice_per_class": best["val_dice_per_class"],
-        **scores_on_test(judge(weights, test, hd)), "checkpoint": best["checkpoint"]}
+    weights = load_run_checkpoint(folder.path, best.checkpoint)["model"]
+    record = BestRecord(trial_id=best.trial_id, config=best.config, val_dice=best.val_dice,
+                        val_dice_per_class=best.val_dice_per_class, checkpoint=best.checkpoint)
+    score_on_test(record, judge(weights, test, hd))
+    return weights, record
 
 
-def scores_on_test(scores: tuple[float, dict[str, float], dict[str, float]]) -> dict[str, Any]:
-    """A model's scores on the test split, as summary.json records them."""
-    dice, per_class, hd95 = scores
-    return {"test_dice": dice, "test_dice_per_class": per_class, "test_hd95_per_class": hd95}
+def score_on_test(record: ScoredRecord,
+                  scores: tuple[float, dict[str, float], dict[str, float]]) -> None:
+    """Put a model's scores on the test split (`Scorer`'s) into its record."""
+    record.test_dice, record.test_dice_per_class, record.test_hd95_per_class = scores
 
 
 def soup_pair(sources: list[tuple[str, Source]], score: Callable[[Weights], float],
@@ -421,55 +413,53 @@ def batchnorm_refresh(judge: Scorer, cases: list[str]) -> Callable[[Weights], We
     return refresh
 
 
-def check_lineage(folder: RunFolder, chosen: list[dict[str, Any]]) -> None:
+def check_lineage(folder: RunFolder, chosen: list[TrialRecord]) -> None:
     """Refuse to soup trials of different architectures or initial weights (read from their
     checkpoints one at a time, their tensors not read)."""
     lineages = {}
     for t in chosen:
-        state = load_run_checkpoint(folder.path, t["checkpoint"], mmap=True)
-        lineages[t["trial_id"]] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
+        state = load_run_checkpoint(folder.path, t.checkpoint, mmap=True)
+        lineages[t.trial_id] = {k: state.get(k) for k in (*LINEAGE_KEYS, "init_seed")}
         del state
     check_ingredients(lineages)
 
 
-def soup_trials(folder: RunFolder, chosen: list[dict[str, Any]], judge: Scorer
-                ) -> dict[str, tuple[Weights, dict[str, Any]]]:
+def soup_trials(folder: RunFolder, chosen: list[TrialRecord], judge: Scorer
+                ) -> dict[str, tuple[Weights, SoupRecord]]:
     """The uniform and greedy soups of the `chosen` trials (best first), judged on the
     validation split: {kind: (weights, its summary.json record)}."""
     # From an object store, each is downloaded when needed and its copy deleted after.
-    sources = [(t["trial_id"], (lambda t=t: weights_of(folder.path, t))) for t in chosen]
+    sources = [(t.trial_id, (lambda t=t: weights_of(folder.path, t))) for t in chosen]
     val = folder.volumes("val")  # the validation cases only judge soups
     made = soup_pair(sources, lambda w: judge(w, val, hd95=False)[0],
                      batchnorm_refresh(judge, folder.split["train"]))
     out = {}
     for kind, (weights, kept, steps) in made.items():
         dice, per_class, _ = judge(weights, val, hd95=False)
-        record = {"ingredients": kept, "val_dice": dice, "val_dice_per_class": per_class}
-        if steps is not None:
-            record["steps"] = steps
-        out[kind] = (weights, record)
+        out[kind] = (weights, SoupRecord(ingredients=kept, val_dice=dice,
+                                         val_dice_per_class=per_class, steps=steps))
     return out
 
 
-def write_soup_set(folder: RunFolder, out: Path, chosen: list[dict[str, Any]],
-                   made: dict[str, tuple[Weights, dict[str, Any]]], top_k: int) -> None:
+def write_soup_set(folder: RunFolder, out: Path, chosen: list[TrialRecord],
+                   made: dict[str, tuple[Weights, SoupRecord]], top_k: int) -> None:
     """Save the soups into the new soup set `out` (made by `soup_set` beside the current one;
     switched to by `switch_soups`): one checkpoint per soup and `soup.json`. Each soup's
     record gets the path of its weights."""
-    best = load_run_checkpoint(folder.path, chosen[0]["checkpoint"], mmap=True)
+    best = load_run_checkpoint(folder.path, chosen[0].checkpoint, mmap=True)
     lineage = {k: best.get(k) for k in LINEAGE_KEYS}
     # Settings as values, like a trial's checkpoint, not the run's search space: a soup is
     # loaded (predict, evaluate) with the settings of its best ingredient, which every soup
     # starts from; each ingredient's searched values are kept too.
     best_config = best["config"]
     del best
-    by_id = {t["trial_id"]: t for t in chosen}
+    by_id = {t.trial_id: t for t in chosen}
     for kind, (weights, record) in made.items():
-        record["weights"] = f"{out.name}/{kind}/checkpoint.pt"
+        record.weights = f"{out.name}/{kind}/checkpoint.pt"
         checkpoint_io.save_checkpoint(out / kind, {
-            "model": weights, "config": best_config, "ingredients": record["ingredients"],
-            "ingredient_configs": {tid: by_id[tid]["config"] for tid in record["ingredients"]},
+            "model": weights, "config": best_config, "ingredients": record.ingredients,
+            "ingredient_configs": {tid: by_id[tid].config for tid in record.ingredients},
             **lineage})
     write_json(out / "soup.json", {"top_k": top_k, "candidates": [
-        {"trial_id": t["trial_id"], "val_dice": t["val_dice"]} for t in chosen],
-        **{kind: record for kind, (_, record) in made.items()}})
+        {"trial_id": t.trial_id, "val_dice": t.val_dice} for t in chosen],
+        **{kind: record.to_json() for kind, (_, record) in made.items()}})

@@ -203,6 +203,18 @@ def start_ray(address: str | None = None, job_name: str | None = None, **options
     return context
 
 
+def tune_env_defaults() -> None:
+    """Ray Tune's environment for a search or a job grid (a value the user set is kept): no
+    warning for the experiment-state snapshot each epoch's checkpoint forces (milliseconds
+    here); no Ray tables or TensorBoard hint (a folder in Ray's temporary session, gone after
+    the run), since segtune prints its own trial and status lines; and, unless --debug, no
+    traceback per failed trial (segtune logs one line; the traceback stays in its error file)."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not logging.getLogger(__name__).isEnabledFor(logging.DEBUG):
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+
+
 def quiet_ray() -> bool:
     """Ray's INFO lines (its start-up banner, Ray Tune's "Wrote the latest version of all
     result files") and its token-authentication notice stay off the terminal (segtune says

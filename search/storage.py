@@ -41,7 +41,7 @@ def is_uri(storage: str | Path | None) -> bool:
     return storage is not None and bool(_URI.match(str(storage)))
 
 
-def _filesystem(location: str | Path):
+def _filesystem(location: str | Path) -> tuple[fs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) of a URI or a local path."""
     if is_uri(location):
         return fs.FileSystem.from_uri(str(location))

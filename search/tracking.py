@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from search.errors import TrackingError
-from search.progress import values_text
 from search.spec import SearchLeaf
+from search.trials import values_text
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import sys
 import tempfile
 from typing import Any
@@ -19,7 +20,7 @@ from ray import tune
 from ray._private.ray_constants import LOG_PREFIX_ACTOR_NAME, LOG_PREFIX_TASK_NAME
 
 from search.spec import Spec
-from search.trials import fork_epoch, job_spec
+from search.trials import fork_epoch, job_spec, values_text
 from train_fn.checkpoint import load_checkpoint, save_checkpoint
 from train_fn.data import load_volumes
 from train_fn.datasets import fold_splits, open_dataset
@@ -34,6 +35,12 @@ def trainable(config: dict[str, Any], base: Spec, split: dict[str, list[str]],
               data_root: str, trunk: dict[str, Any] | None = None) -> None:
     """One trial: resolve the spec with the sampled `config`, then `run_trial` (from the
     shared `trunk`'s weights when the search has one)."""
+    # Ray waits TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s) for a finished trial's thread before it
+    # hands this worker to the next trial (`reuse_actors`), and reads it then, in this
+    # process. At load 30 on 2 cores the thread's end took longer: the next trial errored
+    # ("Trainable runner reuse requires reset_config() ...") and, after two of them, the
+    # demo search proposed no trial again and waited forever.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     name_worker_log(tune.get_context().get_trial_id(), config)
     spec = base.resolve(config)
     run_trial(spec, split, data_root, keep_fork=fork_epoch(spec), init=trunk)
@@ -45,8 +52,7 @@ def name_worker_log(trial_id: str, config: dict[str, Any]) -> None:
     `:actor_name:` as the name its forwarded lines carry (`(trial_ab12 pid=...)` on the
     driver's terminal), and one that starts with `:task_name:` as a note of the running
     task: both stay in the log, and neither is forwarded."""
-    values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in config.items())
+    values = values_text(config, digits=4)
     for stream in (sys.stdout, sys.stderr):
         print(f"{LOG_PREFIX_ACTOR_NAME}trial_{trial_id}", file=stream)
         print(f"{LOG_PREFIX_TASK_NAME}trial {trial_id}: {values}", file=stream, flush=True)
@@ -156,14 +162,15 @@ def fold_means(per_fold: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def job_trainable(config: dict[str, Any], base: Spec, jobs: dict[str, dict[str, Any]],
-                  data_root: str, start: dict[str, Any] | None = None) -> None:
-    """One job: train to the end (from `start`, a sibling's fork point, when given), then
-    score the final weights on the job's validation and test cases (reported once more,
-    under `final/`)."""
+                  data_root: str, start: dict[str, Any] | None = None,
+                  init: dict[str, Any] | None = None) -> None:
+    """One job: train to the end (from `start`, a sibling's fork point, when given, else from
+    the run's trunk `init`), then score the final weights on the job's validation and test
+    cases (reported once more, under `final/`)."""
     job = jobs[config["job"]]
     name_worker_log(tune.get_context().get_trial_id(), {"job": config["job"]})
     spec = job_spec(base, job)
-    state = run_trial(spec, job["split"], data_root, start=start)
+    state = run_trial(spec, job["split"], data_root, start=start, init=init)
     if state is None:  # diverged: nothing to score
         return
     ds = open_dataset(spec.data, data_root)

@@ -1,6 +1,6 @@
-"""What a trial or retrain job trains, as pure functions of the spec: its concrete spec and
-its length. Shared by the driver (scheduler, callbacks, results) and the Ray workers
-(`search.trainable`); imports neither Ray nor torch."""
+"""What a trial or retrain job trains, as pure functions of the spec: its concrete spec, its
+length, its settings as one line. Shared by the driver (scheduler, callbacks, results) and
+the Ray workers (`search.trainable`); imports neither Ray nor torch."""
 
 from __future__ import annotations
 
@@ -9,18 +9,27 @@ from typing import Any
 from search.spec import Spec
 
 
+def values_text(values: dict[str, Any], digits: int = 3) -> str:
+    """`optimizer.lr=0.0125, layers.early_encoder=0.386`: settings as one line, floats to
+    `digits` significant digits (the terminal's lines, MLflow's tags, `--dry-run`, the
+    workers' logs)."""
+    return ", ".join(f"{k}={v:.{digits}g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
+
+
 def budget(spec: Spec) -> int:
     """A trial's length in reports: epochs, or folds with `cv.mode: every`."""
     return spec.cv.folds if spec.cv.every else spec.train.epochs
 
 
 def fork_epoch(spec: Spec) -> int | None:
-    """The epoch (1-based) whose state a trial keeps for sibling soups (`soup.siblings`):
-    `soup.fork_fraction` of its epochs, at least 1 and before the last; None without
-    siblings."""
-    if not spec.soup.siblings or spec.cv.every or spec.train.epochs < 2:
-        return None
-    return min(spec.train.epochs - 1, max(1, round(spec.soup.fork_fraction * spec.train.epochs)))
+    """The epoch (1-based) whose state a trial keeps for sibling soups (`Spec.fork_epoch`)."""
+    return spec.fork_epoch()
+
+
+def search_epochs(spec: Spec) -> int | None:
+    """The epochs `search.budget_epochs` leaves to the trials (`Spec.search_epochs`)."""
+    return spec.search_epochs()
 
 
 def job_spec(base: Spec, job: dict[str, Any]) -> Spec:

@@ -17,7 +17,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from search.errors import RunFolderError
 from search.lazy import LazyModule
+from search.runfolder import RunFolder
 from search.space import centre
 from search.spec import Spec
 from search.tracking import PARENT_TAG, params_of
@@ -90,6 +92,32 @@ def ensure_trunk(run_dir: Path, spec: Spec, split: dict[str, list[str]], data_ro
     if run_id is not None:
         tracker.client.set_terminated(run_id, "FINISHED")
     return trunk_init(last["state"])
+
+
+def saved_trunk(run_dir: str | Path) -> dict[str, Any] | None:
+    """The finished trunk of a run (what `repeat` starts its seeds from), None without one;
+    a run with `search.trunk_epochs` whose trunk is missing or unfinished is refused."""
+    epochs = RunFolder(run_dir).spec.search.trunk_epochs
+    if not epochs:
+        return None
+    path = Path(run_dir) / TRUNK_DIR / "checkpoint.pt"
+    state = checkpoint_io.load_checkpoint(path.parent) if path.is_file() else None
+    if state is None or state["epoch"] < epochs:
+        raise RunFolderError(f"{path}: the run's trunk ({epochs} epochs) is "
+                             f"{'missing' if state is None else 'unfinished'}; its trials "
+                             "started from it, so their retrains must too")
+    return trunk_init(state)
+
+
+def refuse_trunk(spec: Spec, what: str) -> None:
+    """Cross-validation does not fit a trunk: the trunk trained on the run's train split,
+    which holds other folds' validation cases (they would be scored by a model that saw
+    them)."""
+    if spec.search.trunk_epochs:
+        raise RunFolderError(
+            f"{what}: the run's trials start from a trunk trained on its train split, which "
+            "holds the validation cases of the other folds; cross-validate a search without "
+            "search.trunk_epochs")
 
 
 def _mlflow_run(tracker, tspec: Spec) -> str | None:

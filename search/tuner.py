@@ -13,15 +13,18 @@ from typing import Any
 
 from ray import tune
 from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.stopper import Stopper
 from ray.tune.trainable.function_trainable import wrap_function
 
 from search.lazy import LazyModule
-from search.space import define_by_run, make_sampler
+from search.space import define_by_run, make_sampler, ordered_leaves
 from search.spec import Spec
 from search.storage import is_uri, relative
 from search.study import StudySearch
-from search.trials import budget, searched_config
+from search.summary import TrialRecord
+from search.trials import budget, search_epochs, searched_config
 
 # Imports torch: handed to Ray when a Tuner is built (see search.lazy).
 worker = LazyModule("search.trainable")
@@ -67,6 +70,8 @@ def make_scheduler(spec: Spec):
     """ASHA on epochs (rungs at grace_period * reduction_factor^k, the metric maximised), or
     FIFO: every trial runs its budget."""
     s = spec.search
+    if s.scheduler == "pbt":
+        return population_based(spec)
     if s.scheduler != "asha":
         return FIFOScheduler()
     return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode="max",
@@ -74,6 +79,54 @@ def make_scheduler(spec: Spec):
                          grace_period=1 if spec.cv.every else min(
                              s.grace_period, spec.train.epochs),
                          reduction_factor=s.reduction_factor)
+
+
+def population_based(spec: Spec) -> PopulationBasedTraining:
+    """`search.scheduler: pbt`: Ray Tune's population-based training on epochs, the
+    population (`search.num_trials`) in step. Every `search.pbt_interval` epochs a trial in
+    the bottom quarter of the population copies the
+    checkpoint of one in the top quarter (weights, optimizer state: its exploit) and goes on
+    with that trial's values perturbed by x0.8 or x1.2 or, one time in four, drawn anew
+    (explore), kept inside the spec's ranges."""
+    domains = pbt_space(spec)
+    return PopulationBasedTraining(
+        time_attr="training_iteration", metric=spec.search.metric, mode="max",
+        perturbation_interval=spec.search.pbt_interval, hyperparam_mutations=domains,
+        custom_explore_fn=InRange(spec),
+        # Generations: a member waits at each exploit step until the whole population is
+        # there (with fewer CPUs than members, the others run meanwhile).
+        synch=True)
+
+
+def pbt_space(spec: Spec) -> dict[str, Any]:
+    """The searched leaves as Ray Tune domains (PBT's initial draws and its resampling)."""
+    domains: dict[str, Any] = {}
+    for key, _, leaf in ordered_leaves(spec):
+        if leaf.type == "categorical":
+            domains[key] = tune.choice(list(leaf.choices))
+        elif leaf.type == "int":
+            domains[key] = (tune.lograndint if leaf.log else tune.randint)(
+                leaf.low, leaf.high + 1)
+        else:
+            domains[key] = (tune.loguniform if leaf.log else tune.uniform)(leaf.low, leaf.high)
+    return domains
+
+
+class InRange:
+    """PBT's explore multiplies a value by 0.8 or 1.2 with no bounds: bring each searched
+    number back inside its leaf's range (beta1 0.95 x 1.2 is no momentum). A class, not a
+    closure: Ray pickles the scheduler with its experiment state."""
+
+    def __init__(self, spec: Spec):
+        self.ranges = {key: (leaf.low, leaf.high, leaf.type == "int")
+                       for key, _, leaf in ordered_leaves(spec) if leaf.type != "categorical"}
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for key, (low, high, whole) in self.ranges.items():
+            if key in config:
+                value = min(high, max(low, config[key]))
+                config[key] = int(round(value)) if whole else float(value)
+        return config
 
 
 def make_searcher(spec: Spec, study: str | None, name: str, history=(), best_first: int = 0):
@@ -94,30 +147,75 @@ def make_tuner(spec: Spec, split: dict[str, list[str]], data_root: str, name: st
     is a local folder or an object-store URI (`s3://bucket/prefix`). `study` is the RDB URL
     where the Optuna study (named `name`) is kept (`search.study`; None: in memory)."""
     s = spec.search
+    pbt = s.scheduler == "pbt"
     return _tuner(
         _trial_fn(spec, split, data_root, trunk), spec, name, storage, callbacks,
+        param_space=pbt_space(spec) if pbt else None,
         tune_config=dict(
             num_samples=s.num_trials,
             # metric and mode go to the searcher and the scheduler, not to TuneConfig: a
-            # define-by-run OptunaSearch must have them when it is built.
-            search_alg=make_searcher(spec, study, name, history, best_first),
+            # define-by-run OptunaSearch must have them when it is built. PBT takes no
+            # searcher: its initial population is drawn at random (seeded).
+            search_alg=BasicVariantGenerator(random_state=s.seed) if pbt else
+            make_searcher(spec, study, name, history, best_first),
+            # PBT pauses trials at each exploit step: a reused worker must see the paused
+            # trial's thread end within seconds or the trial was lost (seen on 2 busy cores).
+            reuse_actors=not pbt,
+            # PBT: the whole population exists from the start, so that the members take
+            # turns epoch-block by epoch-block (the resources bound how many run at once); a
+            # member held back by a concurrency limit would start after the others finished
+            # and copy their last checkpoint at its first exploit step.
+            **({"max_concurrent_trials": None} if pbt else {}),
             scheduler=make_scheduler(spec),
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=dict(
             # With cv.mode every the last checkpoint holds every fold: keep the latest.
+            # PBT: a donor's checkpoint must outlive its next ones until a trial copies it.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1) if spec.cv.every else
-            tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=s.metric,
+            tune.CheckpointConfig(num_to_keep=4 if pbt else 1,
+                                  checkpoint_score_attribute=s.metric,
                                   checkpoint_score_order="max"),
-            stop=({"time_total_s": s.trial_time_limit_s} if s.trial_time_limit_s else None)))
+            stop=_stopper(spec)))
+
+
+class EpochBudget(Stopper):
+    """`search.budget_epochs`: the whole search stops once its trials have reported `epochs`
+    epochs in all (each trial counted to the last epoch it reported); also each trial's time
+    limit. Trials running then stop at once, their unfinished epoch unreported."""
+
+    def __init__(self, epochs: int, time_limit_s: float | None = None):
+        self.epochs, self.time_limit_s = epochs, time_limit_s
+        self.trained: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.trained[trial_id] = max(self.trained.get(trial_id, 0),
+                                     int(result.get("training_iteration", 0)))
+        late = self.time_limit_s is not None and result.get("time_total_s", 0) >= \
+            self.time_limit_s
+        return late or self.stop_all()
+
+    def stop_all(self) -> bool:
+        return sum(self.trained.values()) >= self.epochs
+
+
+def _stopper(spec: Spec):
+    """What stops trials besides ASHA: the run's epoch budget and the per-trial time limit."""
+    limit = spec.search.trial_time_limit_s
+    left = search_epochs(spec)
+    if left is not None:
+        return EpochBudget(left, limit)
+    return {"time_total_s": limit} if limit else None
 
 
 def make_job_tuner(spec: Spec, jobs: dict[str, dict[str, Any]], data_root: str, name: str,
                    storage: str | Path, callbacks: list[Callback],
-                   start: dict[str, Any] | None = None) -> tune.Tuner:
+                   start: dict[str, Any] | None = None,
+                   init: dict[str, Any] | None = None) -> tune.Tuner:
     """The `Tuner` of retrain jobs: a grid over the job names, each `job_trainable` trained
     to its end (no searcher, no scheduler), with the spec's concurrency, resources and
-    retries; from the state `start` when given (siblings' fork point)."""
-    extra = {"start": start} if start is not None else {}
+    retries; from the state `start` when given (siblings' fork point), else from the weights
+    `init` when given (the run's shared trunk)."""
+    extra = {k: v for k, v in (("start", start), ("init", init)) if v is not None}
     fn = _with_resources(spec, tune.with_parameters(
         worker.job_trainable, base=spec, jobs=jobs, data_root=data_root, **extra),
         "SegtuneJob")
@@ -133,11 +231,11 @@ def _tuner(fn, spec: Spec, name: str, storage: str | Path, callbacks: list[Callb
     the callbacks, the retries, and no Ray tables."""
     return tune.Tuner(
         fn, param_space=param_space,
-        tune_config=tune.TuneConfig(
-            max_concurrent_trials=spec.search.max_concurrent,
+        tune_config=tune.TuneConfig(**{
+            "max_concurrent_trials": spec.search.max_concurrent,
             # A trial that ends hands its worker process to the next one: no new process
             # start and no re-import of torch and MONAI per trial (~5 s each on 2 cores).
-            reuse_actors=True, **tune_config),
+            "reuse_actors": True, **tune_config}),
         run_config=tune.RunConfig(
             name=name, callbacks=callbacks, verbose=0,
             storage_path=str(storage) if is_uri(storage) else str(Path(storage).resolve()),
@@ -147,7 +245,7 @@ def _tuner(fn, spec: Spec, name: str, storage: str | Path, callbacks: list[Callb
 
 
 def trial_records(results: tune.ResultGrid, location: str | Path, spec: Spec
-                  ) -> list[dict[str, Any]]:
+                  ) -> list[TrialRecord]:
     """One record per trial: id, status, config, the best epoch's metrics and checkpoint
     (relative to the experiment `location`: the run folder or its object-store URI)."""
     epochs = budget(spec)
@@ -171,23 +269,23 @@ def trial_records(results: tune.ResultGrid, location: str | Path, spec: Spec
         else:
             status = "stopped"
         best = best or {}
-        records.append({
-            "trial_id": trial_id,
-            "status": status,
-            "config": searched_config(result.config or {}, spec),
-            "epochs": int(metrics.get("epoch", 0)),
-            "val_dice": best.get("val_dice"),
-            "val_dice_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
-                                   if k.startswith("val_dice/")},
-            "val_hd95_per_class": {k.split("/", 1)[1]: v for k, v in best.items()
-                                   if k.startswith("val_hd95/")},
-            "best_epoch": best.get("epoch"),
+        records.append(TrialRecord(
+            trial_id=trial_id,
+            status=status,
+            config=searched_config(result.config or {}, spec),
+            epochs=int(metrics.get("epoch", 0)),
+            val_dice=best.get("val_dice"),
+            val_dice_per_class={k.split("/", 1)[1]: v for k, v in best.items()
+                                if k.startswith("val_dice/")},
+            val_hd95_per_class={k.split("/", 1)[1]: v for k, v in best.items()
+                                if k.startswith("val_hd95/")},
+            best_epoch=best.get("epoch"),
             # With train.average: the averaged weights in that checkpoint (a soup ingredient).
-            **({"avg_val_dice": best["avg/val_dice"]} if "avg/val_dice" in best else {}),
-            "checkpoint": relative(best_path, str(location)) if best_path else None,
-            "error": _error_line(result.error),
-        })
-    records.sort(key=lambda r: -1 if r["val_dice"] is None else r["val_dice"], reverse=True)
+            avg_val_dice=best.get("avg/val_dice"),
+            checkpoint=relative(best_path, str(location)) if best_path else None,
+            error=_error_line(result.error),
+        ))
+    records.sort(key=lambda r: -1 if r.val_dice is None else r.val_dice, reverse=True)
     return records
 
 

@@ -18,17 +18,13 @@ from typing import Any
 
 import optuna
 
-from search.errors import RunFolderError
+from search.errors import WarmStartError
 from search.runfolder import RunFolder
 from search.space import ordered_leaves
 from search.spec import Spec
 from search.study import load_study
 
 logger = logging.getLogger(__name__)
-
-
-class WarmStartError(RunFolderError):
-    """An earlier run that cannot seed this search: not a run, or another task."""
 
 
 def distributions(spec: Spec) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -41,6 +41,30 @@ def pytest_configure(config):
         del os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]
 
 
+# The slowest test files first (see pytest_collection_modifyitems), from --durations on 2
+# workers; the other end-to-end files follow, then the unit tests.
+SLOWEST_FIRST = ["test_e2e_resume", "test_e2e_mistakes", "test_e2e_eval", "test_e2e",
+                 "test_stopping_scoring", "test_stopping", "test_e2e_s3", "test_e2e_study",
+                 "test_cluster", "test_e2e_soups", "test_browser", "test_e2e_predict"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slowest files first. The test workers take whole files (`--dist loadfile`) in
+    collection order (`--no-loadscope-reorder`, pyproject.toml): xdist's default order, most
+    tests first, handed the slowest end-to-end files (few tests each) out last, one worker
+    busy with them while the other idled; the unit tests, many and short, fill in at the end.
+    (`--dist loadgroup` cannot group across files here: pytest 9.2 ignores the node ids that
+    pytest-xdist 3.8 rewrites for it.)"""
+
+    def rank(item) -> tuple[int, int]:
+        stem = Path(item.nodeid.split("::")[0]).stem
+        if stem in SLOWEST_FIRST:
+            return (0, SLOWEST_FIRST.index(stem))
+        return (1 if "/e2e/" in f"/{item.nodeid}" else 2, 0)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 @pytest.fixture
 def write_spec(tmp_path):
     """Write a YAML spec from an indented string; returns its path."""

@@ -25,6 +25,17 @@ FAULT_HOOK = ROOT / "tests" / "fault_hook"
 RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray this Python runs
 
 
+def product_modules(root: Path = ROOT):
+    """`(path relative to root, parsed module)` of every Python file of search/ and
+    train_fn/ (the product code the source-shape tests read)."""
+    import ast
+
+    for package in ("search", "train_fn"):
+        for path in sorted((root / package).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            yield rel, ast.parse(path.read_text(), rel)
+
+
 def fault_env(setting: str) -> dict[str, str]:
     """Environment for trials that fail as SEGTUNE_FAULT says (`cli_for_trials`; see
     tests/fault_hook/sitecustomize.py: injected from outside, segtune reads none of it)."""
@@ -170,20 +181,34 @@ def start_ray(temp_dir: str, *options: str, env=None, log: str = "ray-start.log"
     stops every Ray on the machine); see `stop_ray`."""
     env = {**(env or os.environ), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
+    # Each node's dashboard agent listens on 52365 unless told otherwise: with another Ray on
+    # the machine (the other test worker's), it retried that port for seconds, and on a busy
+    # machine the raylet gave up waiting for the agent (the node failed to start).
+    options = (*options, "--dashboard-agent-listen-port", str(free_port()))
     path = Path(temp_dir) / log
-    with open(path, "w") as out:
-        block = subprocess.Popen(
-            [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir,
-             "--disable-usage-stats", *options],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while "Ray runtime started." not in path.read_text():
-        if block.poll() is not None or time.monotonic() > deadline:
-            block.kill()
-            raise RuntimeError(f"ray start {' '.join(options)} failed:\n"
-                               f"{path.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return block
+    for attempt in (1, 2):
+        with open(path, "w") as out:
+            block = subprocess.Popen(
+                [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir",
+                 temp_dir, "--disable-usage-stats", *options],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while "Ray runtime started." not in path.read_text():
+            if block.poll() is not None or time.monotonic() > deadline:
+                block.kill()
+                text = path.read_text()
+                if attempt == 1 and "--head" in options and "timed out during startup" in text:
+                    # Ray gives its raylet 30 s to register; a machine busy with other work
+                    # took longer. Once more, from scratch (a head: nothing else in the
+                    # folder yet).
+                    stop_ray(temp_dir)
+                    Path(temp_dir).mkdir(parents=True)
+                    break
+                raise RuntimeError(f"ray start {' '.join(options)} failed:\n{text[-3000:]}")
+            time.sleep(0.2)
+        else:
+            return block
+    raise AssertionError("unreachable")
 
 
 def stop_ray(temp_dir: str, *blocks: subprocess.Popen) -> None:

@@ -13,11 +13,16 @@ import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from train_fn.datasets import Case, DataError, default_cache_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from search.spec import DataSpec, ResourcesSpec, TrainSpec
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +33,7 @@ def _above_min(x):
     return x > x.min()
 
 
-def preprocessing(data: Any, meta: bool = False, label: bool = True, load: bool = True):
+def preprocessing(data: DataSpec, meta: bool = False, label: bool = True, load: bool = True):
     """The deterministic transforms from the spec: load (channels first), orientation,
     resampling, intensity (HU window or per-channel z-score), foreground crop. With `meta`,
     MetaTensors are kept so the spatial steps can be inverted (predictions). Without `label`
@@ -68,7 +73,7 @@ def preprocessing(data: Any, meta: bool = False, label: bool = True, load: bool 
     return Compose(steps)
 
 
-def intensity(data: Any) -> str:
+def intensity(data: DataSpec) -> str:
     """`window` (CT in HU) unless set: `zscore` for the MR formats."""
     if data.intensity:
         return data.intensity
@@ -85,7 +90,7 @@ _FORMAT = 2  # bump when preprocessing or the cache layout changes: stale entrie
 LOCATIONS_PER_CLASS = 10_000  # patch centres kept per class and case (as nnU-Net does)
 
 
-def _prep_key(data: Any, case: Case) -> str:
+def _prep_key(data: DataSpec, case: Case) -> str:
     """What the cached preprocessing of a case depends on: the settings and the files (path,
     size, modification time)."""
     settings = [data.source, data.orientation, data.spacing, intensity(data),
@@ -95,24 +100,24 @@ def _prep_key(data: Any, case: Case) -> str:
     return json.dumps([_FORMAT, settings, stamps])
 
 
-def cache_root(data: Any) -> Path:
+def cache_root(data: DataSpec) -> Path:
     """The preprocessed-volume cache: `data.cache_dir`, else `$SEGTUNE_CACHE/preprocessed`."""
     return Path(data.cache_dir).expanduser() if data.cache_dir else (
         default_cache_dir() / "preprocessed")
 
 
-def cache_entry(data: Any, case: Case) -> Path:
+def cache_entry(data: DataSpec, case: Case) -> Path:
     """The cache folder of one case under these settings (it may not exist yet)."""
     digest = hashlib.sha1(_prep_key(data, case).encode()).hexdigest()[:20]
     return cache_root(data) / f"{case.case_id}-{digest}"
 
 
-def is_cached(data: Any, case: Case) -> bool:
+def is_cached(data: DataSpec, case: Case) -> bool:
     """The case's entry is there and whole (the quick check: no hashing)."""
     return entry_problem(data, case) is None
 
 
-def entry_problem(data: Any, case: Case, deep: bool = False) -> str | None:
+def entry_problem(data: DataSpec, case: Case, deep: bool = False) -> str | None:
     """What is wrong with the case's cache entry (`MISSING` when there is none), or None:
     see `_entry_problem`."""
     return _entry_problem(cache_entry(data, case), _prep_key(data, case), deep)
@@ -173,7 +178,7 @@ def _entry_problem(entry: Path, key: str, deep: bool = False) -> str | None:
     return None
 
 
-def preprocess_case(case: Case, data: Any) -> dict[str, Any]:
+def preprocess_case(case: Case, data: DataSpec) -> dict[str, Any]:
     """One case through the spec's preprocessing, in compact form: `image` (C, X, Y, Z)
     float16 (after the window or z-score: 0.5 HU steps in a 2000 HU window), `label`
     (1, X, Y, Z) uint8, `spacing` (mm), and `locations`: for each class present, up to
@@ -208,7 +213,7 @@ def class_locations(label: np.ndarray, per_class: int = LOCATIONS_PER_CLASS
     return out
 
 
-def build_entry(case: Case, data: Any, deep: bool = False, check: bool = True) -> Path:
+def build_entry(case: Case, data: DataSpec, deep: bool = False, check: bool = True) -> Path:
     """Preprocess `case` into its cache folder unless a whole entry is there (see
     `entry_problem`; `check=False`: the caller found it damaged or missing): `image.npy`,
     `label.npy` (memory-mappable), `locations.npz`, `meta.json` (last, with each file's size
@@ -292,12 +297,12 @@ def open_entry(entry: Path) -> dict[str, Any]:
             "label_max": meta["label_max"]}
 
 
-def missing_from_cache(cases: list[Case], data: Any) -> list[Case]:
+def missing_from_cache(cases: list[Case], data: DataSpec) -> list[Case]:
     """The cases whose preprocessed volumes are not cached yet (none when caching is off)."""
     return [c for c in cases if data.cache and not is_cached(data, c)]
 
 
-def load_volumes(cases: list[Case], data: Any, num_classes: int | None = None,
+def load_volumes(cases: list[Case], data: DataSpec, num_classes: int | None = None,
                  deep: bool = False) -> list[dict[str, Any]]:
     """Each case preprocessed: (C, X, Y, Z) float16 `image`, (1, X, Y, Z) uint8 `label`,
     `spacing` and class `locations`. With `data.cache` (the default) they are memory maps of
@@ -318,7 +323,7 @@ def load_volumes(cases: list[Case], data: Any, num_classes: int | None = None,
     return volumes
 
 
-def sample_workers(train: Any, resources: Any) -> int:
+def sample_workers(train: TrainSpec, resources: ResourcesSpec) -> int:
     """Background threads that crop patches: `train.sample_workers`, else one per two of the
     trial's CPUs (at least one, at most four). On an H200 (bench/RESULTS.md, "GPU"), the GPU
     example's bf16 step ran 25 steps/s cropping in the training thread and 54 with two threads,
@@ -349,7 +354,8 @@ class PatchSampler:
         self.workers = workers
         self.pin = pin
 
-    def batch(self, epoch: int, step: int, batch_size: int):
+    def batch(self, epoch: int, step: int, batch_size: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (image float32, label int64) batch number `step` of `epoch`."""
         import torch
 

@@ -18,15 +18,19 @@ import glob
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from train_fn.errors import DataError
 from train_fn.phantom import write_phantom_dataset
 from train_fn.phantom_msd import MODALITIES, write_msd_phantom
+
+if TYPE_CHECKING:
+    from search.spec import DataSpec
 
 SEGTHOR_LABELS = {1: "esophagus", 2: "heart", 3: "trachea", 4: "aorta"}
 
@@ -72,7 +76,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SEGTUNE_CACHE", Path.home() / ".cache" / "segtune"))
 
 
-def dataset_root(data: Any) -> Path:
+def dataset_root(data: DataSpec) -> Path:
     """The dataset folder: the user's, or the phantom's cache (generated on first use)."""
     if data.source == "phantom":
         root = Path(data.root).expanduser() if data.root else (
@@ -85,7 +89,7 @@ def dataset_root(data: Any) -> Path:
     return Path(data.root).expanduser()
 
 
-def _generated(root: Path, write: Any, data: Any) -> Path:
+def _generated(root: Path, write: Any, data: DataSpec) -> Path:
     """`write(root, ...)` of a phantom, or one line naming `data.root` and why it cannot hold
     one (a file, a read-only folder, a full disk, a folder holding something else)."""
     try:
@@ -178,7 +182,7 @@ def _channels_of(image: str) -> int:
     return 1 if len(shape) == 3 else int(shape[3])
 
 
-def open_dataset(data: Any, root: str | Path | None = None) -> Dataset:
+def open_dataset(data: DataSpec, root: str | Path | None = None) -> Dataset:
     """The dataset of a `data` spec section (root resolved and phantoms generated unless
     `root` is given). Lists cases and resolves labels and regions; reads no voxels."""
     root = Path(root) if root is not None else dataset_root(data)
@@ -213,24 +217,23 @@ def open_dataset(data: Any, root: str | Path | None = None) -> Dataset:
     return Dataset(str(root), tuple(cases), channels, labels, regions)
 
 
-def check_dataset(dataset: Dataset, limit: int = 10) -> None:
+def check_dataset(dataset: Dataset, limit: int = 10,
+                  map_cases: Callable[..., list[str | None]] | None = None) -> None:
     """Read every image and label once and raise `DataError` listing each bad file: unreadable
     or truncated files, image/label shape or affine mismatch, wrong channel count, label
-    values outside the declared labels."""
-    problems = [p for p in (check_case(c, dataset) for c in dataset.cases) if p]
+    values outside the declared labels. `map_cases(check_case, [(case, dataset), ...])`
+    runs the checks (`search.prepare` spreads them over Ray tasks); here one by one."""
+    pairs = [(c, dataset) for c in dataset.cases]
+    found = map_cases(check_case, pairs) if map_cases else [check_case(*p) for p in pairs]
+    problems = [p for p in found if p]
     if problems:
-        raise problems_error(dataset, problems, limit)
+        shown = "\n  ".join(problems[:limit])
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise DataError(f"{dataset.root}: {len(problems)} of {len(dataset.cases)} cases "
+                        f"failed the data check:\n  {shown}{more}")
 
 
-def problems_error(dataset: Dataset, problems: list[str], limit: int = 10) -> DataError:
-    """One error listing the cases that failed the data check (the first `limit`)."""
-    shown = "\n  ".join(problems[:limit])
-    more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-    return DataError(f"{dataset.root}: {len(problems)} of {len(dataset.cases)} cases failed "
-                     f"the data check:\n  {shown}{more}")
-
-
-def _read(path: str):
+def _read(path: str) -> tuple[Any, np.ndarray]:
     import nibabel as nib
 
     img = nib.load(path)
@@ -328,7 +331,7 @@ def fold_splits(split: dict[str, list[str]], folds: int, seed: int
              "val": parts[k], "test": list(split["test"])} for k in range(folds)]
 
 
-def io_shape(data: Any) -> tuple[int, int]:
+def io_shape(data: DataSpec) -> tuple[int, int]:
     """(input channels, output classes) of a data spec without generating or reading volumes
     (for `--dry-run`): the phantoms' are known; a folder's come from its labels/first image."""
     if data.source == "phantom" or (data.source == "segthor" and not data.labels):

@@ -18,7 +18,7 @@ import torch
 
 from train_fn.data import PatchSampler, load_volumes
 from train_fn.datasets import Dataset, open_dataset
-from train_fn.loop import deep_supervision_loss, pick_device
+from train_fn.loop import deep_supervision_loss, pick_device, use_trial_threads
 from train_fn.models import build_model
 from train_fn.optim import OPTIMIZERS, build_optimizer
 
@@ -75,7 +75,7 @@ def range_test(spec: Spec, split: dict[str, list[str]], data: Any) -> dict[str, 
     from monai.optimizers import LearningRateFinder
 
     cfg = spec.lr_finder
-    torch.set_num_threads(spec.train.threads or max(1, int(spec.resources.cpu)))
+    use_trial_threads(spec)
     device = pick_device(spec.train.device)
     ds = data if isinstance(data, Dataset) else open_dataset(spec.data, data)
     volumes = load_volumes(ds.subset(split["train"]), spec.data, ds.num_classes)

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from search.spec import ModelSpec
+
 ENCODER, MIDDLE, DECODER, HEAD = "encoder", "middle", "decoder", "head"
 
 
@@ -169,23 +171,23 @@ def refresh_batchnorm(model: torch.nn.Module, images, device=None) -> bool:
     return True
 
 
-def model_settings(cfg: Any) -> dict[str, Any]:
+def model_settings(cfg: ModelSpec) -> dict[str, Any]:
     """Every option the model takes: the spec's value, else the model's default."""
     defaults = MODELS[cfg.name].defaults
     return {k: (d if getattr(cfg, k) is None else getattr(cfg, k)) for k, d in defaults.items()}
 
 
-def model_depth(cfg: Any) -> int:
+def model_depth(cfg: ModelSpec) -> int:
     return MODELS[cfg.name].depth(model_settings(cfg))
 
 
-def place_params(model: torch.nn.Module, cfg: Any) -> dict[str, tuple[str, int]]:
+def place_params(model: torch.nn.Module, cfg: ModelSpec) -> dict[str, tuple[str, int]]:
     """(part, level) of every parameter, by name."""
     place, depth = MODELS[cfg.name].place, model_depth(cfg)
     return {name: place(name, depth) for name, _ in model.named_parameters()}
 
 
-def build_model(cfg: Any, in_channels: int, out_channels: int) -> torch.nn.Module:
+def build_model(cfg: ModelSpec, in_channels: int, out_channels: int) -> torch.nn.Module:
     """The network of `cfg` (the spec's model section) with its weights drawn from
     `cfg.init_seed`, so every trial of a search starts from the same weights."""
     import torch
@@ -195,7 +197,7 @@ def build_model(cfg: Any, in_channels: int, out_channels: int) -> torch.nn.Modul
         return MODELS[cfg.name].build(model_settings(cfg), in_channels, out_channels)
 
 
-def architecture(cfg: Any, in_channels: int, out_channels: int) -> dict[str, Any]:
+def architecture(cfg: ModelSpec, in_channels: int, out_channels: int) -> dict[str, Any]:
     """What must match for two checkpoints to be averaged."""
     return {"name": cfg.name, "in_channels": in_channels, "out_channels": out_channels,
             **{k: list(v) if isinstance(v, tuple) else v

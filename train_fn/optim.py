@@ -16,6 +16,8 @@ from train_fn.models import model_depth, place_params
 if TYPE_CHECKING:
     import torch
 
+    from search.spec import LayersSpec, ModelSpec, OptimizerSpec
+
 BANDS = ("early_encoder", "deep_encoder", "middle", "decoder", "head")
 MODES = {"bands": BANDS, "ramp": ("start", "end"), "geometric": ("decay",)}
 
@@ -39,7 +41,7 @@ def _position_name(part: str, level: int) -> str:
     return {"encoder": f"enc{level}", "decoder": f"dec{level}"}.get(part, part)
 
 
-def layer_multiplier(layers: Any, part: str, level: int, depth: int) -> tuple[str, float]:
+def layer_multiplier(layers: LayersSpec, part: str, level: int, depth: int) -> tuple[str, float]:
     """(group name, LR multiplier) of a parameter under the spec's layer schedule:
     `bands` (a multiplier per band), `ramp` (linear from `start` at encoder level 0 to `end` at
     the head) or `geometric` (`decay` ** steps below the head, as in layer-wise LR decay)."""
@@ -61,7 +63,7 @@ def _no_decay(param: torch.nn.Parameter) -> bool:
     return param.ndim <= 1
 
 
-def param_groups(model: torch.nn.Module, model_cfg: Any, layers: Any, lr: float
+def param_groups(model: torch.nn.Module, model_cfg: ModelSpec, layers: LayersSpec, lr: float
                  ) -> list[dict[str, Any]]:
     """One optimizer group per layer-schedule group (and per decay / no-decay half with
     `layers.no_decay_norm_bias`), with lr = base lr x the group's multiplier. Every parameter
@@ -158,7 +160,7 @@ OPTIMIZERS: dict[str, OptimizerDef] = {
 }
 
 
-def optimizer_settings(cfg: Any) -> dict[str, Any]:
+def optimizer_settings(cfg: OptimizerSpec) -> dict[str, Any]:
     """`lr` and every parameter the optimizer takes: the spec's value, else its default."""
     spec_def = OPTIMIZERS[cfg.name]
     values = {"lr": cfg.lr}
@@ -168,8 +170,33 @@ def optimizer_settings(cfg: Any) -> dict[str, Any]:
     return values
 
 
-def build_optimizer(groups: list[dict], cfg: Any, warmup_steps: int = 0
+def build_optimizer(groups: list[dict], cfg: OptimizerSpec, warmup_steps: int = 0
                     ) -> torch.optim.Optimizer:
     """The optimizer named by `cfg.name` (the spec's resolved optimizer section); schedule-free
     ones get `warmup_steps` as their own warmup."""
     return OPTIMIZERS[cfg.name].build(groups, optimizer_settings(cfg), warmup_steps)
+
+
+# The searched optimizer values a param group holds (beside lr): those a resumed state takes
+# from the trial's own spec rather than from the checkpoint.
+HYPERPARAMETERS = ("betas", "momentum", "weight_decay", "eps")
+
+
+def adopt_hyperparameters(optimizer: torch.optim.Optimizer, fresh: list[dict[str, Any]],
+                          schedule: Any = None) -> None:
+    """After `optimizer.load_state_dict` of another configuration's state (PBT's exploit hands
+    a trial the checkpoint of a better one, with its own perturbed values): the values of the
+    trial's spec (`fresh`: its freshly built param groups, taken before the load), the moments
+    and step counts kept. The lr keeps its place on the loaded schedule, scaled by the new
+    base lr over the loaded one. With the same spec (a plain resume) nothing changes."""
+    for group, new in zip(optimizer.param_groups, fresh, strict=True):
+        old_base = group.get("initial_lr", group["lr"])
+        new_base = new.get("initial_lr", new["lr"])
+        group["lr"] = group["lr"] * new_base / old_base
+        if "initial_lr" in group:
+            group["initial_lr"] = new_base
+        for key in HYPERPARAMETERS:
+            if key in new:
+                group[key] = new[key]
+    if schedule is not None and hasattr(schedule, "base_lrs"):
+        schedule.base_lrs = [g.get("initial_lr", g["lr"]) for g in fresh]

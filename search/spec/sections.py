@@ -283,7 +283,9 @@ class TrainSpec(_Section):
 class SearchSpec(_Section):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     seed: Seed = 0
-    scheduler: Literal["asha", "fifo"] = "asha"
+    # pbt: Ray Tune's population-based training, num_trials the population (search.tuner)
+    scheduler: Literal["asha", "fifo", "pbt"] = "asha"
+    pbt_interval: int = Field(2, ge=1, le=100_000)  # epochs between PBT's exploit steps
     grace_period: int = Field(1, ge=1, le=100_000)
     reduction_factor: int = Field(2, ge=2, le=100)
     num_trials: int = Field(8, ge=1, le=100_000)
@@ -296,6 +298,10 @@ class SearchSpec(_Section):
     # Fork-then-search (search.trunk): one shared trunk trained for this many epochs at the
     # centre of the searched ranges before the search; every trial starts from its weights.
     trunk_epochs: int = Field(0, ge=0, le=100_000)
+    # The run's training budget in epochs, the trunk's and the siblings' included: the search
+    # stops its trials once they have trained what is left after those (equal compute across
+    # settings). None: search.num_trials and ASHA alone bound it.
+    budget_epochs: int | None = Field(None, ge=1, le=10_000_000)
 
 
 class ResourcesSpec(_Section):

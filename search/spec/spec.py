@@ -95,6 +95,50 @@ class Spec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_trunk(self):
+        if self.search.trunk_epochs and self.cv.folds:
+            raise ValueError("search.trunk_epochs does not fit cv.folds: the trunk trains on "
+                             "the train split, which holds other folds' validation cases; "
+                             "remove one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _check_budget(self):
+        s = self.search
+        if s.budget_epochs is None:
+            return self
+        if self.cv.every:
+            raise ValueError("search.budget_epochs does not fit cv.mode every (a trial's "
+                             "reports are folds there): remove one of them")
+        left = self.search_epochs()
+        if left is not None and left < 1:
+            raise ValueError(
+                f"search.budget_epochs ({s.budget_epochs}) leaves no epochs to the trials "
+                f"after search.trunk_epochs ({s.trunk_epochs}) and the siblings' epochs "
+                f"({s.budget_epochs - s.trunk_epochs - left}): raise it")
+        return self
+
+    @model_validator(mode="after")
+    def _check_pbt(self):
+        s = self.search
+        if s.scheduler != "pbt" or not self.search_leaves():
+            return self  # a trial's resolved spec has no leaves left
+        if s.sampler == "grid":
+            raise ValueError("search.scheduler pbt draws its population at random: set "
+                             "search.sampler to tpe or random, or search.scheduler to asha")
+        if self.cv.every:
+            raise ValueError("search.scheduler pbt does not fit cv.mode every (a trial's "
+                             "reports are folds there): remove one of them")
+        if s.pbt_interval >= self.train.epochs:
+            raise ValueError(f"search.pbt_interval ({s.pbt_interval}) must be less than "
+                             f"train.epochs ({self.train.epochs}): PBT acts between epochs")
+        for path, _, leaf in self.search_leaves():
+            if leaf.when:
+                raise ValueError(f"{path}: search.scheduler pbt does not take conditional "
+                                 "leaves (with `when`): search one setting per run")
+        return self
+
+    @model_validator(mode="after")
     def _check_grid(self):
         if self.search.sampler != "grid" or not self.search_leaves():
             return self  # a trial's resolved spec has no leaves left
@@ -142,6 +186,26 @@ class Spec(_Section):
                             f"choices: {ref.choices}"
                         )
         return self
+
+    def fork_epoch(self) -> int | None:
+        """The epoch (1-based) whose state a trial keeps for sibling soups (`soup.siblings`):
+        `soup.fork_fraction` of its epochs, at least 1 and before the last; None without
+        siblings."""
+        epochs = self.train.epochs
+        if not self.soup.siblings or self.cv.every or epochs < 2:
+            return None
+        return min(epochs - 1, max(1, round(self.soup.fork_fraction * epochs)))
+
+    def search_epochs(self) -> int | None:
+        """The epochs `search.budget_epochs` leaves to the search's trials: the run's budget
+        less the trunk's epochs and the siblings' (each trains from its fork epoch to the
+        end); None without a budget."""
+        total = self.search.budget_epochs
+        if total is None:
+            return None
+        fork = self.fork_epoch()
+        siblings = self.soup.siblings * (self.train.epochs - fork) if fork is not None else 0
+        return total - self.search.trunk_epochs - siblings
 
     def searched(self) -> dict[str, Any]:
         """Searched settings by dotted path, in spec order: a leaf, or a list of alternative

@@ -21,6 +21,8 @@ TRIAL_METRIC = "best_val_dice"
 # `segtune.kind` of the nested result runs (best trial, soups) listed beside the trials.
 RESULT_KINDS = {"best", "soup"}
 WAIT_S = 180  # the UI's first page on a busy 2-core machine took 60 s
+# MLflow 3.18's GenAI / Model training switch, set by the address (the run prints it).
+WORKFLOW = "workflowType=machine_learning"
 
 
 # Session scope, as smoke_run's: pytest sets up wider scopes first, so a narrower one would
@@ -67,13 +69,17 @@ def test_mlflow_ui_lists_nested_trials_and_shows_their_metric(browser_ready, smo
     docs = ROOT / "docs" if os.environ.get("SEGTUNE_DOCS_SCREENSHOTS") == "1" else None
 
     def link(run):
-        return (By.CSS_SELECTOR, f"a[href$='/runs/{run.info.run_id}']")
+        # On the Model training side a link ends in `?workflowType=...`.
+        return (By.CSS_SELECTOR, f"a[href*='/runs/{run.info.run_id}']")
 
     with mlflow_ui(storage / "mlflow.db", tmp_path / "mlflow-server.log") as base, \
             chromium(tmp_path / "profile") as driver:
         wait = WebDriverWait(driver, WAIT_S)
         _stored_view(driver, wait, printed_url(proc.stdout, base), shots, docs)
-        driver.get(f"{base}/#/experiments/{experiment_id}/runs")
+        # Without `workflowType` MLflow 3.18 shows its GenAI side (Traces, Judges, ...). A new
+        # page, not a jump within the stored view's: that one left the table loading forever.
+        driver.get("about:blank")
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs?{WORKFLOW}")
         # The runs table is filled by AJAX after the React app starts: wait for the parent.
         wait.until(ec.presence_of_element_located(link(parent)),
                    f"the parent run {parent.info.run_name} is not listed")
@@ -91,10 +97,11 @@ def test_mlflow_ui_lists_nested_trials_and_shows_their_metric(browser_ready, smo
         listed = driver.find_element(By.CSS_SELECTOR, "div[role='grid']").text
         for run in nested:
             assert run.info.run_name in listed
+        _model_training(driver)
         save_png(driver.get_screenshot_as_png(), shots / "experiment.png",
                  *([docs / "mlflow_experiment.png"] if docs else []))
 
-        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{best.info.run_id}")
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{best.info.run_id}?{WORKFLOW}")
         row = wait.until(ec.visibility_of_element_located(
             (By.XPATH, f"//div[@role='row'][.//a[normalize-space()='{TRIAL_METRIC}']]")),
             f"the run page of {best.info.run_name} shows no metric {TRIAL_METRIC}")
@@ -107,9 +114,19 @@ def test_mlflow_ui_lists_nested_trials_and_shows_their_metric(browser_ready, smo
             (By.CSS_SELECTOR, "[data-testid='key-value-Parent run'] " + link(parent)[1])),
             f"the run page of {best.info.run_name} does not link its parent run")
         _close_assistant(driver)
+        _model_training(driver)
         save_png(driver.get_screenshot_as_png(), shots / "trial.png",
                  *([docs / "mlflow_trial.png"] if docs else []))
     assert (shots / "experiment.png").stat().st_size > 0
+
+
+def _model_training(driver) -> None:
+    """The page is on MLflow's Model training side: its menu has the model registry, not the
+    GenAI side's judges and traces overview."""
+    from selenium.webdriver.common.by import By
+
+    text = driver.find_element(By.TAG_NAME, "body").text
+    assert "Model registry" in text and "Judges" not in text, text[:500]
 
 
 def _close_assistant(driver) -> None:
@@ -162,6 +179,7 @@ def _stored_view(driver, wait, url: str, shots, docs) -> None:
     _close_assistant(driver)
     assert "/runs" in driver.current_url and "overview" not in driver.current_url
     assert "Send your first trace" not in driver.find_element(By.TAG_NAME, "body").text
+    _model_training(driver)
     headers = _headers(driver)
     assert {"best_val_dice", "segtune.status", "segtune.epochs"} <= headers, headers
     save_png(driver.get_screenshot_as_png(), shots / "runs.png",

@@ -61,7 +61,8 @@ def test_search_on_a_two_process_ray_cluster(tmp_path):
                                 env=ENV, log="worker.log"))
         proc = in_process("run", "spaces/smoke.yaml", "--storage", str(tmp_path),
                           "--address", f"127.0.0.1:{port}", "--set", "lr_finder.enabled=false",
-                          "--set", "tracking.plots=false", env=ENV)
+                          "--set", "tracking.plots=false", "--set", "train.epochs=1",
+                          "--set", "train.val_hd95=false", env=ENV)
     finally:
         stop_ray(temp, *blocks)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -127,8 +128,9 @@ def test_slurm_symmetric_run_script_under_a_faked_slurm(tmp_path):
         proc = subprocess.run([*isolated, "bash",
                                str(CLUSTER / "slurm" / "segtune-symmetric.sbatch"),
                                "spaces/smoke.yaml", "--name", "slurm",
-                               "--set", "lr_finder.enabled=false",
-                               "--set", "tracking.plots=false"],
+                               "--set", "lr_finder.enabled=false", "--set", "train.epochs=1",
+                               "--set", "tracking.plots=false", "--set", "soup.enabled=false",
+                               "--set", "train.val_hd95=false"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     finally:
         stop_ray(temp)  # whatever the script's own stop left

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import ROOT, cli, cli_for_trials, cli_process, fault_env
+from helpers import ROOT, cli
 
 pytestmark = pytest.mark.e2e
 CLASSES = {"esophagus", "heart", "trachea", "aorta"}
@@ -136,14 +135,14 @@ def test_mlflow_has_parent_and_nested_runs_all_closed(smoke_run):
     assert sorted(m.name for m in models) == ["best", "greedy", "uniform"]
     # The model the run recommends, by the registered model named after the run.
     from search.predict import load_model
-    from search.report import recommended
+    from search.summary import Summary
 
     mlflow.set_tracking_uri(f"sqlite:///{storage / 'mlflow.db'}")
     try:
         champion = mlflow.pytorch.load_model("models:/smoke@champion")
     finally:
         mlflow.set_tracking_uri(None)
-    ours = load_model(storage / "smoke", recommended(summary), device="cpu")
+    ours = load_model(storage / "smoke", Summary.from_json(summary).recommended(), device="cpu")
     patch = torch.randn(2, 1, 32, 32, 16)
     with torch.no_grad():
         assert torch.allclose(champion.eval()(patch), ours.net(patch), atol=1e-6)
@@ -265,38 +264,6 @@ def runs_by_trial(storage, experiment):
     return client, parents, children, runs
 
 
-def test_a_failing_trial_is_retried_and_one_that_keeps_failing_is_failed(tmp_path):
-    # The first trial fails once at epoch 2 and is retried from its epoch-1 checkpoint; the
-    # second keeps running out of memory: a clear error of that trial, never a hang, and the
-    # search goes on.
-    storage = tmp_path / "runs"
-    env_fault = f"epoch=2,times=1/9,kind=error/oom,dir={tmp_path / 'faults'},trials=2"
-    proc = cli_for_trials(fault_env(env_fault), "run", "spaces/smoke.yaml", "--storage",
-                          str(storage), "--name", "failing", "--set", "search.max_failures=1",
-                          "--set", "search.scheduler=fifo", "--set", "tracking.plots=false",
-                          "--set", "lr_finder.enabled=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((storage / "failing" / "summary.json").read_text())
-    by_status = {t["status"]: t for t in summary["trials"]}
-    assert set(by_status) == {"completed", "error"}
-    error = ("OutOfMemory: out of memory in epoch 2 (training): lower train.batch_size (2), "
-             "train.patch_size ([32, 32, 16]), or run fewer trials at a time "
-             "(search.max_concurrent 2) [injected out of memory at epoch 2 (SEGTUNE_FAULT)]")
-    assert by_status["error"]["error"] == error
-    assert f"Errors:\n  {by_status['error']['trial_id']}: {error}" in proc.stdout
-    assert summary["best"]["trial_id"] == by_status["completed"]["trial_id"]
-    client, parents, children, runs = runs_by_trial(storage, "failing")
-    assert len(children) == 2 and len(runs) == 3  # each retry reused its trial's MLflow run
-    failed, retried = children[by_status["error"]["trial_id"]], \
-        children[by_status["completed"]["trial_id"]]
-    assert failed.info.status == "FAILED" and failed.data.tags["segtune.retries"] == "1"
-    assert retried.info.status == "FINISHED" and retried.data.tags["segtune.retries"] == "1"
-    assert parents[0].info.status == "FINISHED"
-    # Resumed from the epoch-1 checkpoint: epoch 1 was not trained (or logged) twice.
-    history = client.get_metric_history(retried.info.run_id, "val_dice")
-    assert [m.step for m in history] == [1, 2]
-
-
 def test_trials_no_node_can_host_are_refused_not_left_pending(tmp_path):
     # Ray Tune would keep them pending forever; the local Ray here has no GPU.
     storage = tmp_path / "runs"
@@ -309,84 +276,6 @@ def test_trials_no_node_can_host_are_refused_not_left_pending(tmp_path):
         r"\d+ CPUs, 0 GPUs\): lower them, or start Ray on nodes that have them",
         proc.stderr.strip().splitlines()[-1])
     assert not (storage / "gpu").exists()  # a rerun with the fix may use the same name
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_an_interrupted_search_resumes_without_losing_or_redoing_work(tmp_path, sig):
-    storage = tmp_path / "runs"
-    args = ["spaces/smoke.yaml", "--storage", str(storage), "--name", "resumed",
-            "--set", "train.epochs=4", "--set", "search.scheduler=fifo",
-            "--set", "search.num_trials=3", "--set", "lr_finder.enabled=false",
-            "--set", "tracking.plots=false"]
-    proc = cli_process("run", *args)
-    finished, started = set(), []
-    for line in proc.stderr:  # interrupt as the third trial starts (after one has finished)
-        if "search.callbacks: trial " not in line:
-            continue
-        trial_id = line.split("trial ")[1].split()[0]
-        if "epoch 4/4" in line:
-            finished.add(trial_id)
-        if " started: " in line:
-            started.append(trial_id)
-            if len(started) == 3:  # the third trial starts only once a slot is free
-                break
-    assert finished, "no trial finished before the third started"
-    # Its MLflow run exists now; Ray may not have saved the trial yet. After a kill -9 then,
-    # the resume deletes that run (Ray starts another trial in its place): none is orphaned.
-    proc.send_signal(sig)
-    rest = proc.stderr.read()
-    code = proc.wait(timeout=300)
-    assert code == (130 if sig == signal.SIGINT else -9)
-    if sig == signal.SIGINT:
-        assert "segtune: search interrupted with" in rest
-        assert "continue it with: python -m search run spaces/smoke.yaml --name resumed" in rest
-    assert not (storage / "resumed" / "summary.json").exists()
-    # What Ray had saved as finished when it stopped: those are never trained again. (A kill -9
-    # may land after a trial's last epoch was reported, its line printed, but before Ray
-    # saved it: that epoch is the one in flight, and is redone.)
-    from search.storage import newest_experiment_state
-
-    state = newest_experiment_state(str(storage / "resumed")) or {}
-    saved_done = {json.loads(t[0])["trial_id"] for t in state.get("trial_data", [])
-                  if json.loads(t[0]).get("status") == "TERMINATED"}
-    if sig == signal.SIGINT:  # a graceful stop closes every MLflow run
-        _, _, _, runs = runs_by_trial(storage, "resumed")
-        assert "RUNNING" not in {r.info.status for r in runs}
-
-    again = cli("run", *args, "--resume")
-    assert again.returncode == 0, again.stderr[-3000:]
-    summary = json.loads((storage / "resumed" / "summary.json").read_text())
-    assert len(summary["trials"]) == 3
-    assert {t["status"] for t in summary["trials"]} == {"completed"}
-    # The same Optuna study went on: one trial per Ray trial, each COMPLETE with its best
-    # epoch's val_dice, none asked twice.
-    import optuna
-
-    study = optuna.load_study(study_name="resumed",
-                              storage=f"sqlite:///{storage / 'resumed' / 'optuna.db'}")
-    assert len(optuna.get_all_study_names(f"sqlite:///{storage / 'resumed' / 'optuna.db'}")) == 1
-    by_id = {t["trial_id"]: t for t in summary["trials"]}
-    kept = [t for t in study.trials if t.user_attrs.get("ray_trial_id") in by_id]
-    assert sorted(t.user_attrs["ray_trial_id"] for t in kept) == sorted(by_id)
-    # A trial killed before Ray saved it is closed FAIL (a new one took its place).
-    unsaved = [t for t in study.trials if t not in kept]
-    assert len(unsaved) <= (1 if sig == signal.SIGKILL else 0)
-    assert all(t.state == optuna.trial.TrialState.FAIL for t in unsaved)
-    for trial in kept:
-        assert trial.state == optuna.trial.TrialState.COMPLETE
-        assert trial.value == pytest.approx(by_id[trial.user_attrs["ray_trial_id"]]["val_dice"])
-        assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
-    client, parents, children, runs = runs_by_trial(storage, "resumed")
-    assert len(parents) == 1 and len(children) == 3 and len(runs) == 4  # none duplicated
-    assert set(children) == {t["trial_id"] for t in summary["trials"]}  # none orphaned
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    for trial_id, run in children.items():
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_dice")]
-        assert sorted(set(steps)) == [1, 2, 3, 4]
-        if trial_id in saved_done:
-            assert steps == [1, 2, 3, 4]  # a finished trial is not trained again
-        else:  # at most the epoch in flight at the interrupt is redone
-            assert len(steps) - len(set(steps)) <= 1
 
 
 def test_resume_refuses_a_changed_spec(tmp_path):

@@ -66,10 +66,15 @@ WALK = {
     ("evaluate-folder", "pred_dir"): ("{tmp}/missing", "{tmp}/missing: no such prediction "
                                       "folder"),
     ("evaluate-folder", "-l"): ("0", "argument -l/--labels: '0': an integer from 1 to 255"),
+    ("evaluate-folder", "-r"): ("1,x", "argument -r/--regions: '1,x': comma-separated label "
+                                "ids from 1 to 255"),
+    ("evaluate-folder", "-il"): ("0", "argument -il/--ignore-label: '0': an integer from 1 to "
+                                 "255"),
     ("evaluate-folder", "-o"): ("{tmp}", "-o {tmp}: a folder; give the summary.json file"),
     ("compare", "run_dir"): ("{tmp}", "segtune run folder"),
     ("compare", "--baseline"): ("{tmp}/missing.csv", "--baseline {tmp}/missing.csv: no such"),
-    ("compare", "--model"): ("bogus", "argument --model: invalid choice: 'bogus'"),
+    ("compare", "--model"): ("bogus", "--model bogus: not one of best, greedy, uniform and no "
+                                "checkpoint file there"),
     ("compare", "--split"): ("bogus", "not 'bogus'"),
     ("compare", "--baseline-model"): ("bogus", "argument --baseline-model: invalid choice"),
     ("compare", "--tracking-uri"): ("bogus://x", "bogus://x: not an MLflow tracking URI"),
@@ -222,10 +227,8 @@ def test_a_full_cache_disk_is_one_line_and_leaves_no_run(tmp_path):
                       capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "search", "run", SMOKE, "--storage", str(tmp_path / "runs"),
-             "--set", f"data.cache_dir={disk}/cache"], cwd=ROOT, capture_output=True,
-            text=True, timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        proc = cli("run", SMOKE, "--storage", str(tmp_path / "runs"),
+                   "--set", f"data.cache_dir={disk}/cache")
         assert proc.returncode == 2, proc.stderr[-3000:]
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith(f"segtune: error: data.cache_dir {disk}/cache: cannot write "

@@ -74,3 +74,18 @@ def test_trunk_siblings_and_averages_fork_and_soup_as_recorded(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     resouped = json.loads((run / "summary.json").read_text())
     assert resouped["soups"]["uniform"]["ingredients"] == uniform
+    # repeat starts each seed from the trunk, as the trials did; crossval is refused: the trunk
+    # trained on the train split, which holds other folds' validation cases.
+    rep = cli("repeat", str(run), "--seeds", "1,2")
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    jobs = json.loads((run / f"repeat-{best['trial_id']}-seeds-1-2" / "results.json")
+                      .read_text())["jobs"]
+    for job in jobs.values():
+        state = torch.load(run / job["checkpoint"] / "checkpoint.pt", weights_only=True)
+        assert state["ancestor"] == ancestor
+    cv = cli("crossval", str(run), "--folds", "2")
+    assert cv.returncode == 2
+    assert cv.stderr.strip().splitlines()[-1].endswith(
+        "the run's trials start from a trunk trained on its train split, which holds the "
+        "validation cases of the other folds; cross-validate a search without "
+        "search.trunk_epochs")

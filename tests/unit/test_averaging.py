@@ -88,13 +88,14 @@ def test_a_trials_averaged_weights_are_a_soup_ingredient_of_their_own(tmp_path):
     """Ranked by their own validation Dice among the trials; loaded from the checkpoint's
     `averaged` entry."""
     from search.soup import weights_of, with_averages
+    from search.summary import TrialRecord
     from train_fn.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "t1", {"model": {"w": torch.zeros(2)},
                                       "averaged": {"model": {"w": torch.ones(2)}}})
-    trials = [{"trial_id": "t1", "val_dice": 0.6, "avg_val_dice": 0.7, "checkpoint": "t1"},
-              {"trial_id": "t2", "val_dice": 0.65, "checkpoint": "t2"}]
+    trials = [TrialRecord("t1", val_dice=0.6, avg_val_dice=0.7, checkpoint="t1"),
+              TrialRecord("t2", val_dice=0.65, checkpoint="t2")]
     ranked = with_averages(trials)
-    assert [t["trial_id"] for t in ranked] == ["t1:avg", "t2", "t1"]
+    assert [t.trial_id for t in ranked] == ["t1:avg", "t2", "t1"]
     assert weights_of(tmp_path, ranked[0])["w"].tolist() == [1.0, 1.0]
     assert weights_of(tmp_path, ranked[2])["w"].tolist() == [0.0, 0.0]

@@ -29,6 +29,7 @@ def test_errors_are_typed_by_meaning(tmp_path):
     from search.evaluate import evaluate_run
     from search.predict import load_weights
     from search.retrain import pick_trials, repeat
+    from search.summary import Summary, TrialRecord
 
     with pytest.raises(ArgumentError, match="^--split nope: choose one of"):
         evaluate_run(tmp_path, split="nope")
@@ -37,8 +38,7 @@ def test_errors_are_typed_by_meaning(tmp_path):
     with pytest.raises(ArgumentError, match="^--seeds 1,1: give two or more distinct seeds"):
         repeat(tmp_path, [1, 1])
     with pytest.raises(ArgumentError, match=r"^--trial zz: no such trial in this run"):
-        pick_trials({"trials": [{"trial_id": "a", "status": "completed", "val_dice": 0.5}]},
-                    "zz")
+        pick_trials(Summary(trials=[TrialRecord("a", "completed", val_dice=0.5)]), "zz")
     with pytest.raises(RunFolderError, match="the run has no best trial yet"):
         load_weights(tmp_path, "best")
 

@@ -53,14 +53,14 @@ def test_summary_means_follow_nnunet():
     per_case = [_case(a=0.5, b=math.nan, c=0.9), _case(a=math.nan, b=math.nan, c=0.7),
                 _case(a=0.7, b=math.nan, c=0.8)]
     summary = summarise(per_case, ["a", "b", "c"])
-    assert summary["mean"]["a"]["Dice"] == pytest.approx(0.6)
-    assert math.isnan(summary["mean"]["b"]["Dice"])
-    assert summary["mean"]["c"]["Dice"] == pytest.approx(0.8)
-    assert math.isnan(summary["foreground_mean"]["Dice"])
-    assert summary["foreground_mean"]["HD95"] == pytest.approx(1.0)
+    assert summary.mean["a"]["Dice"] == pytest.approx(0.6)
+    assert math.isnan(summary.mean["b"]["Dice"])
+    assert summary.mean["c"]["Dice"] == pytest.approx(0.8)
+    assert math.isnan(summary.foreground_mean["Dice"])
+    assert summary.foreground_mean["HD95"] == pytest.approx(1.0)
     summary = summarise([{"metrics": {r: c["metrics"][r] for r in "ac"}} for c in per_case],
                         ["a", "c"])
-    assert summary["foreground_mean"]["Dice"] == pytest.approx(0.7)
+    assert summary.foreground_mean["Dice"] == pytest.approx(0.7)
 
 
 def _nifti(path, data):

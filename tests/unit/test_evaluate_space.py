@@ -141,11 +141,11 @@ def test_evaluate_scores_its_predictions_against_the_labels_in_their_grid(datase
         "split": {"train": [], "val": [], "test": sorted(cases)}}))
     monkeypatch.setattr(search.evaluate, "load_model", lambda run_dir, model: _segmenter(root))
     summary = evaluate_run(run)
-    assert summary["segtune"]["cases"] == ["c0", "c1", "c2"]
-    for entry in summary["metric_per_case"]:
+    assert summary.segtune["cases"] == ["c0", "c1", "c2"]
+    for entry in summary.metric_per_case:
         assert {r: s["Dice"] for r, s in entry["metrics"].items()} == {"a": 1.0, "b": 1.0}
         written = nib.load(entry["prediction_file"])
         np.testing.assert_array_equal(written.affine, AFFINE)
         reference = np.asarray(nib.load(entry["reference_file"]).dataobj)
         np.testing.assert_array_equal(np.asarray(written.dataobj), reference)
-    assert summary["foreground_mean"]["Dice"] == 1.0
+    assert summary.foreground_mean["Dice"] == 1.0

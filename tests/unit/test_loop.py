@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 
 from search.spec import Spec
+from train_fn.checkpoint import load_checkpoint, save_checkpoint
 from train_fn.datasets import SEGTHOR_LABELS, find_cases, split_cases
-from train_fn.loop import resume_state, run_plain, train
+from train_fn.loop import train
 
 TINY = {
     "model": {"channels": [4, 8, 16], "strides": [2, 2]},
@@ -17,6 +18,20 @@ TINY = {
 @pytest.fixture
 def split(phantom_root):
     return split_cases([c.case_id for c in find_cases(phantom_root)], 0.2, 0.2, 0)
+
+
+def run_plain(spec, split, root, out_dir):
+    """Train without Ray, each epoch's checkpoint saved under `out_dir/epoch_NNN/`."""
+
+    def report(metrics, state):
+        if state is not None:
+            save_checkpoint(out_dir / f"epoch_{metrics['epoch']:03d}", state)
+
+    return train(spec, split, root, report=report)
+
+
+def resume_state(folder):
+    return load_checkpoint(folder)
 
 
 def test_plain_run_reports_every_epoch_with_a_checkpoint(phantom_root, split, tmp_path):

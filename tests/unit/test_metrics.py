@@ -241,8 +241,8 @@ def test_nnunet_means_skip_a_region_absent_from_both_in_one_case():
             for name, ids in BRATS.items()}
     assert np.isnan(dice["ET"][1]) and dice["ET"][2] == 0.0
     for name in BRATS:  # nnU-Net: np.nanmean over cases per region, np.mean over regions
-        assert summary["mean"][name]["Dice"] == pytest.approx(np.nanmean(dice[name]))
+        assert summary.mean[name]["Dice"] == pytest.approx(np.nanmean(dice[name]))
         tp = [s["metrics"][name]["TP"] for s in per_case]
-        assert summary["mean"][name]["TP"] == pytest.approx(np.mean(tp))
-    assert summary["foreground_mean"]["Dice"] == pytest.approx(
+        assert summary.mean[name]["TP"] == pytest.approx(np.mean(tp))
+    assert summary.foreground_mean["Dice"] == pytest.approx(
         np.mean([np.nanmean(d) for d in dice.values()]))

@@ -202,11 +202,11 @@ def test_rays_own_resume_hint_is_not_shown_beside_segtunes(tmp_path, capsys, cap
 
 def test_a_run_whose_every_trial_diverged_names_the_non_finite_loss(tmp_path):
     from search.soup import SoupError, candidates
+    from search.summary import Summary, TrialRecord
 
-    trials = [{"trial_id": f"t{i}", "status": "stopped: non-finite loss", "checkpoint": None,
-               "val_dice": 0.0, "error": None} for i in range(3)]
+    trials = [TrialRecord(f"t{i}", "stopped: non-finite loss", val_dice=0.0) for i in range(3)]
     with pytest.raises(SoupError) as err:
-        candidates(tmp_path, {"trials": trials})
+        candidates(tmp_path, Summary(trials=trials))
     assert str(err.value) == (
         f"{tmp_path}: no trial finished an epoch with a checkpoint without erroring; 3 of 3 "
         "trial(s) stopped on a non-finite (NaN or infinite) training loss: lower "

@@ -23,6 +23,7 @@ from search.plots import (
     write_plots,
 )
 from search.study import study_url
+from search.summary import Summary
 
 
 def frame(trial: int, dice: list[float], start: float = 0.0) -> pd.DataFrame:
@@ -87,11 +88,11 @@ def test_best_vs_compute_is_the_running_best_in_the_order_epochs_ended():
 
 
 def test_greedy_soup_shows_the_soup_as_it_grew():
-    fig, reason = greedy_soup(SUMMARY)
+    fig, reason = greedy_soup(Summary.from_json(SUMMARY))
     ax = fig.axes[0]
     assert ax.get_lines()[0].get_ydata().tolist() == [0.5, 0.5, 0.55]  # b rejected
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "+b", "+c"]
-    assert greedy_soup({"soups": None}) == (None, "no greedy soup in summary.json")
+    assert greedy_soup(Summary(soups=None)) == (None, "no greedy soup in summary.json")
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from search.cli import main
-from search.predict import PredictError, find_images, image_name, load_model, predict_files
+from search.errors import PredictError
+from search.predict import find_images, image_name, load_model, predict_files
 from search.spec import load_spec
 from train_fn.checkpoint import save_checkpoint
 from train_fn.models import architecture, build_model

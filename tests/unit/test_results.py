@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from search.results import KIND_TAG, SOUP_TAG, log_model, requirements, results_of, scores
+from search.summary import ScoredRecord, Summary
 
 RECORD = {"val_dice": 0.6, "test_dice": 0.5, "val_dice_per_class": {"heart": 0.8},
           "test_dice_per_class": {"heart": 0.7, "aorta": 0.3},
@@ -25,7 +26,7 @@ RECORD = {"val_dice": 0.6, "test_dice": 0.5, "val_dice_per_class": {"heart": 0.8
     ({}, {}),
 ])
 def test_a_records_scores_as_metrics(record, expected):
-    assert scores(record) == expected
+    assert scores(ScoredRecord.from_json(record)) == expected
 
 
 def test_a_summary_gives_the_best_trial_and_each_soup():
@@ -33,17 +34,18 @@ def test_a_summary_gives_the_best_trial_and_each_soup():
                "soups": {"uniform": {"ingredients": ["t1", "t2", "t3"], **RECORD},
                          "greedy": {"ingredients": ["t1"], **RECORD, "val_dice": 0.7}}}
     weights = {"best": {"w": 1}, "greedy": {"w": 2}}
-    best, uniform, greedy = results_of(summary, weights)
+    best, uniform, greedy = results_of(Summary.from_json(summary), weights)
     assert (best.name, best.weights, best.params) == ("best", {"w": 1}, {"optimizer.lr": 0.02})
     assert best.tags == {KIND_TAG: "best", "segtune.trial": "t1"}
     assert best.note == "best trial t1"
-    assert best.metrics == scores(RECORD)
+    assert best.metrics == scores(ScoredRecord.from_json(RECORD))
     assert (uniform.name, uniform.weights, uniform.metrics["size"]) == ("uniform", None, 3.0)
     assert uniform.tags == {KIND_TAG: "soup", SOUP_TAG: "uniform",
                             "segtune.ingredients": "t1, t2, t3"}
     assert uniform.note == "uniform soup of 3 trial(s): t1, t2, t3"
     assert greedy.metrics["val_dice"] == 0.7 and greedy.weights == {"w": 2}
-    assert [r.name for r in results_of({**summary, "soups": None}, {})] == ["best"]
+    no_soups = Summary.from_json({**summary, "soups": None})
+    assert [r.name for r in results_of(no_soups, {})] == ["best"]
 
 
 def test_the_models_requirements_pin_the_installed_versions_without_a_local_tag():

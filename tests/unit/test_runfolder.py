@@ -10,6 +10,7 @@ import pytest
 from search.errors import RunFolderError
 from search.runfolder import RunFolder, RunInfo
 from search.spec import Spec, dump_spec
+from search.summary import Summary, TrialRecord
 from train_fn.datasets import find_cases, split_cases
 
 INFO = {"name": "novograd", "home": "/somewhere/runs/novograd", "spec_file": "/s/novograd.yaml",
@@ -65,11 +66,12 @@ def test_what_is_there(tmp_path):
     folder = RunFolder(tmp_path)
     assert not folder.is_run() and not folder.is_finished()
     folder.write_info(RunInfo.from_json(INFO))
-    folder.write_summary({"trials": []})
+    folder.write_summary(Summary(name="x", trials=[TrialRecord("t1", "completed")]))
     assert folder.is_run() and folder.is_finished()
     assert json.loads(folder.run_json.read_text()) == INFO
     assert RunFolder(tmp_path).split == INFO["split"]
-    assert RunFolder(tmp_path).summary() == {"trials": []}
+    summary = RunFolder(tmp_path).summary()
+    assert summary.name == "x" and [t.trial_id for t in summary.trials] == ["t1"]
     assert not list(tmp_path.glob(".*.tmp-*"))  # written atomically, nothing left over
 
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 from helpers import ROOT
 
-from search.runlock import RunInUse, lock_path, run_lock
+from search.errors import RunInUse
+from search.runlock import lock_path, run_lock
 
 HOLD = """
 import sys, time

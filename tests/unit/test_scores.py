@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from search.errors import CompareError
+from search.errors import ArgumentError, CompareError
 from search.scores import Stat, load_scores, nnunet_keys, read_csv, read_nnunet, read_run
 
 # The layout search.api.run_search + search.soup.finish write.
@@ -193,7 +193,8 @@ def test_run_folder_errors(tmp_path):
         read_run(unsouped, "greedy")
     with pytest.raises(CompareError, match=r"holds the test and val splits only, not 'train'"):
         read_run(unsouped, "best", "train")
-    with pytest.raises(CompareError, match=r"--model 'worst': expected one of best, greedy"):
+    with pytest.raises(ArgumentError, match=r"--model worst: not one of best, greedy, uniform "
+                                            r"and no checkpoint file there$"):
         read_run(unsouped, "worst")
     with pytest.raises(CompareError, match=r"b.txt: expected a run folder, an nnU-Net"):
         load_scores(write_csv(tmp_path, "x", "b.txt"))

@@ -10,6 +10,7 @@ from search.errors import SoupError
 from search.siblings import fork_state, sibling_seeds
 from search.soup import sibling_candidates
 from search.spec import Spec
+from search.summary import Summary, TrialRecord
 from search.trials import fork_epoch, job_spec
 
 
@@ -41,12 +42,12 @@ def test_a_sibling_keeps_the_trials_initial_weights_and_takes_its_own_patch_seed
 
 
 def test_the_soup_is_the_best_trial_and_its_finished_siblings_best_first():
-    best = {"trial_id": "t1", "val_dice": 0.6, "checkpoint": "t1/c"}
-    summary = {"siblings": [
+    best = TrialRecord("t1", val_dice=0.6, checkpoint="t1/c")
+    summary = Summary.from_json({"siblings": [
         {"trial_id": "sibling1", "status": "finished", "val_dice": 0.65, "checkpoint": "s/1"},
         {"trial_id": "sibling2", "status": "error", "val_dice": 0.9, "checkpoint": "s/2"},
-        {"trial_id": "sibling3", "status": "finished", "val_dice": 0.5, "checkpoint": "s/3"}]}
-    assert [t["trial_id"] for t in sibling_candidates(summary, best)] == [
+        {"trial_id": "sibling3", "status": "finished", "val_dice": 0.5, "checkpoint": "s/3"}]})
+    assert [t.trial_id for t in sibling_candidates(summary, best)] == [
         "sibling1", "t1", "sibling3"]
 
 
@@ -56,6 +57,6 @@ def test_a_best_trial_without_the_fork_point_is_refused_by_name(tmp_path):
     save_checkpoint(tmp_path / "t1", {"epoch": 2, "model": {"w": torch.zeros(1)}})
     with pytest.raises(SoupError, match=r"trial t1: its checkpoint t1 \(epoch 2\) holds no "
                                         r"fork point at epoch 4"):
-        fork_state(tmp_path, {"trial_id": "t1", "checkpoint": "t1"}, 4)
+        fork_state(tmp_path, TrialRecord("t1", checkpoint="t1"), 4)
     save_checkpoint(tmp_path / "t2", {"epoch": 6, "fork": {"epoch": 4, "model": {}}})
-    assert fork_state(tmp_path, {"trial_id": "t2", "checkpoint": "t2"}, 4)["epoch"] == 4
+    assert fork_state(tmp_path, TrialRecord("t2", checkpoint="t2"), 4)["epoch"] == 4

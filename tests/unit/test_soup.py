@@ -148,6 +148,7 @@ def test_tidy_brings_a_killed_soup_step_back_to_what_summary_json_names(tmp_path
     import os
 
     from search.soup import switch_soups, tidy
+    from search.summary import Summary
 
     dead = _dead_pid()
     named, orphan = tmp_path / f".soup-1-{dead}", tmp_path / f".soup-2-{dead}"
@@ -170,10 +171,10 @@ def test_tidy_brings_a_killed_soup_step_back_to_what_summary_json_names(tmp_path
     # A run folder of an older segtune has a real soup/ folder: switching replaces it.
     (tmp_path / "soup").unlink()
     (tmp_path / "soup" / "greedy").mkdir(parents=True)
-    switch_soups(tmp_path, {"soups": None}, named)
+    switch_soups(tmp_path, Summary(), named)
     assert os.readlink(tmp_path / "soup") == named.name
     assert [p.name for p in tmp_path.glob(".soup-*")] == [named.name]
-    switch_soups(tmp_path, {"soups": None}, None)  # no soups: no link, no set
+    switch_soups(tmp_path, Summary(), None)  # no soups: no link, no set
     assert not (tmp_path / "soup").is_symlink() and not named.exists()
     assert json.loads((tmp_path / "summary.json").read_text())["soup_set"] is None
 
@@ -206,6 +207,7 @@ def test_an_errored_or_unreadable_trial_never_becomes_the_best_or_an_ingredient(
     import torch
 
     from search.soup import readable
+    from search.summary import TrialRecord
     from train_fn.checkpoint import save_checkpoint
 
     (tmp_path / "run.json").write_text("{}")
@@ -213,24 +215,25 @@ def test_an_errored_or_unreadable_trial_never_becomes_the_best_or_an_ingredient(
         save_checkpoint(tmp_path / f"trial_{name}" / "checkpoint_000001", {"w": torch.ones(2)})
     (tmp_path / "trial_d" / "checkpoint_000001").mkdir(parents=True)
     (tmp_path / "trial_d" / "checkpoint_000001" / "checkpoint.pt").write_bytes(b"PK\x03\x04")
-    trials = [{"trial_id": t, "val_dice": v, "checkpoint": f"trial_{t}/checkpoint_000001"}
+    trials = [TrialRecord(t, val_dice=v, checkpoint=f"trial_{t}/checkpoint_000001")
               for t, v in (("d", 0.9), ("b", 0.7), ("c", 0.6))]
     # d ranks first but its checkpoint was cut short: skipped, b is the best.
-    assert [t["trial_id"] for t in readable(tmp_path, trials, 2)] == ["b", "c"]
-    assert [t["trial_id"] for t in readable(tmp_path, trials, 1)] == ["b"]
+    assert [t.trial_id for t in readable(tmp_path, trials, 2)] == ["b", "c"]
+    assert [t.trial_id for t in readable(tmp_path, trials, 1)] == ["b"]
 
 
 def test_candidates_are_ranked_best_first_and_never_an_errored_trial():
     from pathlib import Path
 
     from search.soup import candidates
+    from search.summary import Summary
 
     trials = [{"trial_id": "err", "status": "error", "val_dice": 0.99, "checkpoint": "c1"},
               {"trial_id": "low", "status": "stopped", "val_dice": 0.2, "checkpoint": "c2"},
               {"trial_id": "high", "status": "completed", "val_dice": 0.7, "checkpoint": "c3"},
               {"trial_id": "none", "status": "stopped", "val_dice": None, "checkpoint": None}]
-    ranked = candidates(Path("run"), {"trials": trials})
-    assert [t["trial_id"] for t in ranked] == ["high", "low"]
+    ranked = candidates(Path("run"), Summary.from_json({"trials": trials}))
+    assert [t.trial_id for t in ranked] == ["high", "low"]
 
 
 BN_SPEC = """
@@ -314,9 +317,9 @@ def test_a_batchnorm_soup_gets_statistics_of_its_own_weights(tmp_path, phantom_r
 
     monkeypatch.setattr(train_fn.metrics, "evaluate", lambda *a, **k: (0.5, {}, {}))
     summary = finish(run)
-    assert summary["best"]["trial_id"] == "0"
-    assert summary["soups"]["greedy"]["ingredients"] == ["0", "1", "2"]
-    assert summary["soups"]["uniform"]["ingredients"] == ["0", "1", "2"]
+    assert summary.best.trial_id == "0"
+    assert summary.soups["greedy"].ingredients == ["0", "1", "2"]
+    assert summary.soups["uniform"].ingredients == ["0", "1", "2"]
 
     cases = {c.case_id: c for c in find_cases(phantom_root)}
     vols = load_volumes([cases[c] for c in split["train"]], spec.data)
@@ -325,8 +328,8 @@ def test_a_batchnorm_soup_gets_statistics_of_its_own_weights(tmp_path, phantom_r
     stats = [k for k in net.state_dict() if k.endswith(("running_mean", "running_var"))]
     assert stats
     for kind in ("uniform", "greedy"):
-        soup = load_checkpoint(run / summary["soups"][kind]["weights"].rsplit("/", 1)[0])
-        chosen = [ingredients[int(t)] for t in summary["soups"][kind]["ingredients"]]
+        soup = load_checkpoint(run / summary.soups[kind].weights.rsplit("/", 1)[0])
+        chosen = [ingredients[int(t)] for t in summary.soups[kind].ingredients]
         averaged = {k: (sum(s[k].double() for s in chosen) / len(chosen)).to(v.dtype)
                     if v.is_floating_point() else v for k, v in chosen[0].items()}
         model = build_model(spec.model, 1, 5)

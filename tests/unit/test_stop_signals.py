@@ -104,3 +104,22 @@ def test_a_local_ray_only_is_put_on_loopback(monkeypatch, address, ray_address, 
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
     stopping.local_ray_on_loopback(address)
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == expected
+
+
+TUNE_ENV = ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "RAY_AIR_NEW_OUTPUT",
+            "TUNE_PRINT_ALL_TRIAL_ERRORS")
+
+
+@pytest.mark.parametrize("debug, printed", [(False, "0"), (True, None)])
+def test_ray_tunes_environment_is_set_once_for_searches_and_jobs(monkeypatch, caplog, debug,
+                                                                printed):
+    """Ray Tune's defaults for a search (`search.api`) and a job grid (`search.retrain`): a
+    value the user set stays; under --debug Ray prints each trial's traceback."""
+    import logging
+
+    for name in TUNE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
+    caplog.set_level(logging.DEBUG if debug else logging.INFO)
+    stopping.tune_env_defaults()
+    assert [os.environ.get(name) for name in TUNE_ENV] == ["0", "1", printed]

@@ -12,6 +12,7 @@ from helpers import ROOT
 
 from search import tracking
 from search.results import Result, log_results, results_of
+from search.summary import Summary
 from search.tracking import Tracker, readable_range
 
 REGIONS = ("heart", "aorta")
@@ -178,7 +179,7 @@ def test_parent_params_show_fixed_values_and_readable_ranges(store, tmp_path):
         "viewStateShareKey=segtune")
 
 
-def summary(best_trial: str = "t1", soups: bool = True) -> dict:
+def summary(best_trial: str = "t1", soups: bool = True) -> Summary:
     per = {"heart": 0.8, "aorta": 0.6}
     record = {"val_dice": 0.7, "val_dice_per_class": per, "test_dice": 0.65,
               "test_dice_per_class": {"heart": 0.75, "aorta": 0.55},
@@ -188,7 +189,7 @@ def summary(best_trial: str = "t1", soups: bool = True) -> dict:
     if soups:
         out["soups"] = {"uniform": {"ingredients": ["t1", "t2"], **record, "val_dice": 0.5},
                         "greedy": {"ingredients": ["t1"], **record, "val_dice": 0.72}}
-    return out
+    return Summary.from_json(out)
 
 
 def result_runs(tracker: Tracker):

@@ -17,6 +17,7 @@ from helpers import ROOT, shared_ray
 
 from search.soup import candidates
 from search.spec import load_spec
+from search.summary import Summary
 
 # Three trials (ranking, stopping), each with several epochs whose best is not the last.
 SMOKE = ROOT / "spaces" / "smoke.yaml"
@@ -47,7 +48,7 @@ def test_a_record_is_the_trials_best_epoch_not_its_last():
         _result("b", 4, [(1, 0.3), (4, 0.7), (3, 0.65)]),
         _result("c", 2, [(2, 0.2), (1, 0.4)]),
     ]
-    records = trial_records(results, "/runs/exp", _spec())
+    records = [r.to_json() for r in trial_records(results, "/runs/exp", _spec())]
     assert [(r["trial_id"], r["val_dice"], r["best_epoch"], r["checkpoint"]) for r in records] \
         == [("a", 0.8, 2, "trial_a/checkpoint_000002"),
             ("b", 0.7, 4, "trial_b/checkpoint_000004"),
@@ -64,12 +65,12 @@ def test_an_errored_trial_ranked_first_is_not_the_best_or_an_ingredient():
     error = RuntimeError("ray::ImplicitFunc.train()\nValueError: the loss is NaN")
     results = [_result("good", 4, [(3, 0.7)]), _result("err", 1, [(1, 0.99)], error=error),
                _result("ok", 4, [(2, 0.5)])]
-    records = trial_records(results, "/runs/exp", _spec())
+    records = [r.to_json() for r in trial_records(results, "/runs/exp", _spec())]
     # Listed (first by its score, with its error) but never chosen.
     assert records[0]["trial_id"] == "err" and records[0]["status"] == "error"
     assert records[0]["error"] == "ValueError: the loss is NaN"
-    ranked = candidates(Path("run"), {"trials": records})
-    assert [t["trial_id"] for t in ranked] == ["good", "ok"]
+    ranked = candidates(Path("run"), Summary.from_json({"trials": records}))
+    assert [t.trial_id for t in ranked] == ["good", "ok"]
 
 
 # --- a real Tune run of make_tuner, with a toy trainable -------------------------------------
@@ -125,7 +126,7 @@ def toy_search(tmp_path_factory):
         toy = tuner.make_tuner(spec, {"train": [], "val": [], "test": []}, str(tmp), "exp",
                                tmp / "runs", callbacks=[])
         results = stopping.tune_fit(toy.fit)  # as the search does: SIGINT's handler put back
-        records = tuner.trial_records(results, tmp / "runs" / "exp", spec)
+        records = [r.to_json() for r in tuner.trial_records(results, tmp / "runs" / "exp", spec)]
     finally:
         ray.shutdown()
         mp.undo()
@@ -155,8 +156,8 @@ def test_a_real_search_never_chooses_its_errored_trial(toy_search):
     assert toy_search[0]["kept"]["order"] == 0 and toy_search[0]["val_dice"] == 0.99
     assert toy_search[0]["status"] == "error"
     assert toy_search[0]["error"] == "ValueError: the loss is NaN"
-    ranked = candidates(Path("run"), {"trials": toy_search})
-    assert [t["kept"]["order"] for t in ranked] == [3, 1, 2]
+    ranked = candidates(Path("run"), Summary.from_json({"trials": toy_search}))
+    assert [t.extra["kept"]["order"] for t in ranked] == [3, 1, 2]
 
 
 # --- TPE proposes ---------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def test_values_outside_the_new_range_are_skipped_by_name(tmp_path, write_spec, 
 
 
 def test_another_task_is_refused_in_one_line(tmp_path, write_spec):
-    from search.warmstart import WarmStartError, earlier_trials
+    from search.errors import WarmStartError
+    from search.warmstart import earlier_trials
 
     run = earlier_run(tmp_path, write_spec)
     with pytest.raises(WarmStartError) as err:
