@@ -134,12 +134,13 @@ def predict_overlay(run_dir: Path, path: Path, chosen: str | None = None) -> Non
     from matplotlib.colors import ListedColormap
 
     from search.predict import load_model
-    from search.report import recommended
+    from search.summary import Summary
     from train_fn.datasets import open_dataset
 
     run = json.loads((run_dir / "run.json").read_text())
     # The model the run's last lines tell `predict` to use.
-    chosen = chosen or recommended(json.loads((run_dir / "summary.json").read_text()))
+    chosen = chosen or Summary.from_json(
+        json.loads((run_dir / "summary.json").read_text())).recommended()
     model = load_model(run_dir, chosen, device="cpu")
     case = open_dataset(model.spec.data, root=run["data_root"]).case(run["split"]["test"][0])
     predicted = model.predict(case.image)
