@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench.curve_table import SPACE  # noqa: E402
 from bench.replay_core import Table  # noqa: E402
-from bench.search_efficiency import curve, to_target  # noqa: E402
+from bench.search_efficiency import _finite, curve, to_target  # noqa: E402
 
 DEFAULT = "segtune default (36 trials, 10 start-up, grace 4, rf 2)"
 TOLERANCE = 0.01
@@ -82,15 +82,6 @@ def replay_figures(name: str) -> str:
           for r in block["runs"]]
     lo, med, hi = quartiles(xs)
     return f"{_num(med)} [{_num(lo)}-{_num(hi)}] over {len(xs)} seeds"
-
-
-def _finite(x: Any) -> Any:
-    """JSON has no infinity: a target not reached is null."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return None if isinstance(x, float) and math.isinf(x) else x
 
 
 def _num(x: float) -> str:

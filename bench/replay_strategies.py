@@ -239,17 +239,24 @@ class SyneTune:
         self.scheduler.on_trial_complete(self.trials[trial.key], row)
 
 
+def _config_space(table: Table, seed: int):
+    """The table's box as a seeded ConfigSpace (what SMAC3 and DEHB sample)."""
+    from ConfigSpace import ConfigurationSpace, Float
+
+    cs = ConfigurationSpace(seed=seed)
+    cs.add([Float(k, (d["low"], d["high"]), log=d["log"]) for k, d in table.space.items()])
+    return cs
+
+
 class SmacHyperband:
     """SMAC3's multi-fidelity facade: a random forest proposes, Hyperband (eta 3) assigns
     budgets in epochs, from MIN_RESOURCE to the table's last epoch."""
 
     def __init__(self, table: Table, seed: int, workdir: str):
-        from ConfigSpace import ConfigurationSpace, Float
         from smac import MultiFidelityFacade, Scenario
 
         logging.getLogger("smac").setLevel(logging.ERROR)
-        cs = ConfigurationSpace(seed=seed)
-        cs.add([Float(k, (d["low"], d["high"]), log=d["log"]) for k, d in table.space.items()])
+        cs = _config_space(table, seed)
         scenario = Scenario(cs, deterministic=True, n_trials=100_000, seed=seed,
                             min_budget=MIN_RESOURCE, max_budget=table.epochs,
                             output_directory=f"{workdir}/smac-{seed}")
@@ -283,12 +290,10 @@ class Dehb:
     `pip install --no-deps dehb==0.1.2 loguru` (see bench/RESULTS.md)."""
 
     def __init__(self, table: Table, seed: int, workdir: str):
-        from ConfigSpace import ConfigurationSpace, Float
         from dehb import DEHB
 
-        cs = ConfigurationSpace(seed=seed)
-        cs.add([Float(k, (d["low"], d["high"]), log=d["log"]) for k, d in table.space.items()])
-        self.dehb = DEHB(cs=cs, dimensions=len(table.space), min_fidelity=MIN_RESOURCE,
+        self.dehb = DEHB(cs=_config_space(table, seed), dimensions=len(table.space),
+                         min_fidelity=MIN_RESOURCE,
                          max_fidelity=table.epochs, eta=3, n_workers=1, seed=seed,
                          output_path=f"{workdir}/dehb-{seed}", save_freq="end",
                          log_level="ERROR")
